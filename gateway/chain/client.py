@@ -1,0 +1,200 @@
+"""Sending signed transactions and reading contracts on one chain.
+
+Transactions are signed locally (eth-account with coincurve) and carry explicit gas limits:
+web3's automatic estimation replays each transaction several times, which on py-evm costs more
+than the transaction itself. Nonces are tracked per key in this process. Receipts come back as
+our own frozen types, so no HexBytes/AttributeDict leaves this package.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+from eth_tester.exceptions import TransactionFailed
+from web3.exceptions import ContractLogicError
+
+from gateway.contracts import Artifact
+
+DEFAULT_MAX_FEE_PER_GAS = 100 * 10**9
+DEFAULT_PRIORITY_FEE_PER_GAS = 10**9
+
+
+@dataclass(frozen=True)
+class Log:
+    address: str
+    topics: tuple[bytes, ...]
+    data: bytes
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    status: int
+    gas_used: int
+    contract_address: str | None
+    logs: tuple[Log, ...]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == 1
+
+
+class RevertError(Exception):
+    """A call reverted; `name` is the decoded custom error (or Error/Panic), `values` its args."""
+
+    def __init__(self, name: str, values: tuple[Any, ...], data: bytes) -> None:
+        super().__init__(f"{name}{values!r}")
+        self.name = name
+        self.values = values
+        self.data = data
+
+
+def _to_receipt(raw: Any) -> Receipt:
+    return Receipt(
+        tx_hash=bytes(raw["transactionHash"]),
+        block_number=raw["blockNumber"],
+        block_hash=bytes(raw["blockHash"]),
+        status=raw["status"],
+        gas_used=raw["gasUsed"],
+        contract_address=raw.get("contractAddress"),
+        logs=tuple(
+            Log(
+                address=log["address"],
+                topics=tuple(bytes(t) for t in log["topics"]),
+                data=bytes(log["data"]),
+                log_index=log["logIndex"],
+            )
+            for log in raw["logs"]
+        ),
+    )
+
+
+def error_selectors(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
+    """Map each custom error's 4-byte selector to its name and argument types."""
+    selectors: dict[bytes, tuple[str, list[str]]] = {
+        keccak(text="Error(string)")[:4]: ("Error", ["string"]),
+        keccak(text="Panic(uint256)")[:4]: ("Panic", ["uint256"]),
+    }
+    for item in abi:
+        if item["type"] == "error":
+            types = [_canonical_type(i) for i in item["inputs"]]
+            selectors[keccak(text=f"{item['name']}({','.join(types)})")[:4]] = (item["name"], types)
+    return selectors
+
+
+def _canonical_type(item: dict[str, Any]) -> str:
+    if item["type"].startswith("tuple"):
+        inner = ",".join(_canonical_type(c) for c in item["components"])
+        return f"({inner}){item['type'][5:]}"
+    return item["type"]
+
+
+def decode_revert(data: bytes, abi: list[dict[str, Any]]) -> RevertError:
+    known = error_selectors(abi)
+    if len(data) >= 4 and data[:4] in known:
+        name, types = known[data[:4]]
+        return RevertError(name, tuple(abi_decode(types, data[4:])), data)
+    return RevertError("UnknownRevert", (data.hex(),), data)
+
+
+class ChainClient:
+    """One chain: a Web3 connection and the local nonce of every key that sends through it."""
+
+    def __init__(self, w3: Web3, chain_id: int, name: str = "") -> None:
+        self.w3 = w3
+        self.chain_id = chain_id
+        self.name = name or str(chain_id)
+        self._nonces: dict[str, int] = {}
+        self.max_fee_per_gas = DEFAULT_MAX_FEE_PER_GAS
+        self.priority_fee_per_gas = DEFAULT_PRIORITY_FEE_PER_GAS
+
+    def contract(self, address: str, artifact: Artifact) -> Contract:
+        return self.w3.eth.contract(address=to_checksum_address(address), abi=artifact.abi)
+
+    def next_nonce(self, address: str) -> int:
+        if address not in self._nonces:
+            self._nonces[address] = self.w3.eth.get_transaction_count(address, "pending")
+        return self._nonces[address]
+
+    def sign(self, account: LocalAccount, *, to: str | None, data: bytes | str, gas: int,
+             value: int = 0) -> bytes:
+        """Sign the sender's next transaction and reserve its nonce; returns the raw bytes."""
+        nonce = self.next_nonce(account.address)
+        tx: dict[str, Any] = {
+            "chainId": self.chain_id,
+            "nonce": nonce,
+            "gas": gas,
+            "maxFeePerGas": self.max_fee_per_gas,
+            "maxPriorityFeePerGas": self.priority_fee_per_gas,
+            "value": value,
+            "data": data,
+        }
+        if to is not None:
+            tx["to"] = to_checksum_address(to)
+        raw = bytes(account.sign_transaction(tx).raw_transaction)
+        self._nonces[account.address] = nonce + 1
+        return raw
+
+    def send_raw(self, raw: bytes) -> bytes:
+        return bytes(self.w3.eth.send_raw_transaction(raw))
+
+    def wait(self, tx_hash: bytes, timeout: float = 120) -> Receipt:
+        return _to_receipt(self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout))
+
+    def transact(self, account: LocalAccount, *, to: str | None, data: bytes | str, gas: int,
+                 value: int = 0) -> Receipt:
+        """Sign, send and wait for one transaction. A reverted transaction is returned (status
+        0), not raised: the caller decides whether a revert is an error."""
+        return self.wait(self.send_raw(self.sign(account, to=to, data=data, gas=gas, value=value)))
+
+    def deploy(self, account: LocalAccount, artifact: Artifact, *args: Any,
+               gas: int = 6_000_000) -> Contract:
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        data = factory.constructor(*args).data_in_transaction
+        receipt = self.transact(account, to=None, data=data, gas=gas)
+        if not receipt.succeeded or receipt.contract_address is None:
+            raise RuntimeError(f"deploying {artifact.contract_name} on {self.name} failed")
+        return self.contract(receipt.contract_address, artifact)
+
+    def call(self, contract: Contract, fn: str, *args: Any, sender: str | None = None,
+             block: str | int = "latest") -> Any:
+        """Call a view or simulate a transaction; a revert raises RevertError, decoded."""
+        try:
+            return getattr(contract.functions, fn)(*args).call(
+                {"from": sender} if sender else {}, block_identifier=block
+            )
+        except (ContractLogicError, TransactionFailed) as exc:
+            raise decode_revert(_revert_data(exc), contract.abi) from exc
+
+
+def _revert_data(exc: BaseException) -> bytes:
+    """The raw revert data of a failed call, from a JSON-RPC node or from eth-tester.
+
+    eth-tester raises TransactionFailed with `str(revert_bytes)` (a bytes literal) as its
+    message, and web3's provider re-raises that with a prefix; the original is its context.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ContractLogicError) and isinstance(seen.data, str):
+            return bytes.fromhex(seen.data.removeprefix("0x"))
+        if isinstance(seen, TransactionFailed) and seen.args:
+            message = seen.args[0]
+            if isinstance(message, bytes):
+                return message
+            if isinstance(message, str) and message[:2] in ("b'", 'b"'):
+                literal = ast.literal_eval(message)
+                if isinstance(literal, bytes):
+                    return literal
+        seen = seen.__cause__ or seen.__context__
+    return b""

@@ -1,0 +1,149 @@
+"""Two in-process chains with every contract deployed: what CI, the demo and the tests run on.
+
+The payment chain holds the CBDC-like PaymentToken and PaymentHTLC; the business chain holds
+the TitleDocument registry and DeliveryHTLC. Both use eth-tester's well-known development keys
+(the same addresses on both chains, like a real multi-chain account), with fixed roles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_tester import EthereumTester
+from web3.contract import Contract
+
+from gateway.chain.client import ChainClient
+from gateway.chain.htlc import DeliveryHTLCProxy, PaymentHTLCProxy
+from gateway.chain.tester import start_tester_chain
+from gateway.contracts import load_artifact
+
+DEFAULT_PAYMENT_CHAIN_ID = 71_001
+DEFAULT_BUSINESS_CHAIN_ID = 71_002
+DEV_ACCOUNTS = 10
+# Role -> index into the development keys.
+ISSUER, BUYER, SELLER, RELAYER = 0, 1, 2, 3
+INITIAL_BALANCE = 1_000_000_00  # payment-token units (2 decimals): 1,000,000.00 each
+
+
+class SameChainIdError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PaymentChainInfo:
+    chain_id: int
+    token: str
+    htlc: str
+
+
+@dataclass(frozen=True)
+class BusinessChainInfo:
+    chain_id: int
+    titles: str
+    htlc: str
+
+
+@dataclass(frozen=True)
+class DevnetInfo:
+    """Where everything lives: enough for any client to talk to the devnet."""
+
+    payment: PaymentChainInfo
+    business: BusinessChainInfo
+    issuer: str
+    buyer: str
+    seller: str
+    relayer: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class InProcessChain:
+    """One eth-tester chain: a client for transactions plus control of time and snapshots."""
+
+    def __init__(self, name: str, chain_id: int) -> None:
+        self.name = name
+        self.chain_id = chain_id
+        self.tester: EthereumTester
+        self.tester, w3 = start_tester_chain(chain_id, num_accounts=DEV_ACCOUNTS)
+        self.client = ChainClient(w3, chain_id, name)
+        self.accounts: list[LocalAccount] = [
+            Account.from_key(k.to_bytes()) for k in self.tester.backend.account_keys
+        ]
+
+    @property
+    def w3(self):  # noqa: ANN201 - web3.Web3
+        return self.client.w3
+
+    def next_block_timestamp(self) -> int:
+        """The timestamp of the block the next transaction will be mined in."""
+        return self.tester.get_block_by_number("pending")["timestamp"]
+
+    def latest_block_timestamp(self) -> int:
+        return self.tester.get_block_by_number("latest")["timestamp"]
+
+    def set_next_block_timestamp(self, timestamp: int) -> None:
+        """Move chain time forward so that the next transaction is mined at `timestamp`."""
+        if timestamp > self.next_block_timestamp():
+            self.tester.time_travel(timestamp)
+
+    def mine(self, blocks: int = 1) -> None:
+        self.tester.mine_blocks(blocks)
+
+
+@dataclass
+class Devnet:
+    payment: InProcessChain
+    business: InProcessChain
+    info: DevnetInfo
+    payment_token: Contract
+    payment_htlc: PaymentHTLCProxy
+    titles: Contract
+    delivery_htlc: DeliveryHTLCProxy
+
+    def account(self, role: int) -> LocalAccount:
+        return self.payment.accounts[role]
+
+
+def start_devnet(payment_chain_id: int = DEFAULT_PAYMENT_CHAIN_ID,
+                 business_chain_id: int = DEFAULT_BUSINESS_CHAIN_ID,
+                 initial_balance: int = INITIAL_BALANCE) -> Devnet:
+    """Start both chains, deploy the contracts and fund every development account."""
+    if payment_chain_id == business_chain_id:
+        raise SameChainIdError(
+            f"payment and business chains must have distinct chain ids, both are {payment_chain_id}"
+        )
+    payment = InProcessChain("payment", payment_chain_id)
+    business = InProcessChain("business", business_chain_id)
+    issuer = payment.accounts[ISSUER]
+
+    token = payment.client.deploy(issuer, load_artifact("PaymentToken"),
+                                  "Test Digital Currency", "tDC", issuer.address)
+    payment_htlc = payment.client.deploy(issuer, load_artifact("PaymentHTLC"), token.address)
+    for account in payment.accounts:
+        payment.client.transact(issuer, to=token.address, gas=100_000,
+                                data=token.encode_abi("mint", [account.address, initial_balance]))
+
+    titles = business.client.deploy(issuer, load_artifact("TitleDocument"),
+                                    "Test Document of Title", "tDOT", issuer.address)
+    delivery_htlc = business.client.deploy(issuer, load_artifact("DeliveryHTLC"), titles.address)
+
+    info = DevnetInfo(
+        payment=PaymentChainInfo(payment_chain_id, token.address, payment_htlc.address),
+        business=BusinessChainInfo(business_chain_id, titles.address, delivery_htlc.address),
+        issuer=issuer.address,
+        buyer=payment.accounts[BUYER].address,
+        seller=payment.accounts[SELLER].address,
+        relayer=payment.accounts[RELAYER].address,
+    )
+    return Devnet(
+        payment=payment,
+        business=business,
+        info=info,
+        payment_token=token,
+        payment_htlc=PaymentHTLCProxy(payment.client, payment_htlc),
+        titles=titles,
+        delivery_htlc=DeliveryHTLCProxy(business.client, delivery_htlc),
+    )

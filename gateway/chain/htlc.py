@@ -1,0 +1,167 @@
+"""Typed proxies for PaymentHTLC and DeliveryHTLC, and pure decoding of their logs.
+
+Gas limits are explicit (see `gateway.chain.client`); they are upper bounds with headroom over
+the measured costs (`make bench`), never estimates made per transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3.contract import Contract
+
+from gateway.chain.client import ChainClient, Log, Receipt
+from gateway.domain.locks import (
+    DeliveryLock,
+    DeliveryLocked,
+    LockClaimed,
+    LockEvent,
+    LockRefunded,
+    PaymentLock,
+    PaymentLocked,
+)
+
+GAS_LOCK = 150_000
+GAS_CLAIM = 120_000
+GAS_REFUND = 120_000
+GAS_DELIVERY_LOCK = 250_000
+GAS_DELIVERY_EXIT = 150_000
+GAS_BATCH_BASE = 60_000
+GAS_BATCH_PER_LOCK = 40_000
+
+PAYMENT_LOCK_TYPES = ["address", "address", "uint256", "bytes32", "uint64"]
+DELIVERY_LOCK_TYPES = ["address", "address", "uint256", "bytes32", "bytes32", "bytes32", "uint64"]
+
+TOPIC_PAYMENT_LOCKED = keccak(text="Locked(bytes32,bytes32,address,address,uint256,uint64)")
+TOPIC_DELIVERY_LOCKED = keccak(
+    text="Locked(bytes32,bytes32,bytes32,address,address,uint256,bytes32,uint64)"
+)
+TOPIC_CLAIMED = keccak(text="Claimed(bytes32,bytes32,bytes32)")
+TOPIC_REFUNDED = keccak(text="Refunded(bytes32,bytes32)")
+
+
+def payment_lock_id(chain_id: int, htlc: str, lock: PaymentLock) -> bytes:
+    return keccak(abi_encode(["uint256", "address", *PAYMENT_LOCK_TYPES],
+                             [chain_id, htlc, *lock.as_tuple()]))
+
+
+def delivery_lock_id(chain_id: int, htlc: str, lock: DeliveryLock) -> bytes:
+    return keccak(abi_encode(["uint256", "address", *DELIVERY_LOCK_TYPES],
+                             [chain_id, htlc, *lock.as_tuple()]))
+
+
+def _address(topic_or_word: bytes) -> str:
+    return to_checksum_address(topic_or_word[-20:])
+
+
+def decode_htlc_log(log: Log) -> LockEvent | None:
+    """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
+
+    Pure: the caller has already checked that the log comes from the right contract address.
+    """
+    if not log.topics:
+        return None
+    topic = log.topics[0]
+    if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 4:
+        sender, amount, timelock = abi_decode(["address", "uint256", "uint64"], log.data)
+        lock = PaymentLock(to_checksum_address(sender), _address(log.topics[3]), amount,
+                           log.topics[2], timelock)
+        return PaymentLocked(log.topics[1], lock)
+    if topic == TOPIC_DELIVERY_LOCKED and len(log.topics) == 4:
+        seller, buyer, token_id, document_hash, timelock = abi_decode(
+            ["address", "address", "uint256", "bytes32", "uint64"], log.data)
+        lock = DeliveryLock(to_checksum_address(seller), to_checksum_address(buyer), token_id,
+                            document_hash, log.topics[3], log.topics[2], timelock)
+        return DeliveryLocked(log.topics[1], lock)
+    if topic == TOPIC_CLAIMED and len(log.topics) == 3:
+        return LockClaimed(log.topics[1], log.topics[2], log.data[:32])
+    if topic == TOPIC_REFUNDED and len(log.topics) == 3:
+        return LockRefunded(log.topics[1], log.topics[2])
+    return None
+
+
+def decode_receipt(receipt: Receipt, address: str) -> list[LockEvent]:
+    address = to_checksum_address(address)
+    events = []
+    for log in receipt.logs:
+        if to_checksum_address(log.address) == address and (event := decode_htlc_log(log)):
+            events.append(event)
+    return events
+
+
+@dataclass
+class PaymentHTLCProxy:
+    client: ChainClient
+    htlc: Contract
+
+    @property
+    def address(self) -> str:
+        return self.htlc.address
+
+    def lock_id(self, lock: PaymentLock) -> bytes:
+        return payment_lock_id(self.client.chain_id, self.address, lock)
+
+    def lock(self, sender: LocalAccount, beneficiary: str, amount: int, hashlock: bytes,
+             timelock: int) -> tuple[Receipt, PaymentLock]:
+        data = self.htlc.encode_abi("lock", [beneficiary, amount, hashlock, timelock])
+        receipt = self.client.transact(sender, to=self.address, data=data, gas=GAS_LOCK)
+        return receipt, PaymentLock(sender.address, to_checksum_address(beneficiary), amount,
+                                    hashlock, timelock)
+
+    def claim(self, caller: LocalAccount, lock: PaymentLock, preimage: bytes) -> Receipt:
+        data = self.htlc.encode_abi("claim", [lock.as_tuple(), preimage])
+        return self.client.transact(caller, to=self.address, data=data, gas=GAS_CLAIM)
+
+    def refund(self, caller: LocalAccount, lock: PaymentLock) -> Receipt:
+        data = self.htlc.encode_abi("refund", [lock.as_tuple()])
+        return self.client.transact(caller, to=self.address, data=data, gas=GAS_REFUND)
+
+    def claim_many(self, caller: LocalAccount, locks: list[PaymentLock],
+                   preimages: list[bytes]) -> Receipt:
+        data = self.htlc.encode_abi("claimMany", [[lk.as_tuple() for lk in locks], preimages])
+        gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(locks)
+        return self.client.transact(caller, to=self.address, data=data, gas=gas)
+
+    def refund_many(self, caller: LocalAccount, locks: list[PaymentLock]) -> Receipt:
+        data = self.htlc.encode_abi("refundMany", [[lk.as_tuple() for lk in locks]])
+        gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(locks)
+        return self.client.transact(caller, to=self.address, data=data, gas=gas)
+
+    def status(self, lock_id: bytes) -> int:
+        return self.htlc.functions.statusOf(lock_id).call()
+
+
+@dataclass
+class DeliveryHTLCProxy:
+    client: ChainClient
+    htlc: Contract
+
+    @property
+    def address(self) -> str:
+        return self.htlc.address
+
+    def lock_id(self, lock: DeliveryLock) -> bytes:
+        return delivery_lock_id(self.client.chain_id, self.address, lock)
+
+    def lock(self, seller: LocalAccount, buyer: str, token_id: int, document_hash: bytes,
+             trade_id: bytes, hashlock: bytes, timelock: int) -> tuple[Receipt, DeliveryLock]:
+        data = self.htlc.encode_abi(
+            "lock", [buyer, token_id, document_hash, trade_id, hashlock, timelock])
+        receipt = self.client.transact(seller, to=self.address, data=data, gas=GAS_DELIVERY_LOCK)
+        return receipt, DeliveryLock(seller.address, to_checksum_address(buyer), token_id,
+                                     document_hash, trade_id, hashlock, timelock)
+
+    def claim(self, caller: LocalAccount, lock: DeliveryLock, preimage: bytes) -> Receipt:
+        data = self.htlc.encode_abi("claim", [lock.as_tuple(), preimage])
+        return self.client.transact(caller, to=self.address, data=data, gas=GAS_DELIVERY_EXIT)
+
+    def refund(self, caller: LocalAccount, lock: DeliveryLock) -> Receipt:
+        data = self.htlc.encode_abi("refund", [lock.as_tuple()])
+        return self.client.transact(caller, to=self.address, data=data, gas=GAS_DELIVERY_EXIT)
+
+    def status(self, lock_id: bytes) -> int:
+        return self.htlc.functions.statusOf(lock_id).call()

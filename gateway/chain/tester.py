@@ -1,0 +1,75 @@
+"""In-process EVM chains (eth-tester + py-evm) that behave like distinct networks.
+
+Out of the box every eth-tester chain has the same chain id (131277322940537), web3's
+EthereumTesterProvider answers `eth_chainId` with that constant, and py-evm never checks the
+chain id a transaction was signed for: a transaction signed for one in-process chain would be
+accepted by the other. Here each chain gets its own id, used by the CHAINID opcode and by
+`eth_chainId`/`net_version` alike, and a transaction signed for any other chain (or for no chain:
+pre-EIP-155) is refused before it executes.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+
+from eth.abc import SignedTransactionAPI
+from eth.chains.base import MiningChain
+from eth_utils import ValidationError
+from eth_tester import EthereumTester, PyEVMBackend
+from web3 import EthereumTesterProvider, Web3
+
+
+class WrongChainIdError(ValidationError):
+    """A transaction signed for another chain (or for none) was sent to this one."""
+
+
+@cache
+def _chain_class(base: type[MiningChain], chain_id: int) -> type[MiningChain]:
+    def apply_transaction(self: MiningChain, transaction: SignedTransactionAPI):  # type: ignore[no-untyped-def]
+        signed_for = getattr(transaction, "chain_id", None)
+        if signed_for != self.chain_id:
+            raise WrongChainIdError(
+                f"transaction signed for chain id {signed_for}, this chain is {self.chain_id}"
+            )
+        return base.apply_transaction(self, transaction)
+
+    return type(
+        f"TesterChain{chain_id}",
+        (base,),
+        {"chain_id": chain_id, "apply_transaction": apply_transaction},
+    )
+
+
+class ChainIdPyEVMBackend(PyEVMBackend):
+    """A py-evm backend whose chain has `chain_id` and refuses other chains' transactions."""
+
+    def __init__(self, chain_id: int, **kwargs: object) -> None:
+        if not 0 < chain_id < 2**64:
+            raise ValueError(f"chain id must be in 1..2**64-1, got {chain_id}")
+        self.chain_id = chain_id
+        super().__init__(**kwargs)
+
+    def reset_to_genesis(self, *args: object, **kwargs: object) -> None:
+        super().reset_to_genesis(*args, **kwargs)
+        # Swap the class (not just an attribute): eth-tester rebuilds the chain from its class
+        # when a snapshot at genesis is restored, and the id must survive that.
+        self.chain.__class__ = _chain_class(type(self.chain), self.chain_id)
+
+
+def tester_provider(tester: EthereumTester, chain_id: int) -> EthereumTesterProvider:
+    """An EthereumTesterProvider that reports `chain_id` instead of eth-tester's constant."""
+    from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
+
+    endpoints = copy.copy(API_ENDPOINTS)
+    endpoints["eth"] = {**API_ENDPOINTS["eth"], "chainId": static_return(chain_id)}
+    endpoints["net"] = {**API_ENDPOINTS["net"], "version": static_return(str(chain_id))}
+    return EthereumTesterProvider(tester, api_endpoints=endpoints)
+
+
+def start_tester_chain(chain_id: int, num_accounts: int = 10) -> tuple[EthereumTester, Web3]:
+    """Start one in-process chain; returns the tester (time travel, snapshots) and a Web3."""
+    genesis_state = PyEVMBackend.generate_genesis_state(num_accounts=num_accounts)
+    backend = ChainIdPyEVMBackend(chain_id, genesis_state=genesis_state)
+    tester = EthereumTester(backend)
+    return tester, Web3(tester_provider(tester, chain_id))
