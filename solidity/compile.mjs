@@ -17,8 +17,9 @@ const targets = [
   { dir: "solidity/test", out: "tests/contracts/artifacts" },
 ];
 export const settings = {
-  optimizer: { enabled: true, runs: 200 },
+  optimizer: { enabled: true, runs: 1000000 },
   evmVersion: "cancun",
+  viaIR: true,
   metadata: { bytecodeHash: "ipfs" },
   outputSelection: {
     "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "metadata"] },

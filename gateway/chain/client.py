@@ -9,16 +9,15 @@ our own frozen types, so no HexBytes/AttributeDict leaves this package.
 from __future__ import annotations
 
 import ast
-
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from eth_tester.exceptions import TransactionFailed
 from web3.exceptions import ContractLogicError
 
 from gateway.contracts import Artifact

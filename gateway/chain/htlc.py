@@ -25,6 +25,8 @@ from gateway.domain.locks import (
     PaymentLocked,
 )
 
+__all__ = ["DeliveryHTLCProxy", "PaymentHTLCProxy", "decode_htlc_log", "decode_receipt"]
+
 GAS_LOCK = 150_000
 GAS_CLAIM = 120_000
 GAS_REFUND = 120_000
@@ -36,12 +38,12 @@ GAS_BATCH_PER_LOCK = 40_000
 PAYMENT_LOCK_TYPES = ["address", "address", "uint256", "bytes32", "uint64"]
 DELIVERY_LOCK_TYPES = ["address", "address", "uint256", "bytes32", "bytes32", "bytes32", "uint64"]
 
-TOPIC_PAYMENT_LOCKED = keccak(text="Locked(bytes32,bytes32,address,address,uint256,uint64)")
+TOPIC_PAYMENT_LOCKED = keccak(text="Locked(address,address,uint256,bytes32,uint64)")
 TOPIC_DELIVERY_LOCKED = keccak(
     text="Locked(bytes32,bytes32,bytes32,address,address,uint256,bytes32,uint64)"
 )
-TOPIC_CLAIMED = keccak(text="Claimed(bytes32,bytes32,bytes32)")
-TOPIC_REFUNDED = keccak(text="Refunded(bytes32,bytes32)")
+TOPIC_CLAIMED = keccak(text="Claimed(bytes32,bytes32)")
+TOPIC_REFUNDED = keccak(text="Refunded(bytes32)")
 
 
 def payment_lock_id(chain_id: int, htlc: str, lock: PaymentLock) -> bytes:
@@ -58,37 +60,39 @@ def _address(topic_or_word: bytes) -> str:
     return to_checksum_address(topic_or_word[-20:])
 
 
-def decode_htlc_log(log: Log) -> LockEvent | None:
+def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
 
     Pure: the caller has already checked that the log comes from the right contract address.
+    PaymentHTLC's `Locked` does not repeat the lock id, so it is derived here from the chain
+    id, the emitting contract and the parameters, exactly as the contract derives it.
     """
     if not log.topics:
         return None
     topic = log.topics[0]
-    if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 4:
-        sender, amount, timelock = abi_decode(["address", "uint256", "uint64"], log.data)
-        lock = PaymentLock(to_checksum_address(sender), _address(log.topics[3]), amount,
-                           log.topics[2], timelock)
-        return PaymentLocked(log.topics[1], lock)
+    if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 1:
+        sender, beneficiary, amount, hashlock, timelock = abi_decode(PAYMENT_LOCK_TYPES, log.data)
+        lock = PaymentLock(to_checksum_address(sender), to_checksum_address(beneficiary), amount,
+                           hashlock, timelock)
+        return PaymentLocked(payment_lock_id(chain_id, log.address, lock), lock)
     if topic == TOPIC_DELIVERY_LOCKED and len(log.topics) == 4:
         seller, buyer, token_id, document_hash, timelock = abi_decode(
             ["address", "address", "uint256", "bytes32", "uint64"], log.data)
         lock = DeliveryLock(to_checksum_address(seller), to_checksum_address(buyer), token_id,
                             document_hash, log.topics[3], log.topics[2], timelock)
         return DeliveryLocked(log.topics[1], lock)
-    if topic == TOPIC_CLAIMED and len(log.topics) == 3:
-        return LockClaimed(log.topics[1], log.topics[2], log.data[:32])
-    if topic == TOPIC_REFUNDED and len(log.topics) == 3:
-        return LockRefunded(log.topics[1], log.topics[2])
+    if topic == TOPIC_CLAIMED and len(log.topics) == 2 and len(log.data) == 32:
+        return LockClaimed(log.topics[1], log.data)
+    if topic == TOPIC_REFUNDED and len(log.topics) == 2:
+        return LockRefunded(log.topics[1])
     return None
 
 
-def decode_receipt(receipt: Receipt, address: str) -> list[LockEvent]:
+def decode_receipt(receipt: Receipt, address: str, chain_id: int) -> list[LockEvent]:
     address = to_checksum_address(address)
     events = []
     for log in receipt.logs:
-        if to_checksum_address(log.address) == address and (event := decode_htlc_log(log)):
+        if to_checksum_address(log.address) == address and (event := decode_htlc_log(log, chain_id)):
             events.append(event)
     return events
 

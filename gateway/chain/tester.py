@@ -15,8 +15,8 @@ from functools import cache
 
 from eth.abc import SignedTransactionAPI
 from eth.chains.base import MiningChain
-from eth_utils import ValidationError
 from eth_tester import EthereumTester, PyEVMBackend
+from eth_utils import ValidationError
 from web3 import EthereumTesterProvider, Web3
 
 

@@ -75,14 +75,16 @@ class LockClaimed:
     """Either leg claimed; the preimage is now public."""
 
     lock_id: bytes
-    hashlock: bytes
     preimage: bytes
+
+    @property
+    def hashlock(self) -> bytes:
+        return hashlock_of(self.preimage)
 
 
 @dataclass(frozen=True)
 class LockRefunded:
     lock_id: bytes
-    hashlock: bytes
 
 
 LockEvent = PaymentLocked | DeliveryLocked | LockClaimed | LockRefunded

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
-import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ITitleDocument} from "./interfaces/ITitleDocument.sol";
 
 /// @title DeliveryHTLC: the delivery leg of a cross-chain DvP trade.
@@ -11,7 +10,7 @@ import {ITitleDocument} from "./interfaces/ITitleDocument.sol";
 /// makes public so the payment leg can be claimed for the seller. At or after the timelock
 /// anyone may return the document to the seller. No owner, no upgrade, no pause.
 /// @dev Same one-slot design as PaymentHTLC: storage holds only each lock's status.
-contract DeliveryHTLC is ReentrancyGuardTransient {
+contract DeliveryHTLC {
     /// @notice The parameters of a delivery lock; `keccak256(chainid, this, Lock)` is its id.
     struct Lock {
         address seller;
@@ -36,7 +35,7 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
     /// @notice The only document registry this contract locks titles of.
     ITitleDocument public immutable titles;
 
-    mapping(bytes32 lockId => Status) public statusOf;
+    // Storage: the status of lock `id` is the full word at slot `id`, as in PaymentHTLC.
 
     event Locked(
         bytes32 indexed lockId,
@@ -48,8 +47,9 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
         bytes32 documentHash,
         uint64 timelock
     );
-    event Claimed(bytes32 indexed lockId, bytes32 indexed hashlock, bytes32 preimage);
-    event Refunded(bytes32 indexed lockId, bytes32 indexed hashlock);
+    /// @notice The contract is performed: the title went to the buyer and `preimage` is public.
+    event Claimed(bytes32 indexed lockId, bytes32 preimage);
+    event Refunded(bytes32 indexed lockId);
 
     error ZeroAddress();
     error ZeroHashlock();
@@ -63,6 +63,23 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
     error HashlockMismatch(bytes32 lockId);
     error LockExpired(bytes32 lockId, uint64 timelock);
     error LockNotExpired(bytes32 lockId, uint64 timelock);
+    error ReentrancyGuardReentrantCall();
+
+    /// @dev Reentrancy guard in transient storage slot 0 (see PaymentHTLC). A title registry
+    /// is an external contract: its transfer could call back.
+    modifier nonReentrant() {
+        assembly ("memory-safe") {
+            if tload(0) {
+                mstore(0, 0x3ee5aeb5) // ReentrancyGuardReentrantCall()
+                revert(0x1c, 4)
+            }
+            tstore(0, 1)
+        }
+        _;
+        assembly ("memory-safe") {
+            tstore(0, 0)
+        }
+    }
 
     constructor(ITitleDocument titles_) {
         if (address(titles_) == address(0)) revert ZeroAddress();
@@ -88,8 +105,8 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
         bytes32 actual = titles.documentHash(tokenId);
         if (actual != documentHash) revert DocumentMismatch(tokenId, documentHash, actual);
         lockId = _lockId(Lock(msg.sender, buyer, tokenId, documentHash, tradeId, hashlock, timelock));
-        if (statusOf[lockId] != Status.None) revert LockExists(lockId);
-        statusOf[lockId] = Status.Open;
+        if (_statusOf(lockId) != uint256(Status.None)) revert LockExists(lockId);
+        _setStatus(lockId, Status.Open);
 
         titles.transferFrom(msg.sender, address(this), tokenId);
         if (titles.ownerOf(tokenId) != address(this)) revert TitleNotReceived(tokenId);
@@ -103,24 +120,29 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
         if (preimage.length != 32) revert InvalidPreimageLength(preimage.length);
         bytes32 secret = bytes32(preimage);
         bytes32 lockId = _lockId(l);
-        Status status = statusOf[lockId];
-        if (status != Status.Open) revert LockNotOpen(lockId, status);
+        uint256 status = _statusOf(lockId);
+        if (status != uint256(Status.Open)) revert LockNotOpen(lockId, Status(status));
         if (block.timestamp >= l.timelock) revert LockExpired(lockId, l.timelock);
         if (sha256(abi.encodePacked(secret)) != l.hashlock) revert HashlockMismatch(lockId);
-        statusOf[lockId] = Status.Claimed;
+        _setStatus(lockId, Status.Claimed);
         titles.transferFrom(address(this), l.buyer, l.tokenId);
-        emit Claimed(lockId, l.hashlock, secret);
+        emit Claimed(lockId, secret);
     }
 
     /// @notice Return the title to the seller; callable by anyone at or after the timelock.
     function refund(Lock calldata l) external nonReentrant {
         bytes32 lockId = _lockId(l);
-        Status status = statusOf[lockId];
-        if (status != Status.Open) revert LockNotOpen(lockId, status);
+        uint256 status = _statusOf(lockId);
+        if (status != uint256(Status.Open)) revert LockNotOpen(lockId, Status(status));
         if (block.timestamp < l.timelock) revert LockNotExpired(lockId, l.timelock);
-        statusOf[lockId] = Status.Refunded;
+        _setStatus(lockId, Status.Refunded);
         titles.transferFrom(address(this), l.seller, l.tokenId);
-        emit Refunded(lockId, l.hashlock);
+        emit Refunded(lockId);
+    }
+
+    /// @notice Status of a lock id: None (never created), Open, Claimed or Refunded.
+    function statusOf(bytes32 lockId) external view returns (Status) {
+        return Status(_statusOf(lockId));
     }
 
     /// @notice The id of a lock with these parameters on this contract and chain.
@@ -130,5 +152,17 @@ contract DeliveryHTLC is ReentrancyGuardTransient {
 
     function _lockId(Lock memory l) private view returns (bytes32) {
         return keccak256(abi.encode(block.chainid, address(this), l));
+    }
+
+    function _statusOf(bytes32 lockId) private view returns (uint256 status) {
+        assembly ("memory-safe") {
+            status := sload(lockId)
+        }
+    }
+
+    function _setStatus(bytes32 lockId, Status status) private {
+        assembly ("memory-safe") {
+            sstore(lockId, status)
+        }
     }
 }
