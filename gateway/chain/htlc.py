@@ -90,11 +90,8 @@ def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
 
 def decode_receipt(receipt: Receipt, address: str, chain_id: int) -> list[LockEvent]:
     address = to_checksum_address(address)
-    events = []
-    for log in receipt.logs:
-        if to_checksum_address(log.address) == address and (event := decode_htlc_log(log, chain_id)):
-            events.append(event)
-    return events
+    ours = (log for log in receipt.logs if to_checksum_address(log.address) == address)
+    return [event for log in ours if (event := decode_htlc_log(log, chain_id)) is not None]
 
 
 @dataclass

@@ -1,0 +1,46 @@
+"""Shared test helpers: test-double artifacts, token funding, and revert assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3.contract import Contract
+
+from gateway.chain.client import ChainClient, Receipt, RevertError
+from gateway.contracts import Artifact, load_artifact
+
+TEST_ARTIFACTS = Path(__file__).parent / "contracts" / "artifacts"
+MAX_UINT256 = 2**256 - 1
+
+
+def double_artifact(name: str) -> Artifact:
+    """A compiled test double from solidity/test (NoReturnToken, FeeOnTransferToken, ...)."""
+    return load_artifact(name, TEST_ARTIFACTS)
+
+
+def balance_of(token: Contract, address: str) -> int:
+    return token.functions.balanceOf(address).call()
+
+
+def approve(client: ChainClient, owner: LocalAccount, token: Contract, spender: str,
+            amount: int = MAX_UINT256) -> None:
+    receipt = client.transact(owner, to=token.address, gas=100_000,
+                              data=token.encode_abi("approve", [spender, amount]))
+    assert receipt.succeeded
+
+
+def expect_revert(client: ChainClient, sender: LocalAccount, contract: Contract, fn: str,
+                  args: list[Any], error: str, gas: int = 500_000) -> RevertError:
+    """Assert that `fn(*args)` from `sender` reverts with custom error `error`, both when
+    simulated against the pending block and when actually mined (status 0). Returns the decoded
+    error so the caller can check its arguments."""
+    with pytest.raises(RevertError) as info:
+        client.call(contract, fn, *args, sender=sender.address, block="pending")
+    assert info.value.name == error, f"expected {error}, got {info.value}"
+    receipt: Receipt = client.transact(sender, to=contract.address, gas=gas,
+                                       data=contract.encode_abi(fn, args))
+    assert receipt.status == 0, f"{fn} was mined successfully, expected revert {error}"
+    return info.value
