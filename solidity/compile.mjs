@@ -16,15 +16,22 @@ const targets = [
   { dir: "solidity/contracts", out: "gateway/contracts/artifacts" },
   { dir: "solidity/test", out: "tests/contracts/artifacts" },
 ];
-export const settings = {
-  optimizer: { enabled: true, runs: 1000000 },
-  evmVersion: "cancun",
-  viaIR: true,
+// Pinned compiler settings, shared with tests/contracts/test_artifacts.py.
+const pinned = JSON.parse(fs.readFileSync(path.join(here, "compiler.json"), "utf8"));
+if (!solc.version().startsWith(pinned.solc + "+")) {
+  console.error(`solc ${solc.version()} is installed but compiler.json pins ${pinned.solc}: run npm ci`);
+  process.exit(1);
+}
+const settings = {
+  ...pinned.settings,
   metadata: { bytecodeHash: "ipfs" },
   outputSelection: {
     "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "metadata"] },
   },
 };
+const ozVersion = JSON.parse(
+  fs.readFileSync(path.join(here, "node_modules/@openzeppelin/contracts/package.json"), "utf8"),
+).version;
 
 function listSol(dir) {
   return fs
@@ -62,7 +69,8 @@ for (const t of targets) {
       const artifact = {
         contractName: name,
         sourceName,
-        compiler: { version: meta.compiler.version, settings: { optimizer: settings.optimizer, evmVersion: settings.evmVersion } },
+        compiler: { version: meta.compiler.version, settings: pinned.settings },
+        dependencies: { "@openzeppelin/contracts": ozVersion },
         sources: Object.fromEntries(Object.entries(meta.sources).map(([p, s]) => [p, s.keccak256])),
         abi: c.abi,
         bytecode: "0x" + c.evm.bytecode.object,

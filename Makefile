@@ -1,0 +1,48 @@
+# dvp-gateway. `make test` works from a clean clone: it creates the venv and installs what the
+# tests need, and is a no-op install the second time (stamps track pyproject/package-lock).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_STAMP  := $(VENV)/.installed
+NPM_STAMP := solidity/node_modules/.installed
+XDIST  ?= 2
+
+.PHONY: install test contracts contracts-check bench lint run clean
+
+install: $(PY_STAMP) $(NPM_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Pinned solc and OpenZeppelin Contracts from solidity/package-lock.json.
+$(NPM_STAMP): solidity/package.json solidity/package-lock.json
+	cd solidity && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(PY_STAMP)
+	$(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
+
+# Recompile solidity/ into the committed artifacts.
+contracts: $(NPM_STAMP)
+	node solidity/compile.mjs
+
+# Fail if compiling from scratch with the pinned compiler changes any committed artifact.
+contracts-check: $(NPM_STAMP)
+	node solidity/compile.mjs >/dev/null
+	git diff --exit-code --stat -- gateway/contracts/artifacts tests/contracts/artifacts
+
+bench: $(PY_STAMP)
+	$(BIN)/python bench/gas.py
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check gateway tests bench
+
+run: $(PY_STAMP)
+	$(BIN)/dvp-gateway swap
+
+clean:
+	rm -rf $(VENV) solidity/node_modules .pytest_cache
