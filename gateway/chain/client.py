@@ -18,7 +18,7 @@ from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from gateway.contracts import Artifact
 
@@ -144,6 +144,26 @@ class ChainClient:
         raw = bytes(account.sign_transaction(tx).raw_transaction)
         self._nonces[account.address] = nonce + 1
         return raw
+
+    def sign_with_nonce(self, account: LocalAccount, *, to: str, data: bytes | str, gas: int,
+                        nonce: int, value: int = 0) -> bytes:
+        """Sign with an explicit nonce (the caller manages nonces, e.g. from its database)."""
+        tx: dict[str, Any] = {
+            "chainId": self.chain_id, "nonce": nonce, "gas": gas, "value": value, "data": data,
+            "maxFeePerGas": self.max_fee_per_gas,
+            "maxPriorityFeePerGas": self.priority_fee_per_gas, "to": to_checksum_address(to),
+        }
+        return bytes(account.sign_transaction(tx).raw_transaction)
+
+    @staticmethod
+    def tx_hash(raw: bytes) -> bytes:
+        return keccak(raw)
+
+    def receipt(self, tx_hash: bytes) -> Receipt | None:
+        try:
+            return _to_receipt(self.w3.eth.get_transaction_receipt(tx_hash))
+        except TransactionNotFound:
+            return None
 
     def send_raw(self, raw: bytes) -> bytes:
         return bytes(self.w3.eth.send_raw_transaction(raw))

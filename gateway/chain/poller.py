@@ -1,0 +1,127 @@
+"""A poller per chain: logs from the cursor up to `head - confirmations`, decoded into domain
+inputs, with the last block of the batch (time passing) and a reorg check.
+
+Pure reads: it never writes the database; the dispatcher stores what it returns together
+with the new cursor. A reorganisation is noticed when the stored cursor's block hash is no
+longer the chain's block at that height; the poller then finds the fork point among recent
+cursor positions and asks the dispatcher to rewind there. It never skips silently: a fork
+older than every position it remembers is raised as DeepReorgError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_utils import to_checksum_address
+
+from gateway.chain.client import ChainClient, Log
+from gateway.chain.htlc import decode_htlc_log
+from gateway.domain.locks import DeliveryLocked, LockClaimed, LockRefunded, PaymentLocked
+from gateway.domain.trade import (
+    Block,
+    Chain,
+    ChainBatch,
+    ChainRef,
+    ContractReceive,
+    ContractReceiveClaimed,
+    ContractReceiveDeliveryLocked,
+    ContractReceivePaymentLocked,
+    ContractReceiveRefunded,
+)
+
+
+class DeepReorgError(RuntimeError):
+    """The chain forked below every block position we remember: processing must halt."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    number: int
+    block_hash: bytes
+
+
+def to_input(chain: Chain, log: Log, chain_id: int, block_number: int,
+             tx_hash: bytes) -> ContractReceive | None:
+    event = decode_htlc_log(log, chain_id)
+    ref = ChainRef(chain_id, block_number, tx_hash, log.log_index)
+    match event:
+        case PaymentLocked() if chain is Chain.PAYMENT:
+            return ContractReceivePaymentLocked(event.lock_id, event.lock, ref)
+        case DeliveryLocked() if chain is Chain.BUSINESS:
+            return ContractReceiveDeliveryLocked(event.lock_id, event.lock, ref)
+        case LockClaimed():
+            return ContractReceiveClaimed(chain, event.lock_id, event.preimage, ref)
+        case LockRefunded():
+            return ContractReceiveRefunded(chain, event.lock_id, ref)
+    return None
+
+
+class ChainPoller:
+    def __init__(self, chain: Chain, client: ChainClient, htlc_address: str, *,
+                 confirmations: int = 0, batch_blocks: int = 2_000, start_block: int = 0) -> None:
+        self.chain = chain
+        self.client = client
+        self.htlc_address = to_checksum_address(htlc_address)
+        self.confirmations = confirmations
+        self.batch_blocks = batch_blocks
+        self.start_block = start_block
+
+    def head(self) -> int:
+        return self.client.w3.eth.block_number
+
+    def confirmed_head(self) -> int:
+        return self.head() - self.confirmations
+
+    def _block_hash(self, number: int) -> bytes | None:
+        try:
+            return bytes(self.client.w3.eth.get_block(number)["hash"])
+        except Exception:  # noqa: BLE001 - a block above the head after a reorg
+            return None
+
+    def find_fork(self, recent: list[tuple[int, bytes]]) -> int:
+        """Highest remembered position still on the chain (recent is newest first)."""
+        for number, block_hash in recent:
+            if self._block_hash(number) == block_hash:
+                return number
+        raise DeepReorgError(
+            f"{self.chain.value} chain forked below block {recent[-1][0] if recent else '?'}: "
+            "no remembered block is still canonical")
+
+    def next_batch(self, cursor: Cursor | None,
+                   recent: list[tuple[int, bytes]]) -> ChainBatch | None:
+        target = self.confirmed_head()
+        rewind_to = None
+        if cursor is None:
+            start = self.start_block
+        elif self._block_hash(cursor.number) != cursor.block_hash:
+            rewind_to = self.find_fork(recent)
+            start = rewind_to + 1
+        else:
+            start = cursor.number + 1
+        if start > target:
+            if rewind_to is None:
+                return None
+            end = rewind_to
+        else:
+            end = min(target, start + self.batch_blocks - 1)
+        inputs = self._inputs(start, end) if start <= end else []
+        block = self.client.w3.eth.get_block(end)
+        return ChainBatch(chain=self.chain, chain_id=self.client.chain_id, inputs=inputs,
+                          block=Block(self.chain, end, block["timestamp"]),
+                          block_hash=bytes(block["hash"]), rewind_to=rewind_to)
+
+    def _inputs(self, start: int, end: int) -> list[ContractReceive]:
+        raw_logs = self.client.w3.eth.get_logs(
+            {"fromBlock": start, "toBlock": end, "address": self.htlc_address})
+        inputs = []
+        for raw in raw_logs:
+            if raw.get("removed"):
+                continue
+            log = Log(address=raw["address"], topics=tuple(bytes(t) for t in raw["topics"]),
+                      data=bytes(raw["data"]), log_index=raw["logIndex"])
+            inp = to_input(self.chain, log, self.client.chain_id, raw["blockNumber"],
+                           bytes(raw["transactionHash"]))
+            if inp is not None:
+                inputs.append(inp)
+        inputs.sort(key=lambda i: (i.ref.block_number, i.ref.log_index))
+        return inputs

@@ -1,0 +1,167 @@
+"""SQLAlchemy models. The schema is owned by the Alembic migrations in `migrations/`;
+`tests/integration/test_migrations.py` checks that these models and the migration head agree.
+
+Hex strings (`0x`-less, lowercase) for hashes and ids keep rows readable in any SQL client and
+identical on SQLite and PostgreSQL. Domain values are stored as JSON via `gateway.domain.codec`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+HEX32 = String(64)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TradeRow(Base):
+    __tablename__ = "trades"
+
+    id: Mapped[str] = mapped_column(HEX32, primary_key=True)
+    hashlock: Mapped[str] = mapped_column(HEX32, unique=True)
+    phase: Mapped[str] = mapped_column(String(32), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending
+    state: Mapped[dict] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now(), onupdate=func.now())
+
+
+class LockRow(Base):
+    """Every lock id seen on chain that belongs to a trade (matched or rejected)."""
+
+    __tablename__ = "locks"
+
+    lock_id: Mapped[str] = mapped_column(HEX32, primary_key=True)
+    chain: Mapped[str] = mapped_column(String(16), primary_key=True)
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"), index=True)
+
+
+class InputRow(Base):
+    """Append-only log of every input applied. Chain inputs are unique per log."""
+
+    __tablename__ = "inputs"
+    __table_args__ = (UniqueConstraint("chain_id", "tx_hash", "log_index"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    trade_id: Mapped[str | None] = mapped_column(HEX32, index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+    chain_id: Mapped[int | None] = mapped_column(BigInteger)
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    tx_hash: Mapped[str | None] = mapped_column(HEX32)
+    log_index: Mapped[int | None] = mapped_column(Integer)
+    orphaned: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+
+
+class OutboxRow(Base):
+    """A transaction the state machine asked for. Done when its result is seen on chain."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("trade_id", "key"),
+                      Index("ix_outbox_status_chain", "status", "chain"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"))
+    key: Mapped[str] = mapped_column(String(160))
+    kind: Mapped[str] = mapped_column(String(64))
+    chain: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict] = mapped_column(JSON)
+    # pending -> (attempts) -> done | cancelled | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("tx_attempts.id"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now(), onupdate=func.now())
+
+
+class AttemptRow(Base):
+    """One signed transaction, recorded before it is sent (so a restart can resend it)."""
+
+    __tablename__ = "tx_attempts"
+    __table_args__ = (UniqueConstraint("chain_id", "sender", "nonce", "tx_hash"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    sender: Mapped[str] = mapped_column(String(42))
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(HEX32)
+    raw_tx: Mapped[str] = mapped_column(Text)
+    # signed (recorded, maybe not sent) -> sent -> mined | reverted | dropped
+    status: Mapped[str] = mapped_column(String(16), default="signed")
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+
+
+class CursorRow(Base):
+    """Per chain: the last block whose logs were applied, and its hash (reorg detection)."""
+
+    __tablename__ = "cursors"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str] = mapped_column(HEX32)
+    block_timestamp: Mapped[int] = mapped_column(BigInteger)
+
+
+class BlockHashRow(Base):
+    """Recent cursor positions per chain, to find the fork point after a reorg."""
+
+    __tablename__ = "block_hashes"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_hash: Mapped[str] = mapped_column(HEX32)
+
+
+class TradeEventRow(Base):
+    """Notifications (Event*) per trade: the trade's timeline."""
+
+    __tablename__ = "trade_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+    chain_id: Mapped[int | None] = mapped_column(BigInteger)
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    tx_hash: Mapped[str | None] = mapped_column(HEX32)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())

@@ -1,0 +1,212 @@
+"""Every query the engine and the API make. No commits here: callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from gateway.db.models import (
+    AttemptRow,
+    BlockHashRow,
+    CursorRow,
+    InputRow,
+    LockRow,
+    OutboxRow,
+    TradeEventRow,
+    TradeRow,
+)
+from gateway.domain.codec import decode, encode
+from gateway.domain.trade import (
+    FINAL_PHASES,
+    ChainRef,
+    ContractSend,
+    Effect,
+    Input,
+    TradeState,
+)
+
+RECENT_HASHES = 256  # cursor positions kept per chain for finding a fork point
+
+
+def is_active(state: TradeState) -> bool:
+    return state.phase not in FINAL_PHASES or bool(state.pending)
+
+
+class Repository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- trades ---------------------------------------------------------------------------
+
+    def get_trade(self, trade_id: bytes) -> TradeState | None:
+        row = self.session.get(TradeRow, trade_id.hex())
+        return decode(TradeState, row.state) if row else None
+
+    def trade_id_by_hashlock(self, hashlock: bytes) -> bytes | None:
+        found = self.session.scalar(select(TradeRow.id).where(TradeRow.hashlock == hashlock.hex()))
+        return bytes.fromhex(found) if found else None
+
+    def trade_id_by_lock(self, chain: str, lock_id: bytes) -> bytes | None:
+        row = self.session.get(LockRow, (lock_id.hex(), chain))
+        return bytes.fromhex(row.trade_id) if row else None
+
+    def link_lock(self, chain: str, lock_id: bytes, trade_id: bytes) -> None:
+        if self.session.get(LockRow, (lock_id.hex(), chain)) is None:
+            self.session.add(LockRow(lock_id=lock_id.hex(), chain=chain, trade_id=trade_id.hex()))
+
+    def add_trade(self, state: TradeState) -> None:
+        self.session.add(TradeRow(id=state.trade_id.hex(), hashlock=state.terms.hashlock.hex(),
+                                  phase=state.phase.value, active=is_active(state),
+                                  state=encode(state), version=0))
+        self.session.flush()
+
+    def save_trade(self, state: TradeState) -> None:
+        self.session.execute(
+            update(TradeRow).where(TradeRow.id == state.trade_id.hex()).values(
+                phase=state.phase.value, active=is_active(state), state=encode(state),
+                version=TradeRow.version + 1))
+
+    def active_trade_ids(self) -> list[bytes]:
+        rows = self.session.scalars(select(TradeRow.id).where(TradeRow.active.is_(True)))
+        return [bytes.fromhex(r) for r in rows]
+
+    def trade_counts_by_phase(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        rows = self.session.execute(select(TradeRow.phase, func.count()).group_by(TradeRow.phase))
+        return {phase: count for phase, count in rows}
+
+    # --- input log ------------------------------------------------------------------------
+
+    def input_seen(self, ref: ChainRef) -> bool:
+        return self.session.scalar(select(InputRow.id).where(
+            InputRow.chain_id == ref.chain_id, InputRow.tx_hash == ref.tx_hash.hex(),
+            InputRow.log_index == ref.log_index)) is not None
+
+    def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
+                     ) -> None:
+        self.session.add(InputRow(
+            trade_id=trade_id.hex() if trade_id else None, kind=type(inp).__name__,
+            payload=encode(inp), chain_id=ref.chain_id if ref else None,
+            block_number=ref.block_number if ref else None,
+            tx_hash=ref.tx_hash.hex() if ref else None,
+            log_index=ref.log_index if ref else None, orphaned=False))
+
+    def inputs_for_trade(self, trade_id: bytes) -> list[Input]:
+        rows = self.session.scalars(select(InputRow).where(
+            InputRow.trade_id == trade_id.hex(), InputRow.orphaned.is_(False)
+        ).order_by(InputRow.id))
+        return [decode(Input, r.payload) for r in rows]
+
+    def orphan_inputs_after(self, chain_id: int, block_number: int) -> list[tuple[bytes, Input]]:
+        """Mark chain inputs from blocks above `block_number` orphaned; returns them."""
+        rows = list(self.session.scalars(select(InputRow).where(
+            InputRow.chain_id == chain_id, InputRow.block_number > block_number,
+            InputRow.orphaned.is_(False))))
+        for row in rows:
+            row.orphaned = True
+        return [(bytes.fromhex(r.trade_id), decode(Input, r.payload)) for r in rows if r.trade_id]
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def enqueue(self, trade_id: bytes, effect: ContractSend, chain: str) -> None:
+        row = self.session.scalar(select(OutboxRow).where(
+            OutboxRow.trade_id == trade_id.hex(), OutboxRow.key == effect.key))
+        if row is None:
+            self.session.add(OutboxRow(trade_id=trade_id.hex(), key=effect.key,
+                                       kind=type(effect).__name__, chain=chain,
+                                       payload=encode(effect), status="pending"))
+        elif row.status not in ("pending",):
+            # Wanted again (a reorg undid its result): a fresh start.
+            row.status, row.payload, row.attempt_id, row.last_error = (
+                "pending", encode(effect), None, None)
+
+    def close_effects(self, trade_id: bytes, keys: Iterable[str], status: str) -> None:
+        keys = list(keys)
+        if keys:
+            self.session.execute(update(OutboxRow).where(
+                OutboxRow.trade_id == trade_id.hex(), OutboxRow.key.in_(keys),
+                OutboxRow.status == "pending").values(status=status))
+
+    def pending_effects(self, chain: str | None = None) -> list[tuple[OutboxRow, ContractSend]]:
+        query = select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id)
+        if chain is not None:
+            query = query.where(OutboxRow.chain == chain)
+        return [(row, decode(ContractSend, row.payload)) for row in self.session.scalars(query)]
+
+    def outbox_depth(self) -> int:
+        from sqlalchemy import func
+
+        return self.session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.status == "pending")) or 0
+
+    # --- transaction attempts -------------------------------------------------------------
+
+    def add_attempt(self, chain_id: int, sender: str, nonce: int, tx_hash: bytes,
+                    raw_tx: bytes) -> AttemptRow:
+        row = AttemptRow(chain_id=chain_id, sender=sender, nonce=nonce, tx_hash=tx_hash.hex(),
+                         raw_tx=raw_tx.hex(), status="signed")
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def get_attempt(self, attempt_id: int) -> AttemptRow | None:
+        return self.session.get(AttemptRow, attempt_id)
+
+    def max_nonce(self, chain_id: int, sender: str) -> int | None:
+        from sqlalchemy import func
+
+        return self.session.scalar(select(func.max(AttemptRow.nonce)).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.status.in_(("signed", "sent", "mined", "reverted"))))
+
+    def unsettled_attempts(self, chain_id: int) -> list[AttemptRow]:
+        return list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.status.in_(("signed", "sent"))
+        ).order_by(AttemptRow.nonce)))
+
+    # --- cursors --------------------------------------------------------------------------
+
+    def cursor(self, chain_id: int) -> CursorRow | None:
+        return self.session.get(CursorRow, chain_id)
+
+    def set_cursor(self, chain_id: int, number: int, block_hash: bytes, timestamp: int) -> None:
+        row = self.session.get(CursorRow, chain_id)
+        if row is None:
+            self.session.add(CursorRow(chain_id=chain_id, block_number=number,
+                                       block_hash=block_hash.hex(), block_timestamp=timestamp))
+        else:
+            row.block_number, row.block_hash, row.block_timestamp = (
+                number, block_hash.hex(), timestamp)
+        self.session.merge(BlockHashRow(chain_id=chain_id, block_number=number,
+                                        block_hash=block_hash.hex()))
+        self.session.execute(delete(BlockHashRow).where(
+            BlockHashRow.chain_id == chain_id,
+            BlockHashRow.block_number <= number - RECENT_HASHES))
+
+    def recent_block_hashes(self, chain_id: int) -> list[tuple[int, bytes]]:
+        rows = self.session.execute(select(BlockHashRow.block_number, BlockHashRow.block_hash)
+                                    .where(BlockHashRow.chain_id == chain_id)
+                                    .order_by(BlockHashRow.block_number.desc()))
+        return [(n, bytes.fromhex(h)) for n, h in rows]
+
+    def forget_block_hashes_after(self, chain_id: int, number: int) -> None:
+        self.session.execute(delete(BlockHashRow).where(
+            BlockHashRow.chain_id == chain_id, BlockHashRow.block_number > number))
+
+    # --- timeline -------------------------------------------------------------------------
+
+    def add_events(self, trade_id: bytes, events: Iterable[Effect],
+                   ref: ChainRef | None = None) -> None:
+        for event in events:
+            self.session.add(TradeEventRow(
+                trade_id=trade_id.hex(), kind=type(event).__name__, payload=encode(event),
+                chain_id=ref.chain_id if ref else None,
+                block_number=ref.block_number if ref else None,
+                tx_hash=ref.tx_hash.hex() if ref else None))
+
+    def events_for_trade(self, trade_id: bytes) -> list[TradeEventRow]:
+        return list(self.session.scalars(select(TradeEventRow).where(
+            TradeEventRow.trade_id == trade_id.hex()).order_by(TradeEventRow.id)))

@@ -1,0 +1,61 @@
+"""Timelock policy: how far apart the two deadlines must be for the seller to be safe.
+
+The seller's risk window opens when the buyer reveals the secret at the last moment, in the
+last business-chain block before `T_deliver`. The seller is paid only if the relayer's claim is
+mined on the payment chain before `T_pay`, and it must stay mined, so
+
+    T_pay - T_deliver >= margin, with
+
+    margin = (business_confirmations + 1) * business_block_time    reveal mined and final
+           + reaction_budget                                        poll, decide, sign, send
+           + (payment_confirmations + 1) * payment_block_time       claim mined and final
+           + 2 * drift_allowance                                    each chain's clock may
+                                                                    be off real time by drift
+
+Block times are upper bounds (the slowest block interval to plan for), not averages. The same
+numbers tell the relayer when a claim can no longer be confirmed in time (`claim_is_safe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    payment_confirmations: int = 2
+    business_confirmations: int = 2
+    payment_block_time: int = 12
+    business_block_time: int = 12
+    reaction_budget: int = 60
+    drift_allowance: int = 15
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    @property
+    def required_margin(self) -> int:
+        return (
+            (self.business_confirmations + 1) * self.business_block_time
+            + self.reaction_budget
+            + (self.payment_confirmations + 1) * self.payment_block_time
+            + 2 * self.drift_allowance
+        )
+
+    @property
+    def claim_lead_time(self) -> int:
+        """How long before `T_pay` a claim must be sent to be mined and final in time."""
+        return (self.payment_confirmations + 1) * self.payment_block_time + self.drift_allowance
+
+    def claim_is_safe(self, payment_time: int, t_pay: int) -> bool:
+        return payment_time + self.claim_lead_time < t_pay
+
+    def leaves_time(self, chain_time: int, deadline: int) -> bool:
+        """A lock made now still leaves the other party a claim window before `deadline`."""
+        return chain_time + self.claim_lead_time < deadline
+
+    def claim_is_possible(self, payment_time: int, t_pay: int) -> bool:
+        """A claim can still be mined: the next payment block may still be before `T_pay`."""
+        return payment_time + 1 < t_pay

@@ -1,0 +1,620 @@
+"""The trade state machine: `state_transition(state, input) -> (state, effects)`.
+
+Rules (read before changing anything here):
+- Deterministic and pure: no I/O, no clock, no randomness. Time arrives as `Block` inputs, one
+  per chain, carrying that chain's block timestamp: deadlines are judged by chain time only.
+- Inputs (`Action*` from the API, `ContractReceive*` from chain logs, `Block`) and outputs
+  (`ContractSend*` transactions to make, `Event*` notifications) are separate hierarchies.
+- State is immutable; every step returns a new state and is followed by an invariant check.
+- The chain is the source of truth. A leg's status changes only when its log is seen, whoever
+  sent the transaction. Chain inputs never raise: duplicates and strays are no-ops or flags.
+- Effects are reconciled, not scripted: after every input the machine computes which
+  transactions the facts call for, emits those not already pending, and forgets pending ones
+  the chain has made moot. So inputs may arrive in any order, twice, or after a restart.
+- The payment is claimed only with a preimage that is public on chain. A managed buyer's own
+  secret is used for one thing: taking delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.policy import TimingPolicy
+
+
+class Phase(StrEnum):
+    PROPOSED = "proposed"
+    AGREED = "agreed"
+    PAYMENT_LOCKED = "payment_locked"
+    DELIVERY_LOCKED = "delivery_locked"
+    DELIVERED = "delivered"  # delivery claimed: the preimage is public, payment claim due
+    SETTLED = "settled"  # both legs claimed
+    DELIVERY_REFUNDED = "delivery_refunded"  # title back to the seller, payment refund due
+    PAYMENT_REFUNDED = "payment_refunded"  # payment back to the buyer
+    REJECTED = "rejected"  # the buyer's payment lock does not match the agreed terms
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # agreed, but nothing was locked before the payment deadline
+
+
+FINAL_PHASES = frozenset(
+    {Phase.SETTLED, Phase.PAYMENT_REFUNDED, Phase.REJECTED, Phase.CANCELLED, Phase.EXPIRED}
+)
+
+
+class Chain(StrEnum):
+    PAYMENT = "payment"
+    BUSINESS = "business"
+
+
+class LegStatus(StrEnum):
+    OPEN = "open"
+    CLAIMED = "claimed"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What buyer and seller agreed. Amounts are integer token units; times are unix seconds
+    compared against block timestamps."""
+
+    buyer_payment: str  # pays on the payment chain
+    seller_payment: str  # is paid on the payment chain
+    buyer_business: str  # receives the title on the business chain
+    seller_business: str  # delivers the title on the business chain
+    amount: int
+    token_id: int
+    document_hash: bytes
+    hashlock: bytes
+    t_deliver: int
+    t_pay: int
+
+    def expected_payment_lock(self) -> PaymentLock:
+        return PaymentLock(self.buyer_payment, self.seller_payment, self.amount, self.hashlock,
+                           self.t_pay)
+
+    def expected_delivery_lock(self, trade_id: bytes) -> DeliveryLock:
+        return DeliveryLock(self.seller_business, self.buyer_business, self.token_id,
+                            self.document_hash, trade_id, self.hashlock, self.t_deliver)
+
+
+def terms_problems(terms: Terms, policy: TimingPolicy) -> list[tuple[str, str]]:
+    """(field, message) for every rule the terms break; empty when they are acceptable."""
+    problems = []
+    if terms.amount <= 0 or terms.amount >= 2**256:
+        problems.append(("amount", "must be a positive integer below 2**256"))
+    if len(terms.hashlock) != 32 or terms.hashlock == bytes(32):
+        problems.append(("hashlock", "must be 32 bytes, not all zero"))
+    if len(terms.document_hash) != 32 or terms.document_hash == bytes(32):
+        problems.append(("document_hash", "must be 32 bytes, not all zero"))
+    if terms.token_id < 0 or terms.token_id >= 2**256:
+        problems.append(("token_id", "must be a uint256"))
+    margin = terms.t_pay - terms.t_deliver
+    if margin < policy.required_margin:
+        problems.append(("t_pay", f"T_pay - T_deliver is {margin} s; the minimum safety margin "
+                                  f"is {policy.required_margin} s"))
+    return problems
+
+
+@dataclass(frozen=True)
+class PaymentLeg:
+    lock_id: bytes
+    lock: PaymentLock
+    status: LegStatus = LegStatus.OPEN
+
+
+@dataclass(frozen=True)
+class DeliveryLeg:
+    lock_id: bytes
+    lock: DeliveryLock
+    status: LegStatus = LegStatus.OPEN
+
+
+@dataclass(frozen=True)
+class TradeState:
+    trade_id: bytes
+    terms: Terms
+    phase: Phase
+    managed_buyer: bool = False  # the gateway holds the buyer's keys and secret
+    managed_seller: bool = False
+    payment: PaymentLeg | None = None
+    delivery: DeliveryLeg | None = None
+    rejected_payments: tuple[PaymentLeg, ...] = ()  # buyer's locks not matching the terms
+    preimage: bytes | None = None  # public: seen in a Claimed log on either chain
+    buyer_secret: bytes | None = None  # private: a managed buyer's secret, for taking delivery
+    payment_time: int = 0  # latest payment-chain block timestamp seen
+    business_time: int = 0
+    pending: frozenset[str] = frozenset()  # keys of ContractSend* emitted, result not yet seen
+    flags: tuple[str, ...] = ()
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainRef:
+    """Where a log came from: (chain_id, tx_hash, log_index) identifies it uniquely."""
+
+    chain_id: int
+    block_number: int
+    tx_hash: bytes
+    log_index: int
+
+
+@dataclass(frozen=True)
+class ActionProposeTrade:
+    trade_id: bytes
+    terms: Terms
+    managed_buyer: bool = False
+    managed_seller: bool = False
+    buyer_secret: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ActionAcceptTrade:
+    trade_id: bytes
+
+
+@dataclass(frozen=True)
+class ActionCancelTrade:
+    trade_id: bytes
+
+
+@dataclass(frozen=True)
+class ActionTakeDelivery:
+    """A managed buyer performs: claim the delivery with its secret."""
+
+    trade_id: bytes
+
+
+@dataclass(frozen=True)
+class ContractReceivePaymentLocked:
+    lock_id: bytes
+    lock: PaymentLock
+    ref: ChainRef
+
+
+@dataclass(frozen=True)
+class ContractReceiveDeliveryLocked:
+    lock_id: bytes
+    lock: DeliveryLock
+    ref: ChainRef
+
+
+@dataclass(frozen=True)
+class ContractReceiveClaimed:
+    chain: Chain
+    lock_id: bytes
+    preimage: bytes
+    ref: ChainRef
+
+
+@dataclass(frozen=True)
+class ContractReceiveRefunded:
+    chain: Chain
+    lock_id: bytes
+    ref: ChainRef
+
+
+@dataclass(frozen=True)
+class Block:
+    chain: Chain
+    number: int
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class PreimageRevealed:
+    """The preimage was made public on a chain, in a block since reorganised away: it is still
+    public (the transaction may be mined again by anyone), so both legs may be claimed with it."""
+
+    preimage: bytes
+
+
+@dataclass(frozen=True)
+class ChainBatch:
+    """What a poller hands over: the logs of blocks (cursor, block.number] in order, the last
+    block, and, after a reorganisation, the fork point to rewind to first."""
+
+    chain: Chain
+    chain_id: int
+    inputs: list[ContractReceive]
+    block: Block
+    block_hash: bytes
+    rewind_to: int | None = None
+
+
+Action = ActionProposeTrade | ActionAcceptTrade | ActionCancelTrade | ActionTakeDelivery
+ContractReceive = (ContractReceivePaymentLocked | ContractReceiveDeliveryLocked
+                   | ContractReceiveClaimed | ContractReceiveRefunded)
+Input = Action | ContractReceive | Block | PreimageRevealed
+
+
+# --- effects --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContractSendPaymentLock:
+    trade_id: bytes
+    lock: PaymentLock
+
+    @property
+    def key(self) -> str:
+        return "payment_lock"
+
+
+@dataclass(frozen=True)
+class ContractSendDeliveryLock:
+    trade_id: bytes
+    lock: DeliveryLock
+
+    @property
+    def key(self) -> str:
+        return "delivery_lock"
+
+
+@dataclass(frozen=True)
+class ContractSendPaymentClaim:
+    trade_id: bytes
+    lock_id: bytes
+    lock: PaymentLock
+    preimage: bytes
+
+    @property
+    def key(self) -> str:
+        return f"payment_claim:{self.lock_id.hex()}"
+
+
+@dataclass(frozen=True)
+class ContractSendDeliveryClaim:
+    trade_id: bytes
+    lock_id: bytes
+    lock: DeliveryLock
+    preimage: bytes
+
+    @property
+    def key(self) -> str:
+        return f"delivery_claim:{self.lock_id.hex()}"
+
+
+@dataclass(frozen=True)
+class ContractSendPaymentRefund:
+    trade_id: bytes
+    lock_id: bytes
+    lock: PaymentLock
+
+    @property
+    def key(self) -> str:
+        return f"payment_refund:{self.lock_id.hex()}"
+
+
+@dataclass(frozen=True)
+class ContractSendDeliveryRefund:
+    trade_id: bytes
+    lock_id: bytes
+    lock: DeliveryLock
+
+    @property
+    def key(self) -> str:
+        return f"delivery_refund:{self.lock_id.hex()}"
+
+
+@dataclass(frozen=True)
+class EventPhaseChanged:
+    trade_id: bytes
+    old: Phase | None
+    new: Phase
+
+
+@dataclass(frozen=True)
+class EventLockRejected:
+    trade_id: bytes
+    chain: Chain
+    lock_id: bytes
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EventClaimAtRisk:
+    """The payment claim is due but may not be mined and final before `T_pay`."""
+
+    trade_id: bytes
+    payment_time: int
+    t_pay: int
+    sent: bool  # False: too late to be mined at all, not attempted
+
+
+ContractSend = (ContractSendPaymentLock | ContractSendDeliveryLock | ContractSendPaymentClaim
+                | ContractSendDeliveryClaim | ContractSendPaymentRefund
+                | ContractSendDeliveryRefund)
+Effect = ContractSend | EventPhaseChanged | EventLockRejected | EventClaimAtRisk
+
+
+class InvalidTransition(Exception):
+    """An action not allowed in the trade's current phase (the API answers 409)."""
+
+    def __init__(self, phase: Phase, action: str) -> None:
+        super().__init__(f"cannot {action} a trade in phase {phase}")
+        self.phase = phase
+        self.action = action
+
+
+class InvariantViolated(AssertionError):
+    pass
+
+
+# --- transition -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """The working state of one `state_transition` call (local to it, never shared)."""
+
+    state: TradeState
+    events: list[Effect] = field(default_factory=list)
+
+
+def new_trade(action: ActionProposeTrade, policy: TimingPolicy) -> tuple[TradeState, list[Effect]]:
+    """Create a trade from a proposal; raises ValueError listing the broken rules."""
+    problems = terms_problems(action.terms, policy)
+    if problems:
+        raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+    if action.buyer_secret is not None and hashlib.sha256(action.buyer_secret).digest() != \
+            action.terms.hashlock:
+        raise ValueError("buyer_secret: its sha256 is not the hashlock")
+    state = TradeState(
+        trade_id=action.trade_id, terms=action.terms, phase=Phase.PROPOSED,
+        managed_buyer=action.managed_buyer, managed_seller=action.managed_seller,
+        buyer_secret=action.buyer_secret,
+    )
+    return state, [EventPhaseChanged(action.trade_id, None, Phase.PROPOSED)]
+
+
+def state_transition(state: TradeState, inp: Input,
+                     policy: TimingPolicy) -> tuple[TradeState, list[Effect]]:
+    """Apply one input to one trade. Raises InvalidTransition only for actions."""
+    step = _Step(state)
+    match inp:
+        case ActionAcceptTrade():
+            if state.phase is not Phase.PROPOSED:
+                raise InvalidTransition(state.phase, "accept")
+            step.state = replace(state, phase=Phase.AGREED)
+        case ActionCancelTrade():
+            if state.phase not in (Phase.PROPOSED, Phase.AGREED) or state.payment or \
+                    state.delivery or state.pending:
+                raise InvalidTransition(state.phase, "cancel")
+            step.state = replace(state, phase=Phase.CANCELLED)
+        case ActionTakeDelivery():
+            if not state.managed_buyer or state.buyer_secret is None:
+                raise InvalidTransition(state.phase, "take delivery for a self-custody buyer in")
+            if state.delivery is None or state.delivery.status is not LegStatus.OPEN or \
+                    state.phase is not Phase.DELIVERY_LOCKED:
+                raise InvalidTransition(state.phase, "take delivery of")
+            step.state = replace(state, flags=_add(state.flags, "take_delivery"))
+        case ActionProposeTrade():
+            raise InvalidTransition(state.phase, "propose again")
+        case ContractReceivePaymentLocked():
+            _on_payment_locked(step, inp, policy)
+        case ContractReceiveDeliveryLocked():
+            _on_delivery_locked(step, inp)
+        case ContractReceiveClaimed():
+            _on_exit(step, inp.chain, inp.lock_id, LegStatus.CLAIMED, inp.preimage)
+        case ContractReceiveRefunded():
+            _on_exit(step, inp.chain, inp.lock_id, LegStatus.REFUNDED, None)
+        case PreimageRevealed():
+            if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
+                step.state = replace(state, preimage=inp.preimage)
+        case Block(chain=Chain.PAYMENT):
+            if inp.timestamp > state.payment_time:
+                step.state = replace(state, payment_time=inp.timestamp)
+        case Block(chain=Chain.BUSINESS):
+            if inp.timestamp > state.business_time:
+                step.state = replace(state, business_time=inp.timestamp)
+    _advance_phase(step)
+    effects = _reconcile(step, policy)
+    if step.state.phase is not state.phase:
+        step.events.insert(0, EventPhaseChanged(state.trade_id, state.phase, step.state.phase))
+    check_invariants(state, step.state)
+    return step.state, step.events + effects
+
+
+def _add(flags: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    return flags if flag in flags else (*flags, flag)
+
+
+def payment_lock_problems(lock: PaymentLock, terms: Terms, policy: TimingPolicy) -> list[str]:
+    expected = terms.expected_payment_lock()
+    problems = []
+    if lock.beneficiary != expected.beneficiary:
+        problems.append(f"beneficiary {lock.beneficiary} is not the seller {expected.beneficiary}")
+    if lock.amount != expected.amount:
+        problems.append(f"amount {lock.amount} is not the agreed {expected.amount}")
+    if lock.hashlock != expected.hashlock:
+        problems.append("hashlock is not the agreed hashlock")
+    if lock.timelock != expected.timelock:
+        problems.append(f"timelock {lock.timelock} is not the agreed T_pay {expected.timelock}")
+    if lock.timelock - terms.t_deliver < policy.required_margin:
+        problems.append(f"margin {lock.timelock - terms.t_deliver} s after T_deliver is below "
+                        f"the required {policy.required_margin} s")
+    return problems
+
+
+def delivery_lock_problems(lock: DeliveryLock, terms: Terms, trade_id: bytes) -> list[str]:
+    expected = terms.expected_delivery_lock(trade_id)
+    names = ("seller", "buyer", "token_id", "document_hash", "trade_id", "hashlock", "timelock")
+    return [f"{name} does not match the terms"
+            for name, got, want in zip(names, lock.as_tuple(), expected.as_tuple(), strict=True)
+            if got != want]
+
+
+def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
+                       policy: TimingPolicy) -> None:
+    s = step.state
+    known = [leg.lock_id for leg in (s.payment, *s.rejected_payments) if leg is not None]
+    if e.lock_id in known:
+        return
+    if e.lock.sender != s.terms.buyer_payment:
+        # Anyone can lock with a public hashlock; only the buyer's lock can be this trade's.
+        step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id,
+                                             ("sender is not the buyer",)))
+        step.state = replace(s, flags=_add(s.flags, f"foreign_payment_lock:{e.lock_id.hex()}"))
+        return
+    problems = payment_lock_problems(e.lock, s.terms, policy)
+    leg = PaymentLeg(e.lock_id, e.lock)
+    if problems or s.payment is not None or s.phase in (Phase.CANCELLED, Phase.EXPIRED,
+                                                        Phase.REJECTED):
+        reasons = tuple(problems) or (f"trade is {s.phase}"
+                                      if s.payment is None else "a payment lock exists",)
+        step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id, reasons))
+        step.state = replace(s, rejected_payments=(*s.rejected_payments, leg))
+        return
+    step.state = replace(s, payment=leg)
+
+
+def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
+    s = step.state
+    if s.delivery is not None:
+        if s.delivery.lock_id != e.lock_id:
+            step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
+                                                 ("a delivery lock exists",)))
+        return
+    problems = delivery_lock_problems(e.lock, s.terms, s.trade_id)
+    if problems:
+        # The buyer decides whether to take such a delivery; it is flagged, not matched.
+        step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
+                                             tuple(problems)))
+        step.state = replace(s, flags=_add(s.flags, f"mismatched_delivery:{e.lock_id.hex()}"))
+        return
+    flags = s.flags
+    if s.payment is None:
+        flags = _add(flags, "delivery_locked_before_payment")
+    step.state = replace(s, delivery=DeliveryLeg(e.lock_id, e.lock), flags=flags)
+
+
+def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
+             preimage: bytes | None) -> None:
+    s = step.state
+    if preimage is not None and hashlib.sha256(preimage).digest() == s.terms.hashlock:
+        s = replace(s, preimage=preimage)
+    if chain is Chain.PAYMENT:
+        if s.payment is not None and s.payment.lock_id == lock_id:
+            s = replace(s, payment=replace(s.payment, status=status))
+        else:
+            s = replace(s, rejected_payments=tuple(
+                replace(leg, status=status) if leg.lock_id == lock_id else leg
+                for leg in s.rejected_payments))
+    elif s.delivery is not None and s.delivery.lock_id == lock_id:
+        s = replace(s, delivery=replace(s.delivery, status=status))
+    step.state = s
+
+
+def _phase_for(s: TradeState) -> Phase:
+    """The phase the facts put the trade in (only ever called to move forward)."""
+    pay = s.payment.status if s.payment else None
+    dlv = s.delivery.status if s.delivery else None
+    if s.phase in (Phase.CANCELLED, Phase.REJECTED, Phase.EXPIRED):
+        return s.phase
+    if s.phase is Phase.PROPOSED and pay in (None, LegStatus.OPEN) and \
+            dlv in (None, LegStatus.OPEN):
+        # Locks seen before the counterparty accepted do not make an agreement: nothing is
+        # done on anyone's behalf until the trade is accepted. Only deadlines end it.
+        return Phase.EXPIRED if s.payment_time >= s.terms.t_pay and pay is None else s.phase
+    if pay is LegStatus.CLAIMED and dlv is LegStatus.CLAIMED:
+        return Phase.SETTLED
+    if pay is LegStatus.REFUNDED:
+        return Phase.PAYMENT_REFUNDED
+    if dlv is LegStatus.CLAIMED or pay is LegStatus.CLAIMED:
+        return Phase.DELIVERED
+    if dlv is LegStatus.REFUNDED:
+        return Phase.DELIVERY_REFUNDED
+    if pay is LegStatus.OPEN and dlv is LegStatus.OPEN:
+        return Phase.DELIVERY_LOCKED
+    if pay is LegStatus.OPEN:
+        return Phase.PAYMENT_LOCKED
+    if s.rejected_payments and s.phase in (Phase.PROPOSED, Phase.AGREED):
+        return Phase.REJECTED
+    if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay:
+        return Phase.EXPIRED
+    return s.phase
+
+
+def _advance_phase(step: _Step) -> None:
+    new = _phase_for(step.state)
+    if new is not step.state.phase:
+        step.state = replace(step.state, phase=new)
+
+
+def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], list[Effect]]:
+    """The transactions the facts call for right now, and notifications about them."""
+    wanted: list[ContractSend] = []
+    notes: list[Effect] = []
+    t = s.terms
+    pay, dlv = s.payment, s.delivery
+    if pay and pay.status is LegStatus.OPEN:
+        if s.payment_time >= pay.lock.timelock:
+            wanted.append(ContractSendPaymentRefund(s.trade_id, pay.lock_id, pay.lock))
+        elif s.preimage is not None:
+            claim = ContractSendPaymentClaim(s.trade_id, pay.lock_id, pay.lock, s.preimage)
+            if policy.claim_is_safe(s.payment_time, pay.lock.timelock):
+                wanted.append(claim)
+            elif policy.claim_is_possible(s.payment_time, pay.lock.timelock):
+                wanted.append(claim)
+                if claim.key not in s.pending:
+                    notes.append(EventClaimAtRisk(s.trade_id, s.payment_time, pay.lock.timelock,
+                                                  sent=True))
+            elif f"at_risk:{claim.key}" not in s.flags:
+                notes.append(EventClaimAtRisk(s.trade_id, s.payment_time, pay.lock.timelock,
+                                              sent=False))
+    for leg in s.rejected_payments:
+        if leg.status is LegStatus.OPEN and s.payment_time >= leg.lock.timelock:
+            wanted.append(ContractSendPaymentRefund(s.trade_id, leg.lock_id, leg.lock))
+    if dlv and dlv.status is LegStatus.OPEN:
+        if s.business_time >= dlv.lock.timelock:
+            wanted.append(ContractSendDeliveryRefund(s.trade_id, dlv.lock_id, dlv.lock))
+        elif s.preimage is not None or "take_delivery" in s.flags:
+            # A public preimage claims the title for the buyer too (e.g. after a reorg dropped
+            # the buyer's claim): the buyer paid, the buyer gets the title.
+            secret = s.preimage if s.preimage is not None else s.buyer_secret
+            if secret is not None:
+                wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock, secret))
+    # Acting for managed parties: only while the counterparty still has time to act in turn.
+    if s.managed_buyer and s.phase is Phase.AGREED and pay is None and \
+            policy.leaves_time(s.payment_time, t.t_deliver):
+        wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
+    if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
+            policy.leaves_time(s.business_time, t.t_deliver):
+        wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
+    return wanted, notes
+
+
+def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
+    s = step.state
+    wanted, notes = _wanted(s, policy)
+    keys = {w.key for w in wanted}
+    new = [w for w in wanted if w.key not in s.pending]
+    flags = s.flags
+    for note in notes:
+        if isinstance(note, EventClaimAtRisk) and not note.sent:
+            flags = _add(flags, f"at_risk:payment_claim:{s.payment.lock_id.hex()}")  # type: ignore[union-attr]
+    # Pending effects the facts no longer call for (the chain showed their result, or the
+    # moment passed) are dropped; those still wanted stay pending exactly once.
+    step.state = replace(s, pending=frozenset(keys), flags=flags)
+    return [*new, *notes]
+
+
+def check_invariants(before: TradeState, after: TradeState) -> None:
+    if before.phase in FINAL_PHASES and after.phase is not before.phase:
+        raise InvariantViolated(f"left final phase {before.phase} for {after.phase}")
+    for old, new in ((before.payment, after.payment), (before.delivery, after.delivery)):
+        if old is not None and old.status is not LegStatus.OPEN and \
+                (new is None or new.status is not old.status):
+            raise InvariantViolated(f"leg {old.lock_id.hex()} left {old.status}")
+    if after.payment and after.payment.status is LegStatus.CLAIMED and after.preimage is None:
+        raise InvariantViolated("payment claimed but no public preimage recorded")
+    if any(k.startswith("payment_claim") for k in after.pending) and after.preimage is None:
+        raise InvariantViolated("payment claim pending without a public preimage")
+    if after.preimage is not None and \
+            hashlib.sha256(after.preimage).digest() != after.terms.hashlock:
+        raise InvariantViolated("recorded preimage does not open the hashlock")

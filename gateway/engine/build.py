@@ -1,0 +1,69 @@
+"""Wiring: a relayer from chain clients, contract addresses, keys and a database URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_account.signers.local import LocalAccount
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.chain.client import ChainClient
+from gateway.chain.htlc import DeliveryHTLCProxy, PaymentHTLCProxy
+from gateway.chain.poller import ChainPoller
+from gateway.contracts import load_artifact
+from gateway.db import migrate
+from gateway.db.session import make_engine, make_session_factory
+from gateway.domain.policy import TimingPolicy
+from gateway.domain.trade import Chain
+from gateway.engine.dispatcher import Dispatcher
+from gateway.engine.executor import ChainEndpoint, Executor
+from gateway.engine.relayer import Relayer
+
+
+@dataclass
+class Gateway:
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    dispatcher: Dispatcher
+    relayer: Relayer
+    policy: TimingPolicy
+
+
+def open_database(url: str, *, upgrade: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+    engine = make_engine(url)
+    if upgrade:
+        migrate.upgrade(engine)
+    return engine, make_session_factory(engine)
+
+
+def build_gateway(*, database_url: str, payment: ChainClient, business: ChainClient,
+                  payment_htlc: str, delivery_htlc: str, relayer_key: LocalAccount,
+                  managed_keys: dict[str, LocalAccount] | None = None,
+                  policy: TimingPolicy | None = None, payment_confirmations: int = 0,
+                  business_confirmations: int = 0, start_blocks: tuple[int, int] = (0, 0),
+                  max_batch: int = 50) -> Gateway:
+    if payment.chain_id == business.chain_id:
+        raise ValueError(f"both chains report chain id {payment.chain_id}")
+    policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
+                                    business_confirmations=business_confirmations)
+    engine, session_factory = open_database(database_url)
+    dispatcher = Dispatcher(session_factory, policy)
+    pay_proxy = PaymentHTLCProxy(payment, payment.contract(payment_htlc,
+                                                           load_artifact("PaymentHTLC")))
+    dlv_proxy = DeliveryHTLCProxy(business, business.contract(delivery_htlc,
+                                                              load_artifact("DeliveryHTLC")))
+    pollers = {
+        Chain.PAYMENT: ChainPoller(Chain.PAYMENT, payment, payment_htlc,
+                                   confirmations=payment_confirmations,
+                                   start_block=start_blocks[0]),
+        Chain.BUSINESS: ChainPoller(Chain.BUSINESS, business, delivery_htlc,
+                                    confirmations=business_confirmations,
+                                    start_block=start_blocks[1]),
+    }
+    executor = Executor(session_factory, {
+        Chain.PAYMENT: ChainEndpoint(Chain.PAYMENT, payment, payment_htlc=pay_proxy),
+        Chain.BUSINESS: ChainEndpoint(Chain.BUSINESS, business, delivery_htlc=dlv_proxy),
+    }, relayer_key, managed_keys, max_batch=max_batch)
+    relayer = Relayer(session_factory, dispatcher, pollers, executor)
+    return Gateway(engine, session_factory, dispatcher, relayer, policy)

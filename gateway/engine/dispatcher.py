@@ -1,0 +1,237 @@
+"""The dispatcher: the only writer of trade state.
+
+Each call is one database transaction that stores the inputs, the new trade states, the
+effects they call for (outbox) and, for chain batches, the chain cursor, together: a crash
+before the commit loses nothing (the batch is fetched again), a crash after it repeats nothing
+(logs already recorded are skipped by their (chain id, tx hash, log index)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.db.repository import Repository
+from gateway.domain.policy import TimingPolicy
+from gateway.domain.trade import (
+    ActionProposeTrade,
+    Block,
+    Chain,
+    ChainBatch,
+    ContractReceive,
+    ContractReceiveClaimed,
+    ContractReceiveDeliveryLocked,
+    ContractReceivePaymentLocked,
+    ContractReceiveRefunded,
+    ContractSend,
+    ContractSendDeliveryClaim,
+    ContractSendDeliveryLock,
+    ContractSendDeliveryRefund,
+    Effect,
+    Input,
+    InvalidTransition,
+    LegStatus,
+    PreimageRevealed,
+    TradeState,
+    new_trade,
+    state_transition,
+)
+
+log = structlog.get_logger("gateway.dispatcher")
+
+
+def effect_chain(effect: ContractSend) -> Chain:
+    if isinstance(effect, ContractSendDeliveryLock | ContractSendDeliveryClaim
+                  | ContractSendDeliveryRefund):
+        return Chain.BUSINESS
+    return Chain.PAYMENT
+
+
+class UnknownTrade(LookupError):
+    pass
+
+
+@dataclass
+class _Work:
+    repo: Repository
+    states: dict[bytes, TradeState] = field(default_factory=dict)
+    before: dict[bytes, TradeState] = field(default_factory=dict)
+
+    def load(self, trade_id: bytes) -> TradeState | None:
+        if trade_id not in self.states:
+            state = self.repo.get_trade(trade_id)
+            if state is None:
+                return None
+            self.states[trade_id] = self.before[trade_id] = state
+        return self.states[trade_id]
+
+
+class Dispatcher:
+    def __init__(self, session_factory: sessionmaker[Session], policy: TimingPolicy,
+                 on_effects: Callable[[TradeState, list[Effect]], None] | None = None) -> None:
+        self.session_factory = session_factory
+        self.policy = policy
+        self.on_effects = on_effects
+
+    # --- actions (API) --------------------------------------------------------------------
+
+    def propose(self, action: ActionProposeTrade) -> TradeState:
+        state, effects = new_trade(action, self.policy)
+        with self.session_factory.begin() as session:
+            repo = Repository(session)
+            repo.add_trade(state)
+            repo.record_input(state.trade_id, action)
+            self._store_effects(repo, state, effects, None)
+        return state
+
+    def apply_action(self, action: Input) -> TradeState:
+        """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition."""
+        trade_id: bytes = action.trade_id  # type: ignore[union-attr]
+        with self.session_factory.begin() as session:
+            work = _Work(Repository(session))
+            state = work.load(trade_id)
+            if state is None:
+                raise UnknownTrade(trade_id.hex())
+            new_state, effects = state_transition(state, action, self.policy)
+            work.repo.record_input(trade_id, action)
+            work.states[trade_id] = new_state
+            self._finish(work, {trade_id: effects}, None)
+        return new_state
+
+    # --- chain batches (poller) -----------------------------------------------------------
+
+    def apply_chain_batch(self, batch: ChainBatch) -> None:
+        with self.session_factory.begin() as session:
+            work = _Work(Repository(session))
+            effects: dict[bytes, list[Effect]] = {}
+            refs: dict[bytes, object] = {}
+            if batch.rewind_to is not None:
+                self._rewind(work, batch, effects)
+            for inp in batch.inputs:
+                if work.repo.input_seen(inp.ref):
+                    continue
+                trade_id = self._route(work.repo, batch.chain, inp)
+                work.repo.record_input(trade_id, inp, inp.ref)
+                if trade_id is None or (state := work.load(trade_id)) is None:
+                    log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
+                             lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
+                    continue
+                if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
+                    work.repo.link_lock(batch.chain.value, inp.lock_id, trade_id)
+                new_state, out = state_transition(state, inp, self.policy)
+                work.states[trade_id] = new_state
+                effects.setdefault(trade_id, []).extend(out)
+                refs[trade_id] = inp.ref
+            for trade_id in work.repo.active_trade_ids():
+                if (state := work.load(trade_id)) is None:
+                    continue
+                new_state, out = state_transition(state, batch.block, self.policy)
+                work.states[trade_id] = new_state
+                effects.setdefault(trade_id, []).extend(out)
+            work.repo.set_cursor(batch.chain_id, batch.block.number, batch.block_hash,
+                                 batch.block.timestamp)
+            self._finish(work, effects, refs)
+
+    def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
+        match inp:
+            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
+                return repo.trade_id_by_hashlock(inp.lock.hashlock)
+            case ContractReceiveClaimed():
+                return repo.trade_id_by_lock(chain.value, inp.lock_id) or \
+                    repo.trade_id_by_hashlock(hashlib.sha256(inp.preimage).digest())
+            case ContractReceiveRefunded():
+                return repo.trade_id_by_lock(chain.value, inp.lock_id)
+        return None
+
+    def _rewind(self, work: _Work, batch: ChainBatch,
+                effects: dict[bytes, list[Effect]]) -> None:
+        """Undo what blocks above the fork point taught us, by replaying each affected trade's
+        remaining inputs. A preimage seen in an orphaned block stays known: it was public."""
+        fork = batch.rewind_to
+        assert fork is not None
+        orphaned = work.repo.orphan_inputs_after(batch.chain_id, fork)
+        work.repo.forget_block_hashes_after(batch.chain_id, fork)
+        log.warning("reorg_rewind", chain=batch.chain.value, fork_block=fork,
+                    orphaned_inputs=len(orphaned))
+        for trade_id in {t for t, _ in orphaned}:
+            old = work.load(trade_id)
+            if old is None:
+                continue
+            revealed = [i.preimage for t, i in orphaned
+                        if t == trade_id and isinstance(i, ContractReceiveClaimed)]
+            state, out = self._replay(work.repo.inputs_for_trade(trade_id), old, revealed, batch)
+            work.states[trade_id] = state
+            # Every effect the replayed facts call for is enqueued again: rows already pending
+            # stay as they are, rows whose result the reorg undid start afresh.
+            effects.setdefault(trade_id, []).extend(
+                e for e in out if isinstance(e, ContractSend) and e.key in state.pending)
+            effects[trade_id].extend(e for e in out if not isinstance(e, ContractSend))
+
+    def _replay(self, inputs: list[Input], old: TradeState, revealed: list[bytes],
+                batch: ChainBatch) -> tuple[TradeState, list[Effect]]:
+        first, *rest = inputs
+        assert isinstance(first, ActionProposeTrade)
+        state, out = new_trade(first, self.policy)
+        for inp in rest:
+            try:
+                state, more = state_transition(state, inp, self.policy)
+            except InvalidTransition:
+                continue  # an action that the orphaned facts had allowed
+            out.extend(more)
+        for preimage in revealed:
+            state, more = state_transition(state, PreimageRevealed(preimage), self.policy)
+            out.extend(more)
+        times = {Chain.PAYMENT: old.payment_time, Chain.BUSINESS: old.business_time}
+        times[batch.chain] = batch.block.timestamp
+        for chain, timestamp in times.items():
+            state, more = state_transition(state, Block(chain, 0, timestamp), self.policy)
+            out.extend(more)
+        return state, out
+
+    # --- storing results ------------------------------------------------------------------
+
+    def _finish(self, work: _Work, effects: dict[bytes, list[Effect]],
+                refs: dict[bytes, object] | None) -> None:
+        for trade_id, state in work.states.items():
+            before = work.before.get(trade_id)
+            if before is not None and not effects.get(trade_id) and replace(
+                    state, payment_time=before.payment_time,
+                    business_time=before.business_time) == before:
+                continue  # only chain time moved: the next batch brings it again
+            work.repo.save_trade(state)
+            self._store_effects(work.repo, state, effects.get(trade_id, []),
+                                refs.get(trade_id) if refs else None, before)
+
+    def _store_effects(self, repo: Repository, state: TradeState, effects: list[Effect],
+                       ref: object, before: TradeState | None = None) -> None:
+        for effect in effects:
+            if isinstance(effect, ContractSend):
+                repo.enqueue(state.trade_id, effect, effect_chain(effect).value)
+        if before is not None:
+            dropped = before.pending - state.pending
+            done = {k for k in dropped if _result_seen(state, k)}
+            repo.close_effects(state.trade_id, done, "done")
+            repo.close_effects(state.trade_id, dropped - done, "cancelled")
+        notes = [e for e in effects if not isinstance(e, ContractSend)]
+        repo.add_events(state.trade_id, notes, ref)  # type: ignore[arg-type]
+        if notes:
+            for note in notes:
+                log.info("trade_event", trade=state.trade_id.hex()[:16],
+                         kind=type(note).__name__, phase=state.phase.value)
+        if self.on_effects and effects:
+            self.on_effects(state, effects)
+
+
+def _result_seen(state: TradeState, key: str) -> bool:
+    kind, _, lock_hex = key.partition(":")
+    if kind == "payment_lock":
+        return state.payment is not None or bool(state.rejected_payments)
+    if kind == "delivery_lock":
+        return state.delivery is not None
+    legs = [state.payment, state.delivery, *state.rejected_payments]
+    return any(leg is not None and leg.lock_id.hex() == lock_hex
+               and leg.status is not LegStatus.OPEN for leg in legs)

@@ -1,0 +1,105 @@
+"""The relayer: pollers feed the dispatcher, the executor sends what the outbox holds.
+
+`step()` is one full pass and is what tests drive directly (deterministic, no threads, no
+sleeps); the daemon (`run_forever`) is `step()` in a loop with a stop event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.chain.poller import ChainPoller, Cursor, DeepReorgError
+from gateway.db.repository import Repository
+from gateway.domain.trade import Chain
+from gateway.engine.dispatcher import Dispatcher
+from gateway.engine.executor import Executor
+
+log = structlog.get_logger("gateway.relayer")
+
+
+@dataclass
+class StepResult:
+    inputs: int = 0
+    batches: int = 0
+    sent: int = 0
+
+
+class ChainHalted(RuntimeError):
+    pass
+
+
+class Relayer:
+    def __init__(self, session_factory: sessionmaker[Session], dispatcher: Dispatcher,
+                 pollers: dict[Chain, ChainPoller], executor: Executor) -> None:
+        self.session_factory = session_factory
+        self.dispatcher = dispatcher
+        self.pollers = pollers
+        self.executor = executor
+        self.halted: dict[Chain, str] = {}
+
+    def poll(self) -> StepResult:
+        """Apply every batch the chains have, up to their confirmed heads."""
+        result = StepResult()
+        for chain, poller in self.pollers.items():
+            if chain in self.halted:
+                continue
+            while True:
+                with self.session_factory() as session:
+                    repo = Repository(session)
+                    row = repo.cursor(poller.client.chain_id)
+                    cursor = (Cursor(row.block_number, bytes.fromhex(row.block_hash))
+                              if row else None)
+                    recent = repo.recent_block_hashes(poller.client.chain_id)
+                try:
+                    batch = poller.next_batch(cursor, recent)
+                except DeepReorgError as exc:
+                    self.halted[chain] = str(exc)
+                    log.critical("chain_halted", chain=chain.value, reason=str(exc))
+                    break
+                if batch is None:
+                    break
+                self.dispatcher.apply_chain_batch(batch)
+                result.batches += 1
+                result.inputs += len(batch.inputs)
+                if batch.inputs:
+                    log.info("batch_applied", chain=chain.value, to_block=batch.block.number,
+                             inputs=len(batch.inputs), rewound_to=batch.rewind_to)
+        return result
+
+    def step(self) -> StepResult:
+        result = self.poll()
+        result.sent = self.executor.run_once()
+        return result
+
+    def run_until(self, done, max_steps: int = 50) -> int:  # noqa: ANN001
+        """Step until `done()` holds; returns the steps taken. For tests and tools."""
+        for steps in range(1, max_steps + 1):
+            self.step()
+            if done():
+                return steps
+        raise TimeoutError(f"condition not reached after {max_steps} relayer steps")
+
+    def run_forever(self, stop: threading.Event, poll_interval: float) -> None:
+        log.info("relayer_started", chains=[c.value for c in self.pollers],
+                 poll_interval=poll_interval)
+        backoff = poll_interval
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                result = self.step()
+                backoff = poll_interval
+                if result.inputs or result.sent:
+                    log.info("relayer_step", inputs=result.inputs, sent=result.sent)
+            except Exception as exc:  # noqa: BLE001 - a node or the database is down: retry
+                backoff = min(backoff * 2, 30.0)
+                log.error("relayer_step_failed", error=f"{type(exc).__name__}: {exc}"[:500],
+                          retry_in=backoff)
+                stop.wait(backoff)
+                continue
+            stop.wait(max(0.0, poll_interval - (time.monotonic() - started)))
+        log.info("relayer_stopped")
