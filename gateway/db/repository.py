@@ -19,19 +19,15 @@ from gateway.db.models import (
 )
 from gateway.domain.codec import decode, encode
 from gateway.domain.trade import (
-    FINAL_PHASES,
     ChainRef,
     ContractSend,
     Effect,
     Input,
     TradeState,
+    is_active,
 )
 
 RECENT_HASHES = 256  # cursor positions kept per chain for finding a fork point
-
-
-def is_active(state: TradeState) -> bool:
-    return state.phase not in FINAL_PHASES or bool(state.pending)
 
 
 class Repository:
@@ -81,12 +77,22 @@ class Repository:
     # --- input log ------------------------------------------------------------------------
 
     def input_seen(self, ref: ChainRef) -> bool:
+        """Applied already, in a block still canonical? A log orphaned by a reorg and mined
+        again (same transaction, same log index) counts as unseen and is applied anew."""
         return self.session.scalar(select(InputRow.id).where(
             InputRow.chain_id == ref.chain_id, InputRow.tx_hash == ref.tx_hash.hex(),
-            InputRow.log_index == ref.log_index)) is not None
+            InputRow.log_index == ref.log_index, InputRow.orphaned.is_(False))) is not None
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
                      ) -> None:
+        if ref is not None:
+            orphan = self.session.scalar(select(InputRow).where(
+                InputRow.chain_id == ref.chain_id, InputRow.tx_hash == ref.tx_hash.hex(),
+                InputRow.log_index == ref.log_index))
+            if orphan is not None:  # re-mined after a reorg: back in the log, at its new place
+                orphan.orphaned, orphan.block_number = False, ref.block_number
+                orphan.payload, orphan.trade_id = encode(inp), trade_id.hex() if trade_id else None
+                return
         self.session.add(InputRow(
             trade_id=trade_id.hex() if trade_id else None, kind=type(inp).__name__,
             payload=encode(inp), chain_id=ref.chain_id if ref else None,
@@ -146,6 +152,13 @@ class Repository:
 
     def add_attempt(self, chain_id: int, sender: str, nonce: int, tx_hash: bytes,
                     raw_tx: bytes) -> AttemptRow:
+        existing = self.session.scalar(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce == nonce, AttemptRow.tx_hash == tx_hash.hex()))
+        if existing is not None:
+            # The very same transaction again (a reorg dropped it after it was mined).
+            existing.status, existing.block_number = "signed", None
+            return existing
         row = AttemptRow(chain_id=chain_id, sender=sender, nonce=nonce, tx_hash=tx_hash.hex(),
                          raw_tx=raw_tx.hex(), status="signed")
         self.session.add(row)
@@ -155,12 +168,14 @@ class Repository:
     def get_attempt(self, attempt_id: int) -> AttemptRow | None:
         return self.session.get(AttemptRow, attempt_id)
 
-    def max_nonce(self, chain_id: int, sender: str) -> int | None:
+    def max_inflight_nonce(self, chain_id: int, sender: str) -> int | None:
+        """Highest nonce of our transactions not yet seen mined (signed or sent). Mined ones
+        are counted by the chain's own nonce, which also forgets those a reorg removed."""
         from sqlalchemy import func
 
         return self.session.scalar(select(func.max(AttemptRow.nonce)).where(
             AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
-            AttemptRow.status.in_(("signed", "sent", "mined", "reverted"))))
+            AttemptRow.status.in_(("signed", "sent"))))
 
     def unsettled_attempts(self, chain_id: int) -> list[AttemptRow]:
         return list(self.session.scalars(select(AttemptRow).where(

@@ -130,6 +130,13 @@ class TradeState:
     flags: tuple[str, ...] = ()
 
 
+def is_active(state: TradeState) -> bool:
+    """Still needs chain time: not final, effects pending, or a lock still open on chain."""
+    legs = (state.payment, state.delivery, *state.rejected_payments)
+    return (state.phase not in FINAL_PHASES or bool(state.pending)
+            or any(leg is not None and leg.status is LegStatus.OPEN for leg in legs))
+
+
 # --- inputs ---------------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from gateway.domain.trade import (
     new_trade,
     state_transition,
 )
+from gateway.engine.crashpoints import reach
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -135,6 +136,8 @@ class Dispatcher:
             work.repo.set_cursor(batch.chain_id, batch.block.number, batch.block_hash,
                                  batch.block.timestamp)
             self._finish(work, effects, refs)
+            reach("dispatcher.before_commit")
+        reach("dispatcher.after_commit")
 
     def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
         match inp:

@@ -45,6 +45,7 @@ from gateway.domain.trade import (
     ContractSendPaymentLock,
     ContractSendPaymentRefund,
 )
+from gateway.engine.crashpoints import reach
 
 log = structlog.get_logger("gateway.executor")
 
@@ -115,14 +116,17 @@ class Executor:
                 for row in tx.rows:
                     row.attempt_id = attempt.id
                 signed.append(attempt)
+            if signed:
+                reach("executor.before_record")
         # Recorded and committed: now send. A crash here is healed by _settle_attempts.
         for attempt in signed:
+            reach("executor.after_record")
             self._broadcast(ep, attempt.id)
         return broadcast + len(signed)
 
     def _next_nonce(self, ep: ChainEndpoint, repo: Repository, sender: str) -> int:
         on_chain = ep.client.w3.eth.get_transaction_count(sender, "pending")
-        recorded = repo.max_nonce(ep.chain_id, sender)
+        recorded = repo.max_inflight_nonce(ep.chain_id, sender)
         return max(on_chain, recorded + 1 if recorded is not None else 0)
 
     def _broadcast(self, ep: ChainEndpoint, attempt_id: int) -> None:
@@ -132,6 +136,7 @@ class Executor:
             raw = bytes.fromhex(attempt.raw_tx)
             try:
                 ep.client.send_raw(raw)
+                reach("executor.after_broadcast")
                 attempt.status = "sent"
             except Exception as exc:  # noqa: BLE001 - node refused: decided by _settle_attempts
                 log.warning("broadcast_failed", chain=ep.chain.value, nonce=attempt.nonce,

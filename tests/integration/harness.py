@@ -67,7 +67,8 @@ class World:
         return titles.functions.issuedCount().call(), doc
 
     def agree(self, amount: int = AMOUNT, margin: int = MARGIN,
-              delivery_window: int = DELIVERY_WINDOW) -> Trade:
+              delivery_window: int = DELIVERY_WINDOW, *, managed_seller: bool = False,
+              managed_buyer: bool = False) -> Trade:
         token_id, doc = self.issue_title()
         secret = new_secret()
         now = max(self.devnet.payment.next_block_timestamp(),
@@ -77,7 +78,9 @@ class World:
                       self.seller.address, amount, token_id, doc, hashlock_of(secret),
                       t_deliver, t_deliver + margin)
         trade = Trade(new_secret(), secret, terms)
-        self.gateway.dispatcher.propose(ActionProposeTrade(trade.trade_id, terms))
+        self.gateway.dispatcher.propose(ActionProposeTrade(
+            trade.trade_id, terms, managed_buyer=managed_buyer, managed_seller=managed_seller,
+            buyer_secret=secret if managed_buyer else None))
         self.gateway.dispatcher.apply_action(ActionAcceptTrade(trade.trade_id))
         return trade
 
