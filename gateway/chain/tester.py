@@ -16,6 +16,10 @@ from functools import cache
 from eth.abc import SignedTransactionAPI
 from eth.chains.base import MiningChain
 from eth_tester import EthereumTester, PyEVMBackend
+from eth_tester.backends.pyevm.serializers import (
+    serialize_transaction,
+    serialize_transaction_receipt,
+)
 from eth_utils import ValidationError
 from web3 import EthereumTesterProvider, Web3
 
@@ -41,8 +45,43 @@ def _chain_class(base: type[MiningChain], chain_id: int) -> type[MiningChain]:
     )
 
 
+def _find_transaction(chain: MiningChain, transaction_hash: bytes):  # noqa: ANN202
+    """(block, transaction, index) by hash through py-evm's canonical transaction index.
+
+    eth-tester walks every block from the head down instead, which makes each receipt lookup
+    (and `eth_getLogs`, one lookup per transaction in range) linear in the chain's length.
+    """
+    from eth.exceptions import TransactionNotFound as EVMTransactionNotFound
+    from eth_tester.exceptions import TransactionNotFound
+
+    pending = chain.get_block()
+    for index, transaction in enumerate(pending.transactions):
+        if transaction.hash == transaction_hash:
+            return pending, transaction, index
+    try:
+        number, index = chain.chaindb.get_transaction_index(transaction_hash)
+    except EVMTransactionNotFound:
+        raise TransactionNotFound(f"no transaction 0x{transaction_hash.hex()}") from None
+    block = chain.get_canonical_block_by_number(number)
+    return block, block.transactions[index], index
+
+
 class ChainIdPyEVMBackend(PyEVMBackend):
-    """A py-evm backend whose chain has `chain_id` and refuses other chains' transactions."""
+    """A py-evm backend whose chain has `chain_id` and refuses other chains' transactions.
+    Transaction and receipt lookups use the chain's index (constant time, not a scan)."""
+
+    def get_transaction_by_hash(self, transaction_hash):  # noqa: ANN001, ANN201
+        block, transaction, index = _find_transaction(self.chain, transaction_hash)
+        return serialize_transaction(block, transaction, index, self._is_pending(block))
+
+    def get_transaction_receipt(self, transaction_hash):  # noqa: ANN001, ANN201
+        block, transaction, index = _find_transaction(self.chain, transaction_hash)
+        return serialize_transaction_receipt(block, block.get_receipts(self.chain.chaindb),
+                                             transaction, index, self._is_pending(block),
+                                             self.chain.get_vm())
+
+    def _is_pending(self, block) -> bool:  # noqa: ANN001
+        return block.number == self.chain.get_block().number
 
     def __init__(self, chain_id: int, **kwargs: object) -> None:
         if not 0 < chain_id < 2**64:

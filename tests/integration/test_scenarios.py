@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from gateway.chain.devnet import SELLER
-from gateway.db.models import InputRow
+from gateway.db.models import AttemptRow, InputRow
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 
@@ -140,3 +140,30 @@ def test_managed_seller_happy_path_gateway_delivers(devnet, database_url) -> Non
     world.run_until_phase(trade, "settled")
     assert world.title_owner(trade) == world.buyer.address
     assert world.token_balance(seller.address) == seller_before + AMOUNT
+
+
+def test_hundred_concurrent_trades_through_one_relayer(world: World) -> None:
+    n = 100
+    buyer, seller = world.buyer.address, world.seller.address
+    buyer_before, seller_before = world.token_balance(buyer), world.token_balance(seller)
+    trades = [world.agree(amount=AMOUNT + i) for i in range(n)]
+    for trade in trades:
+        world.lock_payment(trade)
+    for trade in trades:
+        world.lock_delivery(trade)
+    world.gateway.relayer.step()
+    assert {world.phase(t) for t in trades} == {"delivery_locked"}
+    for trade in trades:
+        world.take_delivery(trade)
+    world.gateway.relayer.run_until(
+        lambda: {world.phase(t) for t in trades} == {"settled"}, max_steps=10)
+
+    total = sum(t.terms.amount for t in trades)
+    assert world.token_balance(buyer) == buyer_before - total
+    assert world.token_balance(seller) == seller_before + total
+    assert world.token_balance(world.devnet.payment_htlc.address) == 0
+    assert all(world.title_owner(t) == buyer for t in trades)
+    with world.gateway.session_factory() as session:
+        attempts = session.scalars(select(AttemptRow)).all()
+    # Claims were batched (claimMany of up to 50), each mined once.
+    assert len(attempts) == 2 and {a.status for a in attempts} == {"mined"}
