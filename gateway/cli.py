@@ -1,9 +1,14 @@
-"""dvp-gateway command line."""
+"""dvp-gateway command line: swap | db upgrade | relayer run."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -11,13 +16,15 @@ from pydantic import ValidationError
 from gateway.config import Settings
 
 
-def _settings() -> Settings:
+def _settings(**overrides: Any) -> Settings:
+    """Settings from DVP_* variables, with command-line options (when given) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings()
+        return Settings(**given)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"]) or "settings"
-            click.echo(f"error: configuration {field}: {error['msg']}", err=True)
+            click.echo(f"error: DVP_{field.upper()}: {error['msg']}", err=True)
         sys.exit(2)
 
 
@@ -27,41 +34,58 @@ def main() -> None:
     """Cross-chain delivery-versus-payment gateway."""
 
 
+# --- swap -------------------------------------------------------------------------------------
+
+
 @main.command()
 @click.option("--amount", default="250000.00", show_default=True,
               help="Payment amount in currency units (2 decimals), e.g. 1234.56.")
 @click.option("--refund", is_flag=True, help="The buyer never takes delivery: both legs refund.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def swap(amount: str, refund: bool, as_json: bool) -> None:
-    """Run one atomic DvP swap on two in-process chains and print its timeline."""
-    from gateway.chain.devnet import start_devnet
+    """Run one DvP trade on two in-process chains, settled by the relayer, with its timeline."""
+    from gateway import logs
+    from gateway.chain.devnet import RELAYER, start_devnet
+    from gateway.engine.build import build_gateway
     from gateway.swap import run_swap
 
     units = _parse_amount(amount)
     settings = _settings()
+    logs.configure(json=True, level=40)  # the timeline is the output; only errors logged
     devnet = start_devnet(settings.payment_chain_id, settings.business_chain_id)
     if not as_json:
         click.echo(f"payment chain  id {devnet.info.payment.chain_id}: token "
                    f"{devnet.info.payment.token}, PaymentHTLC {devnet.info.payment.htlc}")
         click.echo(f"business chain id {devnet.info.business.chain_id}: titles "
                    f"{devnet.info.business.titles}, DeliveryHTLC {devnet.info.business.htlc}")
+    with tempfile.TemporaryDirectory(prefix="dvp-swap-") as tmp:
+        from gateway.domain.policy import TimingPolicy
 
-    def report(entry) -> None:  # noqa: ANN001
-        if not as_json:
-            click.echo(f"  [{entry.chain:8} block {entry.block:>3}] {entry.what}"
-                       f"  ({entry.tx_hash[:12]}…)")
+        gateway = build_gateway(
+            database_url=f"sqlite:///{Path(tmp) / 'swap.db'}", payment=devnet.payment.client,
+            business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
+            delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
+            policy=TimingPolicy(payment_confirmations=0, business_confirmations=0,
+                                payment_block_time=1, business_block_time=1))
 
-    result = run_swap(devnet, units, take_delivery=not refund, report=report)
+        def report(entry) -> None:  # noqa: ANN001
+            if not as_json:
+                where = f"{entry.chain:8} block {entry.block:>3}" if entry.block is not None \
+                    else f"{entry.chain:18}"
+                tx = f"  ({entry.tx_hash[:12]}…)" if entry.tx_hash else ""
+                click.echo(f"  [{where}] {entry.what}{tx}")
+
+        result = run_swap(devnet, gateway, units, take_delivery=not refund, report=report)
+        gateway.engine.dispose()
     if as_json:
         click.echo(json.dumps({
-            "buyer_paid": result.buyer_paid, "seller_received": result.seller_received,
-            "title_owner": result.title_owner, "token_id": result.token_id,
-            "timeline": [e.__dict__ for e in result.timeline],
+            "trade_id": result.trade_id, "phase": result.phase, "buyer_paid": result.buyer_paid,
+            "seller_received": result.seller_received, "title_owner": result.title_owner,
+            "token_id": result.token_id, "timeline": [e.__dict__ for e in result.timeline],
         }, indent=2))
         return
     who = {devnet.info.buyer: "buyer", devnet.info.seller: "seller"}
-    outcome = "refunded" if refund else "settled"
-    click.echo(f"{outcome}: buyer paid {_format(result.buyer_paid)}, seller received "
+    click.echo(f"{result.phase}: buyer paid {_format(result.buyer_paid)}, seller received "
                f"{_format(result.seller_received)}, title #{result.token_id} held by "
                f"{who.get(result.title_owner, result.title_owner)}")
 
@@ -80,6 +104,142 @@ def _parse_amount(text: str) -> int:
 
 def _format(units: int) -> str:
     return f"{units // 100:,}.{units % 100:02d}"
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", help="SQLAlchemy URL (default: DVP_DATABASE_URL).")
+def db_upgrade(database_url: str | None) -> None:
+    """Apply every pending migration."""
+    from gateway.db import migrate
+    from gateway.db.session import make_engine
+
+    settings = _settings(database_url=database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        migrate.upgrade(engine)
+        click.echo(f"database at revision {migrate.current_revision(engine)}")
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        click.echo(f"error: cannot upgrade {engine.url!r}: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+
+
+# --- relayer ----------------------------------------------------------------------------------
+
+
+@main.group()
+def relayer() -> None:
+    """The settlement relayer."""
+
+
+@relayer.command("run")
+@click.option("--devnet", is_flag=True,
+              help="Run against two fresh in-process chains (demo; nothing else can reach them).")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+@click.option("--payment-rpc", "payment_rpc_url", help="DVP_PAYMENT_RPC_URL")
+@click.option("--business-rpc", "business_rpc_url", help="DVP_BUSINESS_RPC_URL")
+@click.option("--payment-htlc", help="DVP_PAYMENT_HTLC")
+@click.option("--delivery-htlc", help="DVP_DELIVERY_HTLC")
+@click.option("--confirmations", type=click.IntRange(0, 1000),
+              help="Confirmation depth on both chains (DVP_*_CONFIRMATIONS).")
+@click.option("--poll-interval", type=click.FloatRange(0.01, 600), help="DVP_POLL_INTERVAL")
+@click.option("--json-logs/--console-logs", default=None, help="Log format (default: JSON "
+              "unless stderr is a terminal).")
+def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
+                **options: Any) -> None:
+    """Watch both chains and settle trades until SIGTERM or SIGINT."""
+    from gateway import logs
+
+    if confirmations is not None:
+        options["payment_confirmations"] = options["business_confirmations"] = confirmations
+    settings = _settings(**options)
+    logs.configure(json=json_logs)
+    gateway = _devnet_gateway(settings) if devnet else _rpc_gateway(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        gateway.relayer.run_forever(stop, settings.poll_interval)
+    finally:
+        gateway.engine.dispose()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _devnet_gateway(settings: Settings):  # noqa: ANN202
+    from gateway.chain.devnet import RELAYER, start_devnet
+    from gateway.engine.build import build_gateway
+
+    devnet = start_devnet(settings.payment_chain_id, settings.business_chain_id)
+    return build_gateway(
+        database_url=settings.database_url, payment=devnet.payment.client,
+        business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
+        delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
+        policy=settings.timing_policy(), payment_confirmations=0, business_confirmations=0)
+
+
+def _rpc_gateway(settings: Settings):  # noqa: ANN202
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    from gateway.chain.client import ChainClient
+    from gateway.contracts import load_artifact
+    from gateway.engine.build import build_gateway
+
+    missing = [name for name in ("payment_rpc_url", "business_rpc_url", "payment_htlc",
+                                 "delivery_htlc", "relayer_key")
+               if getattr(settings, name) is None]
+    if missing:
+        _fail("missing configuration: " + ", ".join(f"DVP_{m.upper()}" for m in missing))
+    clients = {}
+    for name, url, expected in (("payment", settings.payment_rpc_url, settings.payment_chain_id),
+                                ("business", settings.business_rpc_url,
+                                 settings.business_chain_id)):
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+        try:
+            actual = w3.eth.chain_id
+        except Exception as exc:  # noqa: BLE001
+            _fail(f"{name} chain at {url} is unreachable: {exc}")
+        if actual != expected:
+            _fail(f"{name} chain at {url} has chain id {actual}, expected {expected} "
+                  f"(DVP_{name.upper()}_CHAIN_ID)")
+        clients[name] = ChainClient(w3, actual, name)
+    for name, client, address, artifact in (
+            ("payment", clients["payment"], settings.payment_htlc, "PaymentHTLC"),
+            ("business", clients["business"], settings.delivery_htlc, "DeliveryHTLC")):
+        code = bytes(client.w3.eth.get_code(address))
+        expected_len = (len(load_artifact(artifact).deployed_bytecode) - 2) // 2
+        if len(code) != expected_len:
+            _fail(f"{address} on the {name} chain is not a {artifact} of this release "
+                  f"({len(code)} bytes of code, expected {expected_len})")
+    try:
+        key = Account.from_key(settings.relayer_key.get_secret_value())  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - never echo the key
+        _fail("DVP_RELAYER_KEY is not a valid private key")
+    return build_gateway(
+        database_url=settings.database_url, payment=clients["payment"],
+        business=clients["business"], payment_htlc=settings.payment_htlc,  # type: ignore[arg-type]
+        delivery_htlc=settings.delivery_htlc, relayer_key=key,  # type: ignore[arg-type]
+        policy=settings.timing_policy(), payment_confirmations=settings.payment_confirmations,
+        business_confirmations=settings.business_confirmations,
+        start_blocks=(settings.payment_start_block, settings.business_start_block),
+        max_batch=settings.claim_batch_size)
 
 
 if __name__ == "__main__":

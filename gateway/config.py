@@ -5,17 +5,47 @@ Nothing is built at import time; callers construct `Settings()` when they start.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.chain.devnet import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
+from gateway.domain.policy import TimingPolicy
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DVP_", extra="forbid")
 
+    database_url: str = "sqlite:///dvp-gateway.db"
+
     payment_chain_id: int = Field(DEFAULT_PAYMENT_CHAIN_ID, gt=0, lt=2**64)
     business_chain_id: int = Field(DEFAULT_BUSINESS_CHAIN_ID, gt=0, lt=2**64)
+    payment_rpc_url: str | None = None
+    business_rpc_url: str | None = None
+    payment_htlc: str | None = None
+    delivery_htlc: str | None = None
+    payment_start_block: int = Field(0, ge=0)
+    business_start_block: int = Field(0, ge=0)
+    relayer_key: SecretStr | None = None
+
+    payment_confirmations: int = Field(2, ge=0, le=1000)
+    business_confirmations: int = Field(2, ge=0, le=1000)
+    payment_block_time: int = Field(12, ge=0)
+    business_block_time: int = Field(12, ge=0)
+    reaction_budget: int = Field(60, ge=0)
+    drift_allowance: int = Field(15, ge=0)
+    poll_interval: float = Field(2.0, gt=0, le=600)
+    claim_batch_size: int = Field(50, ge=1, le=200)
+
+    @field_validator("payment_htlc", "delivery_htlc")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from eth_utils import is_address, to_checksum_address
+
+        if not is_address(value):
+            raise ValueError(f"{value!r} is not an address")
+        return to_checksum_address(value)
 
     @model_validator(mode="after")
     def _distinct_chains(self) -> Settings:
@@ -25,3 +55,13 @@ class Settings(BaseSettings):
                 f"(both are {self.payment_chain_id})"
             )
         return self
+
+    def timing_policy(self) -> TimingPolicy:
+        return TimingPolicy(
+            payment_confirmations=self.payment_confirmations,
+            business_confirmations=self.business_confirmations,
+            payment_block_time=self.payment_block_time,
+            business_block_time=self.business_block_time,
+            reaction_budget=self.reaction_budget,
+            drift_allowance=self.drift_allowance,
+        )

@@ -1,10 +1,11 @@
-"""One complete DvP swap driven directly through the contracts on the in-process devnet.
+"""One complete DvP swap on the in-process devnet, settled by the relayer.
 
-What the relayer will automate, spelled out step by step: the buyer locks the payment, the
-seller checks that lock and locks the title, the buyer takes delivery with the secret (which
-the business chain now publishes), and the secret claims the payment for the seller. With
-`take_delivery=False` the buyer never performs and both legs go back to their owners once
-their timelocks pass. Every step is reported as a timeline entry.
+The buyer and the seller act with their own keys, as their wallets would; the gateway knows
+the agreed terms, watches both chains and does the rest: it checks the payment lock against
+the terms, and when the buyer takes delivery (publishing the secret on the business chain) it
+claims the payment for the seller. With `take_delivery=False` the buyer never performs and the
+relayer returns both legs to their owners once their deadlines pass. Every step is reported
+as a timeline entry: which chain, which block, which transaction, what changed.
 """
 
 from __future__ import annotations
@@ -14,23 +15,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.chain.client import Receipt
-from gateway.chain.devnet import BUYER, ISSUER, RELAYER, SELLER, Devnet
-from gateway.chain.htlc import decode_receipt
-from gateway.domain.locks import LockClaimed, hashlock_of, new_secret
+from gateway.chain.devnet import BUYER, ISSUER, SELLER, Devnet
+from gateway.db.repository import Repository
+from gateway.domain.locks import hashlock_of, new_secret
+from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Phase, Terms
+from gateway.engine.build import Gateway
 
 MAX_UINT256 = 2**256 - 1
+CHAIN_NAMES: dict[int, str] = {}
 
 
 @dataclass(frozen=True)
 class TimelineEntry:
     chain: str
-    block: int
-    tx_hash: str
+    block: int | None
+    tx_hash: str | None
     what: str
 
 
 @dataclass(frozen=True)
 class SwapResult:
+    trade_id: str
+    phase: str
     timeline: tuple[TimelineEntry, ...]
     buyer_paid: int  # payment units that left the buyer
     seller_received: int
@@ -42,81 +48,127 @@ class SwapFailed(RuntimeError):
     pass
 
 
-def run_swap(devnet: Devnet, amount: int = 250_000_00, *, take_delivery: bool = True,
-             delivery_window: int = 3_600, margin: int = 3_600,
+def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
+             take_delivery: bool = True, delivery_window: int = 3_600,
              report: Callable[[TimelineEntry], None] | None = None) -> SwapResult:
     """Run one swap; `amount` is in integer payment-token units (2 decimals)."""
-    buyer, seller = devnet.account(BUYER), devnet.account(SELLER)
-    relayer, issuer = devnet.account(RELAYER), devnet.account(ISSUER)
+    buyer, seller, issuer = devnet.account(BUYER), devnet.account(SELLER), devnet.account(ISSUER)
     pay, biz = devnet.payment.client, devnet.business.client
     token, titles = devnet.payment_token, devnet.titles
+    names = {devnet.info.payment.chain_id: "payment", devnet.info.business.chain_id: "business"}
     timeline: list[TimelineEntry] = []
 
-    def step(chain: str, receipt: Receipt, what: str) -> Receipt:
-        if not receipt.succeeded:
-            raise SwapFailed(f"{what}: transaction {receipt.tx_hash.hex()} reverted")
-        entry = TimelineEntry(chain, receipt.block_number, "0x" + receipt.tx_hash.hex(), what)
+    def note(entry: TimelineEntry) -> None:
         timeline.append(entry)
         if report:
             report(entry)
-        return receipt
+
+    def party(chain: str, receipt: Receipt, what: str) -> None:
+        if not receipt.succeeded:
+            raise SwapFailed(f"{what}: transaction 0x{receipt.tx_hash.hex()} reverted")
+        note(TimelineEntry(chain, receipt.block_number, "0x" + receipt.tx_hash.hex(), what))
+
+    def relay_until(phase: Phase) -> None:
+        seen = len(events())
+        gateway.relayer.run_until(lambda: current_phase() in (phase,), max_steps=20)
+        for row in events()[seen:]:
+            what = _describe(row.kind, row.payload)
+            note(TimelineEntry(names.get(row.chain_id, "gateway"), row.block_number,
+                               "0x" + row.tx_hash if row.tx_hash else None, "gateway: " + what))
+
+    def events():  # noqa: ANN202
+        with gateway.session_factory() as session:
+            return Repository(session).events_for_trade(trade_id)
+
+    def current_phase() -> Phase:
+        with gateway.session_factory() as session:
+            state = Repository(session).get_trade(trade_id)
+        assert state is not None
+        return state.phase
 
     def balance(address: str) -> int:
         return token.functions.balanceOf(address).call()
 
     buyer_before, seller_before = balance(buyer.address), balance(seller.address)
-    trade_id = new_secret()  # 32 random bytes
+    trade_id = new_secret()
     document_hash = hashlib.sha256(b"bill of lading for trade " + trade_id.hex().encode()).digest()
-    receipt = step("business", biz.transact(issuer, to=titles.address, gas=300_000,
-                                            data=titles.encode_abi("issue", [seller.address,
-                                                                             document_hash])),
-                   "carrier issues the bill of lading to the seller")
+    party("business", biz.transact(issuer, to=titles.address, gas=300_000,
+                                   data=titles.encode_abi("issue", [seller.address,
+                                                                    document_hash])),
+          "carrier issues the bill of lading to the seller")
     token_id = titles.functions.issuedCount().call()
 
     secret = new_secret()
-    hashlock = hashlock_of(secret)
-    t_deliver = devnet.business.next_block_timestamp() + delivery_window
-    t_pay = max(devnet.payment.next_block_timestamp(), t_deliver) + margin
+    t_deliver = max(devnet.business.next_block_timestamp(),
+                    devnet.payment.next_block_timestamp()) + delivery_window
+    t_pay = t_deliver + max(gateway.policy.required_margin, 600)
+    terms = Terms(buyer.address, seller.address, buyer.address, seller.address, amount,
+                  token_id, document_hash, hashlock_of(secret), t_deliver, t_pay)
+    gateway.dispatcher.propose(ActionProposeTrade(trade_id, terms))
+    gateway.dispatcher.apply_action(ActionAcceptTrade(trade_id))
+    note(TimelineEntry("gateway", None, None,
+                       f"trade {trade_id.hex()[:12]}… agreed: {amount} units against title "
+                       f"#{token_id}, T_deliver {t_deliver}, T_pay {t_pay} "
+                       f"(margin {t_pay - t_deliver} s >= {gateway.policy.required_margin} s)"))
 
-    step("payment", pay.transact(buyer, to=token.address, gas=100_000,
-                                 data=token.encode_abi("approve", [devnet.payment_htlc.address,
-                                                                   MAX_UINT256])),
-         "buyer approves the payment HTLC")
-    receipt, payment_lock = devnet.payment_htlc.lock(buyer, seller.address, amount, hashlock,
-                                                     t_pay)
-    step("payment", receipt, f"buyer locks {amount} units for the seller until {t_pay}")
+    party("payment", pay.transact(buyer, to=token.address, gas=100_000,
+                                  data=token.encode_abi("approve", [devnet.payment_htlc.address,
+                                                                    MAX_UINT256])),
+          "buyer approves the payment HTLC")
+    receipt, _ = devnet.payment_htlc.lock(buyer, seller.address, amount, terms.hashlock, t_pay)
+    party("payment", receipt, f"buyer locks {amount} units for the seller until T_pay")
+    relay_until(Phase.PAYMENT_LOCKED)
 
-    # The seller checks the payment lock on chain before delivering against it.
-    if devnet.payment_htlc.status(devnet.payment_htlc.lock_id(payment_lock)) != 1:
-        raise SwapFailed("payment lock not found open on chain")
-    step("business", biz.transact(seller, to=titles.address, gas=100_000,
-                                  data=titles.encode_abi("approve", [devnet.delivery_htlc.address,
-                                                                     token_id])),
-         "seller approves the delivery HTLC for the title")
+    party("business", biz.transact(seller, to=titles.address, gas=100_000,
+                                   data=titles.encode_abi("approve", [devnet.delivery_htlc.address,
+                                                                      token_id])),
+          "seller approves the delivery HTLC for the title")
     receipt, delivery_lock = devnet.delivery_htlc.lock(seller, buyer.address, token_id,
-                                                       document_hash, trade_id, hashlock,
+                                                       document_hash, trade_id, terms.hashlock,
                                                        t_deliver)
-    step("business", receipt, f"seller locks title #{token_id} for the buyer until {t_deliver}")
+    party("business", receipt, f"seller locks title #{token_id} for the buyer until T_deliver")
+    relay_until(Phase.DELIVERY_LOCKED)
 
     if take_delivery:
-        receipt = step("business", devnet.delivery_htlc.claim(buyer, delivery_lock, secret),
-                       "buyer takes delivery: title to buyer, secret published")
-        revealed = [e for e in decode_receipt(receipt, devnet.delivery_htlc.address,
-                                              biz.chain_id) if isinstance(e, LockClaimed)]
-        step("payment", devnet.payment_htlc.claim(relayer, payment_lock, revealed[0].preimage),
-             "relayer carries the secret over: payment released to the seller")
+        party("business", devnet.delivery_htlc.claim(buyer, delivery_lock, secret),
+              "buyer takes delivery: title to the buyer, secret now public")
+        relay_until(Phase.SETTLED)
     else:
         devnet.business.set_next_block_timestamp(t_deliver)
-        step("business", devnet.delivery_htlc.refund(relayer, delivery_lock),
-             "delivery deadline passed: title back to the seller")
+        devnet.business.mine()
+        note(TimelineEntry("business", None, None, "T_deliver passes, the buyer never performed"))
+        relay_until(Phase.DELIVERY_REFUNDED)
         devnet.payment.set_next_block_timestamp(t_pay)
-        step("payment", devnet.payment_htlc.refund(relayer, payment_lock),
-             "payment deadline passed: payment back to the buyer")
+        devnet.payment.mine()
+        note(TimelineEntry("payment", None, None, "T_pay passes"))
+        relay_until(Phase.PAYMENT_REFUNDED)
 
     return SwapResult(
+        trade_id=trade_id.hex(),
+        phase=current_phase().value,
         timeline=tuple(timeline),
         buyer_paid=buyer_before - balance(buyer.address),
         seller_received=balance(seller.address) - seller_before,
         title_owner=titles.functions.ownerOf(token_id).call(),
         token_id=token_id,
     )
+
+
+PHASE_NEWS = {
+    "payment_locked": "payment lock verified against the terms on chain",
+    "delivery_locked": "delivery lock verified: the buyer can take delivery",
+    "delivered": "secret seen on the business chain",
+    "settled": "payment claimed for the seller with the secret: settled",
+    "delivery_refunded": "title returned to the seller",
+    "payment_refunded": "payment returned to the buyer",
+}
+
+
+def _describe(kind: str, payload: dict) -> str:
+    if kind == "EventPhaseChanged":
+        return PHASE_NEWS.get(payload["new"], f"trade is {payload['new']}")
+    if kind == "EventLockRejected":
+        return f"{payload['chain']} lock rejected: {'; '.join(payload['reasons'])}"
+    if kind == "EventClaimAtRisk":
+        return "payment claim at risk of missing T_pay"
+    return kind

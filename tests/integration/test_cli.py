@@ -1,0 +1,95 @@
+"""The command line as operators use it: outputs, exit codes, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect
+
+from gateway.cli import main
+
+
+def test_swap_settles_through_the_relayer() -> None:
+    result = CliRunner().invoke(main, ["swap", "--amount", "1234.56", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["phase"] == "settled"
+    assert out["buyer_paid"] == out["seller_received"] == 123456
+    chains = {e["chain"] for e in out["timeline"] if e["tx_hash"]}
+    assert chains == {"payment", "business"}
+    assert any("payment claimed for the seller" in e["what"] for e in out["timeline"])
+
+
+def test_swap_refund_returns_both_legs() -> None:
+    result = CliRunner().invoke(main, ["swap", "--refund", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["phase"] == "payment_refunded"
+    assert out["buyer_paid"] == 0 and out["seller_received"] == 0
+
+
+def test_bad_amount_is_a_clear_error() -> None:
+    for amount in ("1.234", "-5", "abc", "0", "0.00"):
+        result = CliRunner().invoke(main, ["swap", "--amount", amount])
+        assert result.exit_code == 2, amount
+        assert "--amount" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_equal_chain_ids_refused() -> None:
+    result = CliRunner().invoke(main, ["swap"], env={"DVP_PAYMENT_CHAIN_ID": "7",
+                                                      "DVP_BUSINESS_CHAIN_ID": "7"})
+    assert result.exit_code == 2
+    assert "must differ" in result.output
+
+
+def test_db_upgrade_creates_the_schema(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "revision 0001" in result.output
+    assert "trades" in inspect(create_engine(url)).get_table_names()
+
+
+def test_relayer_without_node_configuration_exits_with_message(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["relayer", "run", "--database-url",
+                                       f"sqlite:///{tmp_path / 'r.db'}"], env={})
+    assert result.exit_code == 2
+    assert "DVP_PAYMENT_RPC_URL" in result.output and "DVP_RELAYER_KEY" in result.output
+
+
+def test_relayer_rejects_bad_contract_address(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["relayer", "run", "--payment-htlc", "0x1234"])
+    assert result.exit_code == 2
+    assert "PAYMENT_HTLC" in result.output and "not an address" in result.output
+
+
+def test_relayer_daemon_logs_json_and_stops_on_sigterm(tmp_path) -> None:
+    env = {**os.environ, "DVP_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}",
+           "DVP_POLL_INTERVAL": "0.05"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "relayer", "run", "--devnet",
+                             "--json-logs"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        started = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if '"relayer_started"' in line:
+                started = json.loads(line)
+                break
+        assert started is not None, lines
+        assert started["level"] == "info" and "timestamp" in started
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert '"relayer_stopped"' in rest

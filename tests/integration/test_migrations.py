@@ -1,0 +1,35 @@
+"""The Alembic migration head and the SQLAlchemy models describe the same schema."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from gateway.db import migrate
+from gateway.db.models import Base
+
+
+def test_models_match_migration_head(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'schema.db'}")
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_upgrade_is_idempotent_and_records_head(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'twice.db'}")
+    migrate.upgrade(engine)
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0001"
+    tables = set(inspect(engine).get_table_names())
+    assert {"trades", "inputs", "outbox", "tx_attempts", "cursors", "locks"} <= tables
+
+
+def test_constraint_names_follow_the_naming_convention(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'names.db'}")
+    migrate.upgrade(engine)
+    uniques = {u["name"] for u in inspect(engine).get_unique_constraints("inputs")}
+    assert "uq_inputs_chain_id_tx_hash_log_index" in uniques
