@@ -48,7 +48,6 @@ class TradeRow(Base):
     phase: Mapped[str] = mapped_column(String(32), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending
     state: Mapped[dict] = mapped_column(JSON)
-    version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                  server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),

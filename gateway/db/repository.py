@@ -55,18 +55,19 @@ class Repository:
     def add_trade(self, state: TradeState) -> None:
         self.session.add(TradeRow(id=state.trade_id.hex(), hashlock=state.terms.hashlock.hex(),
                                   phase=state.phase.value, active=is_active(state),
-                                  state=encode(state), version=0))
+                                  state=encode(state)))
         self.session.flush()
 
-    def save_trade(self, state: TradeState) -> None:
-        self.session.execute(
-            update(TradeRow).where(TradeRow.id == state.trade_id.hex()).values(
-                phase=state.phase.value, active=is_active(state), state=encode(state),
-                version=TradeRow.version + 1))
+    def save_trades(self, states: Iterable[TradeState]) -> None:
+        """One executemany UPDATE by primary key for all of them."""
+        rows = [{"id": s.trade_id.hex(), "phase": s.phase.value, "active": is_active(s),
+                 "state": encode(s)} for s in states]
+        if rows:
+            self.session.execute(update(TradeRow), rows)
 
-    def active_trade_ids(self) -> list[bytes]:
-        rows = self.session.scalars(select(TradeRow.id).where(TradeRow.active.is_(True)))
-        return [bytes.fromhex(r) for r in rows]
+    def active_trades(self) -> list[TradeState]:
+        rows = self.session.scalars(select(TradeRow.state).where(TradeRow.active.is_(True)))
+        return [decode(TradeState, r) for r in rows]
 
     def trade_counts_by_phase(self) -> dict[str, int]:
         from sqlalchemy import func
@@ -76,23 +77,25 @@ class Repository:
 
     # --- input log ------------------------------------------------------------------------
 
-    def input_seen(self, ref: ChainRef) -> bool:
-        """Applied already, in a block still canonical? A log orphaned by a reorg and mined
-        again (same transaction, same log index) counts as unseen and is applied anew."""
-        return self.session.scalar(select(InputRow.id).where(
-            InputRow.chain_id == ref.chain_id, InputRow.tx_hash == ref.tx_hash.hex(),
-            InputRow.log_index == ref.log_index, InputRow.orphaned.is_(False))) is not None
+    def logged_inputs(self, chain_id: int, refs: Iterable[ChainRef],
+                      ) -> dict[tuple[str, int], InputRow]:
+        """The input rows already logged for these chain logs, by (tx hash, log index)."""
+        hashes = {ref.tx_hash.hex() for ref in refs}
+        if not hashes:
+            return {}
+        rows = self.session.scalars(select(InputRow).where(
+            InputRow.chain_id == chain_id, InputRow.tx_hash.in_(hashes)))
+        return {(r.tx_hash, r.log_index): r for r in rows}  # type: ignore[misc]
+
+    def revive_input(self, row: InputRow, trade_id: bytes | None, inp: Input,
+                     ref: ChainRef) -> None:
+        """A log orphaned by a reorg and mined again (same transaction, same log index): back
+        in the log, at its new place."""
+        row.orphaned, row.block_number = False, ref.block_number
+        row.payload, row.trade_id = encode(inp), trade_id.hex() if trade_id else None
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
                      ) -> None:
-        if ref is not None:
-            orphan = self.session.scalar(select(InputRow).where(
-                InputRow.chain_id == ref.chain_id, InputRow.tx_hash == ref.tx_hash.hex(),
-                InputRow.log_index == ref.log_index))
-            if orphan is not None:  # re-mined after a reorg: back in the log, at its new place
-                orphan.orphaned, orphan.block_number = False, ref.block_number
-                orphan.payload, orphan.trade_id = encode(inp), trade_id.hex() if trade_id else None
-                return
         self.session.add(InputRow(
             trade_id=trade_id.hex() if trade_id else None, kind=type(inp).__name__,
             payload=encode(inp), chain_id=ref.chain_id if ref else None,

@@ -37,6 +37,7 @@ from gateway.domain.trade import (
     LegStatus,
     PreimageRevealed,
     TradeState,
+    is_active,
     new_trade,
     state_transition,
 )
@@ -50,6 +51,35 @@ def effect_chain(effect: ContractSend) -> Chain:
                   | ContractSendDeliveryRefund):
         return Chain.BUSINESS
     return Chain.PAYMENT
+
+
+class _RoutingIndex:
+    """In-memory routing for the trades loaded in a batch: by hashlock and by lock id."""
+
+    def __init__(self, states) -> None:  # noqa: ANN001
+        self.by_hashlock: dict[bytes, bytes] = {}
+        self.by_lock: dict[tuple[Chain, bytes], bytes] = {}
+        for s in states:
+            self.by_hashlock[s.terms.hashlock] = s.trade_id
+            for leg in (s.payment, *s.rejected_payments):
+                if leg is not None:
+                    self.add_lock(Chain.PAYMENT, leg.lock_id, s.trade_id)
+            if s.delivery is not None:
+                self.add_lock(Chain.BUSINESS, s.delivery.lock_id, s.trade_id)
+
+    def add_lock(self, chain: Chain, lock_id: bytes, trade_id: bytes) -> None:
+        self.by_lock[(chain, lock_id)] = trade_id
+
+    def route(self, chain: Chain, inp: ContractReceive) -> bytes | None:
+        match inp:
+            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
+                return self.by_hashlock.get(inp.lock.hashlock)
+            case ContractReceiveClaimed():
+                return self.by_lock.get((chain, inp.lock_id)) or \
+                    self.by_hashlock.get(hashlib.sha256(inp.preimage).digest())
+            case ContractReceiveRefunded():
+                return self.by_lock.get((chain, inp.lock_id))
+        return None
 
 
 class UnknownTrade(LookupError):
@@ -112,27 +142,39 @@ class Dispatcher:
             refs: dict[bytes, object] = {}
             if batch.rewind_to is not None:
                 self._rewind(work, batch, effects)
+            for state in work.repo.active_trades():  # one query; they all need the Block
+                if state.trade_id not in work.states:
+                    work.states[state.trade_id] = work.before[state.trade_id] = state
+            index = _RoutingIndex(work.states.values())
+            logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
             for inp in batch.inputs:
-                if work.repo.input_seen(inp.ref):
-                    continue
-                trade_id = self._route(work.repo, batch.chain, inp)
-                work.repo.record_input(trade_id, inp, inp.ref)
+                row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
+                if row is not None and not row.orphaned:
+                    continue  # applied before (a batch fetched again after a crash)
+                trade_id = index.route(batch.chain, inp) or self._route(work.repo, batch.chain,
+                                                                        inp)
+                if row is not None:
+                    work.repo.revive_input(row, trade_id, inp, inp.ref)
+                else:
+                    work.repo.record_input(trade_id, inp, inp.ref)
                 if trade_id is None or (state := work.load(trade_id)) is None:
                     log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
                              lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
                     continue
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
                     work.repo.link_lock(batch.chain.value, inp.lock_id, trade_id)
+                    index.add_lock(batch.chain, inp.lock_id, trade_id)
                 new_state, out = state_transition(state, inp, self.policy)
                 work.states[trade_id] = new_state
                 effects.setdefault(trade_id, []).extend(out)
                 refs[trade_id] = inp.ref
-            for trade_id in work.repo.active_trade_ids():
-                if (state := work.load(trade_id)) is None:
+            for trade_id, state in list(work.states.items()):
+                if not is_active(state) and trade_id not in effects:
                     continue
                 new_state, out = state_transition(state, batch.block, self.policy)
                 work.states[trade_id] = new_state
-                effects.setdefault(trade_id, []).extend(out)
+                if out:
+                    effects.setdefault(trade_id, []).extend(out)
             work.repo.set_cursor(batch.chain_id, batch.block.number, batch.block_hash,
                                  batch.block.timestamp)
             self._finish(work, effects, refs)
@@ -199,15 +241,17 @@ class Dispatcher:
 
     def _finish(self, work: _Work, effects: dict[bytes, list[Effect]],
                 refs: dict[bytes, object] | None) -> None:
+        changed = []
         for trade_id, state in work.states.items():
             before = work.before.get(trade_id)
             if before is not None and not effects.get(trade_id) and replace(
                     state, payment_time=before.payment_time,
                     business_time=before.business_time) == before:
                 continue  # only chain time moved: the next batch brings it again
-            work.repo.save_trade(state)
+            changed.append(state)
             self._store_effects(work.repo, state, effects.get(trade_id, []),
                                 refs.get(trade_id) if refs else None, before)
+        work.repo.save_trades(changed)
 
     def _store_effects(self, repo: Repository, state: TradeState, effects: list[Effect],
                        ref: object, before: TradeState | None = None) -> None:

@@ -173,10 +173,15 @@ class Executor:
         claims: list[tuple[OutboxRow, ContractSendPaymentClaim]] = []
         txs: list[_Tx] = []
         for row, effect in repo.pending_effects(ep.chain.value):
+            retry = False
             if row.attempt_id is not None:
                 attempt = repo.get_attempt(row.attempt_id)
                 if attempt is not None and attempt.status in ("signed", "sent"):
                     continue  # in flight
+                retry = True
+            if isinstance(effect, ContractSendPaymentClaim) and not retry:
+                claims.append((row, effect))  # checked below, as a batch or alone
+                continue
             # Done on chain, by us or anyone: the poller brings the log. A mined attempt
             # whose result is absent (a batch skipped the entry, a reorg removed it) and a
             # reverted or dropped one all fall through to a new attempt.
@@ -190,6 +195,11 @@ class Executor:
             except KeyError_ as exc:
                 row.status, row.last_error = "failed", str(exc)
                 log.error("effect_failed", key=row.key, error=str(exc))
+        if len(claims) == 1 and self._satisfied(ep, claims[0][1]):
+            claims = []
+        # Two or more claims go out as claimMany without a check each: the contract itself
+        # skips a lock someone else claimed meanwhile, so a lost race costs a little gas, not
+        # a revert, and the check would cost one call per lock.
         for start in range(0, len(claims), self.max_batch):
             txs.append(self._claim_tx(ep, claims[start:start + self.max_batch]))
         return txs

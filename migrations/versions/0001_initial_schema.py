@@ -54,7 +54,6 @@ def upgrade() -> None:
     sa.Column('phase', sa.String(length=32), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('state', sa.JSON(), nullable=False),
-    sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_trades')),

@@ -91,3 +91,25 @@ def test_devnet_deploys_and_funds(devnet) -> None:
     business_code = devnet.business.w3.eth.get_code(info.business.htlc)
     assert payment_code and business_code and payment_code != business_code
     assert len({info.buyer, info.seller, info.relayer, info.issuer}) == 4
+
+
+def test_indexed_get_logs_equals_eth_testers_own(devnet) -> None:
+    """The fast eth_getLogs path returns exactly what eth-tester's own scan returns."""
+    from eth_tester import EthereumTester
+
+    from gateway.chain.devnet import BUYER, SELLER
+    from gateway.domain.locks import hashlock_of, new_secret
+    from tests.helpers import approve
+
+    buyer, seller = devnet.account(BUYER), devnet.account(SELLER)
+    approve(devnet.payment.client, buyer, devnet.payment_token, devnet.payment_htlc.address)
+    t = devnet.payment.next_block_timestamp() + 100
+    for amount in (1, 2, 3):
+        devnet.payment_htlc.lock(buyer, seller.address, amount, hashlock_of(new_secret()), t)
+    tester = devnet.payment.tester
+    head = devnet.payment.w3.eth.block_number
+    for address in (devnet.info.payment.htlc, devnet.info.payment.token):
+        fast = tester.get_logs(0, head, address)
+        assert fast == EthereumTester.get_logs(tester, 0, head, address)
+        assert fast  # locks and transfers were found
+    assert len(tester.get_logs(0, head, devnet.info.payment.htlc)) == 3
