@@ -36,7 +36,7 @@ contracts-check: $(NPM_STAMP)
 	git diff --exit-code --stat -- gateway/contracts/artifacts tests/contracts/artifacts
 
 bench: $(PY_STAMP)
-	$(BIN)/python bench/gas.py
+	$(BIN)/python bench/run.py
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check gateway tests bench

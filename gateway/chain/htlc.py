@@ -46,6 +46,16 @@ TOPIC_CLAIMED = keccak(text="Claimed(bytes32,bytes32)")
 TOPIC_REFUNDED = keccak(text="Refunded(bytes32)")
 
 
+PAYMENT_LOCK_TUPLE = "(" + ",".join(PAYMENT_LOCK_TYPES) + ")"
+SELECTOR_CLAIM_MANY = keccak(text=f"claimMany({PAYMENT_LOCK_TUPLE}[],bytes32[])")[:4]
+
+
+def claim_many_calldata(locks: list[PaymentLock], preimages: list[bytes]) -> bytes:
+    """`claimMany` calldata, encoded directly (web3's generic encoder is ~10x slower)."""
+    return SELECTOR_CLAIM_MANY + abi_encode([f"{PAYMENT_LOCK_TUPLE}[]", "bytes32[]"],
+                                           [[lk.as_tuple() for lk in locks], preimages])
+
+
 def payment_lock_id(chain_id: int, htlc: str, lock: PaymentLock) -> bytes:
     return keccak(abi_encode(["uint256", "address", *PAYMENT_LOCK_TYPES],
                              [chain_id, htlc, *lock.as_tuple()]))
@@ -123,7 +133,7 @@ class PaymentHTLCProxy:
 
     def claim_many(self, caller: LocalAccount, locks: list[PaymentLock],
                    preimages: list[bytes]) -> Receipt:
-        data = self.htlc.encode_abi("claimMany", [[lk.as_tuple() for lk in locks], preimages])
+        data = claim_many_calldata(locks, preimages)
         gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(locks)
         return self.client.transact(caller, to=self.address, data=data, gas=gas)
 

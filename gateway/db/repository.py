@@ -116,6 +116,7 @@ class Repository:
             InputRow.orphaned.is_(False))))
         for row in rows:
             row.orphaned = True
+        self.session.flush()  # the replay that follows reads the log back
         return [(bytes.fromhex(r.trade_id), decode(Input, r.payload)) for r in rows if r.trade_id]
 
     # --- outbox ---------------------------------------------------------------------------

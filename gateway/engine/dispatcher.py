@@ -136,7 +136,9 @@ class Dispatcher:
     # --- chain batches (poller) -----------------------------------------------------------
 
     def apply_chain_batch(self, batch: ChainBatch) -> None:
-        with self.session_factory.begin() as session:
+        # No autoflush: nothing this batch writes is read back by it (inputs are checked
+        # against one prefetch), so everything goes to the database in one flush at commit.
+        with self.session_factory.begin() as session, session.no_autoflush:
             work = _Work(Repository(session))
             effects: dict[bytes, list[Effect]] = {}
             refs: dict[bytes, object] = {}

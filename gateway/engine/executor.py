@@ -32,6 +32,7 @@ from gateway.chain.htlc import (
     GAS_REFUND,
     DeliveryHTLCProxy,
     PaymentHTLCProxy,
+    claim_many_calldata,
 )
 from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
@@ -263,7 +264,6 @@ class Executor:
             (_, c), = claims
             data = htlc.htlc.encode_abi("claim", [c.lock.as_tuple(), c.preimage])
             return _Tx(self.relayer, htlc.address, data, GAS_CLAIM, rows)
-        data = htlc.htlc.encode_abi("claimMany", [[c.lock.as_tuple() for _, c in claims],
-                                                  [c.preimage for _, c in claims]])
+        data = claim_many_calldata([c.lock for _, c in claims], [c.preimage for _, c in claims])
         gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(claims)
         return _Tx(self.relayer, htlc.address, data, gas, rows)
