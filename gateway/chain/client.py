@@ -103,7 +103,9 @@ def decode_revert(data: bytes, abi: list[dict[str, Any]]) -> RevertError:
     known = error_selectors(abi)
     if len(data) >= 4 and data[:4] in known:
         name, types = known[data[:4]]
-        return RevertError(name, tuple(abi_decode(types, data[4:])), data)
+        values = tuple(to_checksum_address(v) if t == "address" else v
+                       for t, v in zip(types, abi_decode(types, data[4:]), strict=True))
+        return RevertError(name, values, data)
     return RevertError("UnknownRevert", (data.hex(),), data)
 
 

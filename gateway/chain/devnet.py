@@ -86,7 +86,11 @@ class InProcessChain:
 
     def set_next_block_timestamp(self, timestamp: int) -> None:
         """Move chain time forward so that the next transaction is mined at `timestamp`."""
-        if timestamp > self.next_block_timestamp():
+        upcoming = self.next_block_timestamp()
+        if timestamp < upcoming:
+            raise ValueError(f"the next {self.name} block is already at {upcoming}, "
+                             f"after {timestamp}: chain time cannot go back")
+        if timestamp > upcoming:
             self.tester.time_travel(timestamp)
 
     def mine(self, blocks: int = 1) -> None:

@@ -53,8 +53,17 @@ class TimingPolicy:
         return payment_time + self.claim_lead_time < t_pay
 
     def leaves_time(self, chain_time: int, deadline: int) -> bool:
-        """A lock made now still leaves the other party a claim window before `deadline`."""
+        """A payment lock made now still leaves a claim window before `deadline`."""
         return chain_time + self.claim_lead_time < deadline
+
+    @property
+    def delivery_claim_lead_time(self) -> int:
+        """How long before `T_deliver` a business-chain transaction must be sent to be mined
+        and final in time."""
+        return (self.business_confirmations + 1) * self.business_block_time + self.drift_allowance
+
+    def delivery_claim_is_safe(self, business_time: int, t_deliver: int) -> bool:
+        return business_time + self.delivery_claim_lead_time < t_deliver
 
     def claim_is_possible(self, payment_time: int, t_pay: int) -> bool:
         """A claim can still be mined: the next payment block may still be before `T_pay`."""

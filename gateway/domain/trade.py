@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.locks import PREIMAGE_LENGTH, DeliveryLock, PaymentLock
 from gateway.domain.policy import TimingPolicy
 
 
@@ -368,9 +368,11 @@ def new_trade(action: ActionProposeTrade, policy: TimingPolicy) -> tuple[TradeSt
     problems = terms_problems(action.terms, policy)
     if problems:
         raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
-    if action.buyer_secret is not None and hashlib.sha256(action.buyer_secret).digest() != \
-            action.terms.hashlock:
-        raise ValueError("buyer_secret: its sha256 is not the hashlock")
+    if action.buyer_secret is not None and (
+            len(action.buyer_secret) != PREIMAGE_LENGTH
+            or hashlib.sha256(action.buyer_secret).digest() != action.terms.hashlock):
+        raise ValueError(f"buyer_secret: must be {PREIMAGE_LENGTH} bytes whose sha256 is the "
+                         "hashlock (the contracts refuse any other preimage length)")
     state = TradeState(
         trade_id=action.trade_id, terms=action.terms, phase=Phase.PROPOSED,
         managed_buyer=action.managed_buyer, managed_seller=action.managed_seller,
@@ -399,6 +401,10 @@ def state_transition(state: TradeState, inp: Input,
             if state.delivery is None or state.delivery.status is not LegStatus.OPEN or \
                     state.phase is not Phase.DELIVERY_LOCKED:
                 raise InvalidTransition(state.phase, "take delivery of")
+            if not policy.delivery_claim_is_safe(state.business_time,
+                                                 state.delivery.lock.timelock):
+                raise InvalidTransition(state.phase, "take delivery (too close to T_deliver to "
+                                                     "be final in time) of")
             step.state = replace(state, flags=_add(state.flags, "take_delivery"))
         case ActionProposeTrade():
             raise InvalidTransition(state.phase, "propose again")
@@ -462,6 +468,8 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
     known = [leg.lock_id for leg in (s.payment, *s.rejected_payments) if leg is not None]
     if e.lock_id in known:
         return
+    if f"foreign_payment_lock:{e.lock_id.hex()}" in s.flags:
+        return
     if e.lock.sender != s.terms.buyer_payment:
         # Anyone can lock with a public hashlock; only the buyer's lock can be this trade's.
         step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id,
@@ -482,10 +490,14 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
 
 def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
     s = step.state
+    seen = (f"mismatched_delivery:{e.lock_id.hex()}", f"extra_delivery_lock:{e.lock_id.hex()}")
+    if any(flag in s.flags for flag in seen):
+        return
     if s.delivery is not None:
         if s.delivery.lock_id != e.lock_id:
             step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                                  ("a delivery lock exists",)))
+            step.state = replace(s, flags=_add(s.flags, seen[1]))
         return
     problems = delivery_lock_problems(e.lock, s.terms, s.trade_id)
     if problems:
@@ -507,13 +519,22 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
         s = replace(s, preimage=preimage)
     if chain is Chain.PAYMENT:
         if s.payment is not None and s.payment.lock_id == lock_id:
+            if s.payment.status is not LegStatus.OPEN:
+                if s.payment.status is not status:  # a lock exits once; no chain says twice
+                    s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+                step.state = s
+                return
             s = replace(s, payment=replace(s.payment, status=status))
         else:
             s = replace(s, rejected_payments=tuple(
                 replace(leg, status=status) if leg.lock_id == lock_id else leg
                 for leg in s.rejected_payments))
     elif s.delivery is not None and s.delivery.lock_id == lock_id:
-        s = replace(s, delivery=replace(s.delivery, status=status))
+        if s.delivery.status is not LegStatus.OPEN:
+            if s.delivery.status is not status:
+                s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+        else:
+            s = replace(s, delivery=replace(s.delivery, status=status))
     step.state = s
 
 
@@ -523,11 +544,33 @@ def _phase_for(s: TradeState) -> Phase:
     dlv = s.delivery.status if s.delivery else None
     if s.phase in (Phase.CANCELLED, Phase.REJECTED, Phase.EXPIRED):
         return s.phase
-    if s.phase is Phase.PROPOSED and pay in (None, LegStatus.OPEN) and \
-            dlv in (None, LegStatus.OPEN):
+    if s.phase is Phase.PROPOSED:
         # Locks seen before the counterparty accepted do not make an agreement: nothing is
-        # done on anyone's behalf until the trade is accepted. Only deadlines end it.
-        return Phase.EXPIRED if s.payment_time >= s.terms.t_pay and pay is None else s.phase
+        # done on anyone's behalf until the trade is accepted, and a lock or a refund does not
+        # move it. Only facts that end or perform the trade do, and the payment deadline.
+        ended = _facts_phase(pay, dlv)
+        if ended in (Phase.SETTLED, Phase.PAYMENT_REFUNDED):
+            return ended
+        if s.payment_time >= s.terms.t_pay:
+            return Phase.SETTLED if pay is LegStatus.CLAIMED else Phase.EXPIRED
+        return Phase.DELIVERED if ended is Phase.DELIVERED else s.phase
+    facts = _facts_phase(pay, dlv)
+    nothing_open = pay is not LegStatus.OPEN and dlv is not LegStatus.OPEN
+    if nothing_open and s.payment_time >= s.terms.t_pay and \
+            facts in (Phase.DELIVERED, Phase.DELIVERY_REFUNDED):
+        # Every lock has exited and no payment lock can be made any more: the trade is over.
+        return Phase.SETTLED if pay is LegStatus.CLAIMED else Phase.EXPIRED
+    if facts is not None:
+        return facts
+    if s.rejected_payments and s.phase in (Phase.PROPOSED, Phase.AGREED):
+        return Phase.REJECTED
+    if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay:
+        return Phase.EXPIRED
+    return s.phase
+
+
+def _facts_phase(pay: LegStatus | None, dlv: LegStatus | None) -> Phase | None:
+    """The phase the two legs' on-chain status imply, if any."""
     if pay is LegStatus.CLAIMED and dlv is LegStatus.CLAIMED:
         return Phase.SETTLED
     if pay is LegStatus.REFUNDED:
@@ -540,11 +583,7 @@ def _phase_for(s: TradeState) -> Phase:
         return Phase.DELIVERY_LOCKED
     if pay is LegStatus.OPEN:
         return Phase.PAYMENT_LOCKED
-    if s.rejected_payments and s.phase in (Phase.PROPOSED, Phase.AGREED):
-        return Phase.REJECTED
-    if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay:
-        return Phase.EXPIRED
-    return s.phase
+    return None
 
 
 def _advance_phase(step: _Step) -> None:
@@ -554,15 +593,27 @@ def _advance_phase(step: _Step) -> None:
 
 
 def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], list[Effect]]:
-    """The transactions the facts call for right now, and notifications about them."""
+    """The transactions the facts call for right now, and notifications about them.
+
+    The two claims are tied: the payment is claimed for the seller only while the buyer has
+    the title or can still get it (the delivery claimed, or open before its deadline, in which
+    case it is claimed for the buyer too); the title is claimed for the buyer only while the
+    seller has or can still get the payment. A public preimage never hands one party both.
+    """
     wanted: list[ContractSend] = []
     notes: list[Effect] = []
     t = s.terms
     pay, dlv = s.payment, s.delivery
-    if pay and pay.status is LegStatus.OPEN:
+    pay_open = pay is not None and pay.status is LegStatus.OPEN
+    dlv_open = dlv is not None and dlv.status is LegStatus.OPEN
+    buyer_gets_title = dlv is not None and (
+        dlv.status is LegStatus.CLAIMED or (dlv_open and s.business_time < dlv.lock.timelock))
+    seller_gets_paid = pay is not None and (
+        pay.status is LegStatus.CLAIMED or (pay_open and s.payment_time < pay.lock.timelock))
+    if pay is not None and pay_open:
         if s.payment_time >= pay.lock.timelock:
             wanted.append(ContractSendPaymentRefund(s.trade_id, pay.lock_id, pay.lock))
-        elif s.preimage is not None:
+        if s.preimage is not None and buyer_gets_title:
             claim = ContractSendPaymentClaim(s.trade_id, pay.lock_id, pay.lock, s.preimage)
             if policy.claim_is_safe(s.payment_time, pay.lock.timelock):
                 wanted.append(claim)
@@ -577,21 +628,26 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
     for leg in s.rejected_payments:
         if leg.status is LegStatus.OPEN and s.payment_time >= leg.lock.timelock:
             wanted.append(ContractSendPaymentRefund(s.trade_id, leg.lock_id, leg.lock))
-    if dlv and dlv.status is LegStatus.OPEN:
+    if dlv is not None and dlv_open:
         if s.business_time >= dlv.lock.timelock:
             wanted.append(ContractSendDeliveryRefund(s.trade_id, dlv.lock_id, dlv.lock))
-        elif s.preimage is not None or "take_delivery" in s.flags:
-            # A public preimage claims the title for the buyer too (e.g. after a reorg dropped
-            # the buyer's claim): the buyer paid, the buyer gets the title.
-            secret = s.preimage if s.preimage is not None else s.buyer_secret
-            if secret is not None:
-                wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock, secret))
+        elif s.preimage is not None and seller_gets_paid:
+            # The secret is public (e.g. a reorg dropped the buyer's own claim): the buyer paid,
+            # the buyer gets the title.
+            wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
+                                                    s.preimage))
+        elif "take_delivery" in s.flags and s.buyer_secret is not None and \
+                policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock):
+            # The managed buyer's private secret goes out only if the claim will be mined and
+            # final before T_deliver: a late claim would publish it for nothing.
+            wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
+                                                    s.buyer_secret))
     # Acting for managed parties: only while the counterparty still has time to act in turn.
     if s.managed_buyer and s.phase is Phase.AGREED and pay is None and \
             policy.leaves_time(s.payment_time, t.t_deliver):
         wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
-            policy.leaves_time(s.business_time, t.t_deliver):
+            policy.delivery_claim_is_safe(s.business_time, t.t_deliver):
         wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
     return wanted, notes
 
