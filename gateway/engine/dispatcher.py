@@ -34,6 +34,7 @@ from gateway.domain.trade import (
     Effect,
     Input,
     InvalidTransition,
+    InvariantViolated,
     LegStatus,
     PreimageRevealed,
     TradeState,
@@ -166,14 +167,14 @@ class Dispatcher:
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
                     work.repo.link_lock(batch.chain.value, inp.lock_id, trade_id)
                     index.add_lock(batch.chain, inp.lock_id, trade_id)
-                new_state, out = state_transition(state, inp, self.policy)
+                new_state, out = self._transition(state, inp)
                 work.states[trade_id] = new_state
                 effects.setdefault(trade_id, []).extend(out)
                 refs[trade_id] = inp.ref
             for trade_id, state in list(work.states.items()):
                 if not is_active(state) and trade_id not in effects:
                     continue
-                new_state, out = state_transition(state, batch.block, self.policy)
+                new_state, out = self._transition(state, batch.block)
                 work.states[trade_id] = new_state
                 if out:
                     effects.setdefault(trade_id, []).extend(out)
@@ -182,6 +183,20 @@ class Dispatcher:
             self._finish(work, effects, refs)
             reach("dispatcher.before_commit")
         reach("dispatcher.after_commit")
+
+    def _transition(self, state: TradeState, inp: Input) -> tuple[TradeState, list[Effect]]:
+        """A chain input for one trade. A broken invariant (a bug, never a chain fact) is
+        contained to that trade: logged as critical and flagged, the input not applied, and
+        every other trade and the chain cursor move on."""
+        try:
+            return state_transition(state, inp, self.policy)
+        except InvariantViolated as exc:
+            log.critical("invariant_violated", trade=state.trade_id.hex(),
+                         input=type(inp).__name__, error=str(exc))
+            flag = f"invariant_violated:{type(inp).__name__}"
+            if flag in state.flags:
+                return state, []
+            return replace(state, flags=(*state.flags, flag)), []
 
     def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
         match inp:
