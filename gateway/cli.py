@@ -133,6 +133,129 @@ def db_upgrade(database_url: str | None) -> None:
         engine.dispose()
 
 
+# --- enterprises -----------------------------------------------------------------------------
+
+
+@main.command("secrets-key")
+def secrets_key() -> None:
+    """Print a new key for DVP_SECRETS_KEY (encryption at rest of managed keys)."""
+    from gateway.api.secrets import Cipher
+
+    click.echo(Cipher.generate_key())
+
+
+@main.group()
+def enterprise() -> None:
+    """Enterprises (API tenants) and their API keys."""
+
+
+def _session(settings: Settings):  # noqa: ANN202
+    from gateway.engine.build import open_database
+
+    try:
+        engine, factory = open_database(settings.database_url)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot open the database {settings.database_url!r}: {exc}")
+    return engine, factory
+
+
+def _cipher(settings: Settings):  # noqa: ANN202
+    from gateway.api.secrets import Cipher
+
+    if settings.secrets_key is None:
+        return None
+    try:
+        return Cipher(settings.secrets_key.get_secret_value())
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@enterprise.command("create")
+@click.option("--name", required=True, help="Unique name of the enterprise.")
+@click.option("--managed", is_flag=True,
+              help="The gateway generates and holds its chain keys (needs DVP_SECRETS_KEY).")
+@click.option("--payment-address", help="Its own address on the payment chain (self-custody).")
+@click.option("--business-address", help="Its own address on the business chain (self-custody).")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+def enterprise_create(name: str, managed: bool, payment_address: str | None,
+                      business_address: str | None, database_url: str | None) -> None:
+    """Create an enterprise; prints its id and its API key (shown once)."""
+    from gateway.api.enterprises import EnterpriseError, create_enterprise
+
+    settings = _settings(database_url=database_url)
+    engine, factory = _session(settings)
+    try:
+        with factory.begin() as session:
+            ent, key = create_enterprise(session, name, managed=managed,
+                                         cipher=_cipher(settings),
+                                         payment_address=payment_address,
+                                         business_address=business_address)
+    except EnterpriseError as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc.args[0].split(': ', 1)[1]}")
+    finally:
+        engine.dispose()
+    click.echo(f"enterprise {ent.id}  {ent.name}  {'managed' if ent.managed else 'self-custody'}")
+    click.echo(f"payment address  {ent.payment_address}")
+    click.echo(f"business address {ent.business_address}")
+    click.echo(f"api key {key}   (shown once: store it now)")
+
+
+@enterprise.command("list")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+def enterprise_list(database_url: str | None) -> None:
+    """List enterprises and their API keys (prefixes only, never secrets)."""
+    from gateway.api.enterprises import list_enterprises, list_keys
+
+    settings = _settings(database_url=database_url)
+    engine, factory = _session(settings)
+    with factory() as session:
+        for ent in list_enterprises(session):
+            click.echo(f"{ent.id}  {ent.name}  {'managed' if ent.managed else 'self-custody'}  "
+                       f"{ent.payment_address}")
+            for key in list_keys(session, ent.id):
+                state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+                click.echo(f"    key {key.id}  {key.prefix}…  {state}")
+    engine.dispose()
+
+
+@enterprise.command("rotate-key")
+@click.argument("enterprise_ref")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+def enterprise_rotate(enterprise_ref: str, database_url: str | None) -> None:
+    """Revoke the enterprise's active keys and print a new one (shown once)."""
+    from gateway.api.enterprises import EnterpriseError, find_enterprise, rotate_keys
+
+    settings = _settings(database_url=database_url)
+    engine, factory = _session(settings)
+    try:
+        with factory.begin() as session:
+            key = rotate_keys(session, find_enterprise(session, enterprise_ref).id)
+    except EnterpriseError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    click.echo(f"api key {key}   (shown once: store it now; older keys are revoked)")
+
+
+@enterprise.command("revoke-key")
+@click.argument("key_id")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+def enterprise_revoke(key_id: str, database_url: str | None) -> None:
+    """Revoke one API key by its id (see `enterprise list`)."""
+    from gateway.api.enterprises import EnterpriseError, revoke_key
+
+    settings = _settings(database_url=database_url)
+    engine, factory = _session(settings)
+    try:
+        with factory.begin() as session:
+            revoke_key(session, key_id)
+    except EnterpriseError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    click.echo(f"revoked {key_id}")
+
+
 # --- relayer ----------------------------------------------------------------------------------
 
 

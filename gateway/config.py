@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     payment_start_block: int = Field(0, ge=0)
     business_start_block: int = Field(0, ge=0)
     relayer_key: SecretStr | None = None
+    secrets_key: SecretStr | None = None  # Fernet key: managed keys and secrets at rest
 
     payment_confirmations: int = Field(2, ge=0, le=1000)
     business_confirmations: int = Field(2, ge=0, le=1000)

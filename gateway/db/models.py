@@ -164,3 +164,77 @@ class TradeEventRow(Base):
     tx_hash: Mapped[str | None] = mapped_column(HEX32)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                  server_default=func.now())
+
+
+# --- enterprises (the API's tenants) -------------------------------------------------------
+
+
+class EnterpriseRow(Base):
+    __tablename__ = "enterprises"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    managed: Mapped[bool] = mapped_column(Boolean)
+    payment_address: Mapped[str] = mapped_column(String(42))
+    business_address: Mapped[str] = mapped_column(String(42))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+
+
+class ApiKeyRow(Base):
+    """API keys are random 256-bit tokens: stored as their SHA-256 only (a slow hash adds
+    nothing against guessing a 256-bit secret), shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(HEX32, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ManagedKeyRow(Base):
+    """A managed enterprise's signing key, encrypted at rest (Fernet, key from settings)."""
+
+    __tablename__ = "managed_keys"
+
+    enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), unique=True)
+    encrypted_key: Mapped[str] = mapped_column(Text)
+
+
+class TradePartyRow(Base):
+    """Which enterprises are the buyer and the seller of a trade (tenancy for the API)."""
+
+    __tablename__ = "trade_parties"
+
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"), primary_key=True)
+    buyer_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
+    seller_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
+    proposer_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now(), index=True)
+
+
+class SecretRow(Base):
+    """A managed buyer's trade secret, encrypted at rest until it is used (and public)."""
+
+    __tablename__ = "trade_secrets"
+
+    trade_id: Mapped[str] = mapped_column(ForeignKey("trades.id"), primary_key=True)
+    encrypted_secret: Mapped[str] = mapped_column(Text)
+
+
+class IdempotencyRow(Base):
+    __tablename__ = "idempotency_keys"
+
+    enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(HEX32)
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())

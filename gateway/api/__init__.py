@@ -1,0 +1,1 @@
+"""HTTP API for enterprises: FastAPI app factory, auth, schemas, routers, services."""
