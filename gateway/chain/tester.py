@@ -11,6 +11,7 @@ pre-EIP-155) is refused before it executes.
 from __future__ import annotations
 
 import copy
+import threading
 from functools import cache
 
 from eth.abc import SignedTransactionAPI
@@ -125,6 +126,19 @@ class IndexedEthereumTester(EthereumTester):
         return tuple(logs)
 
 
+class SerializedTesterProvider(EthereumTesterProvider):
+    """eth-tester is not thread-safe; the API's worker threads and the relayer share a chain,
+    so requests are served one at a time, like a node's single writer."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self._lock = threading.RLock()
+
+    def make_request(self, method, params):  # noqa: ANN001, ANN201
+        with self._lock:
+            return super().make_request(method, params)
+
+
 def tester_provider(tester: EthereumTester, chain_id: int) -> EthereumTesterProvider:
     """An EthereumTesterProvider that reports `chain_id` instead of eth-tester's constant."""
     from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
@@ -132,7 +146,7 @@ def tester_provider(tester: EthereumTester, chain_id: int) -> EthereumTesterProv
     endpoints = copy.copy(API_ENDPOINTS)
     endpoints["eth"] = {**API_ENDPOINTS["eth"], "chainId": static_return(chain_id)}
     endpoints["net"] = {**API_ENDPOINTS["net"], "version": static_return(str(chain_id))}
-    return EthereumTesterProvider(tester, api_endpoints=endpoints)
+    return SerializedTesterProvider(tester, api_endpoints=endpoints)
 
 
 def start_tester_chain(chain_id: int, num_accounts: int = 10) -> tuple[EthereumTester, Web3]:

@@ -111,23 +111,31 @@ class Dispatcher:
 
     # --- actions (API) --------------------------------------------------------------------
 
-    def propose(self, action: ActionProposeTrade) -> TradeState:
+    def propose(self, action: ActionProposeTrade,
+                also: Callable[[Session], None] | None = None) -> TradeState:
+        """Create the trade; `also` writes the caller's own rows in the same transaction."""
         state, effects = new_trade(action, self.policy)
         with self.session_factory.begin() as session:
             repo = Repository(session)
             repo.add_trade(state)
             repo.record_input(state.trade_id, action)
             self._store_effects(repo, state, effects, None)
+            if also is not None:
+                also(session)
         return state
 
-    def apply_action(self, action: Input) -> TradeState:
-        """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition."""
+    def apply_action(self, action: Input,
+                     check: Callable[[TradeState], None] | None = None) -> TradeState:
+        """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition; `check`
+        may refuse the action on the state read inside the transaction."""
         trade_id: bytes = action.trade_id  # type: ignore[union-attr]
         with self.session_factory.begin() as session:
             work = _Work(Repository(session))
             state = work.load(trade_id)
             if state is None:
                 raise UnknownTrade(trade_id.hex())
+            if check is not None:
+                check(state)
             new_state, effects = state_transition(state, action, self.policy)
             work.repo.record_input(trade_id, action)
             work.states[trade_id] = new_state

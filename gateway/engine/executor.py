@@ -15,6 +15,7 @@ locks for managed parties are sent from their own keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -85,11 +86,13 @@ class Executor:
     def __init__(self, session_factory: sessionmaker[Session],
                  endpoints: dict[Chain, ChainEndpoint], relayer: LocalAccount,
                  managed_keys: dict[str, LocalAccount] | None = None,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 key_lookup: Callable[[str], LocalAccount | None] | None = None) -> None:
         self.session_factory = session_factory
         self.endpoints = endpoints
         self.relayer = relayer
         self.keys = {relayer.address: relayer, **(managed_keys or {})}
+        self.key_lookup = key_lookup
         self.max_batch = max_batch
 
     def run_once(self) -> int:
@@ -192,7 +195,9 @@ class Executor:
                 if isinstance(effect, ContractSendPaymentClaim):
                     claims.append((row, effect))
                 else:
-                    txs.append(self._tx_for(ep, row, effect))
+                    tx = self._tx_for(ep, row, effect)
+                    approval = self._approval(ep, effect, tx.sender)
+                    txs.extend([approval, tx] if approval else [tx])
             except KeyError_ as exc:
                 row.status, row.last_error = "failed", str(exc)
                 log.error("effect_failed", key=row.key, error=str(exc))
@@ -222,10 +227,39 @@ class Executor:
         return False
 
     def _key(self, address: str) -> LocalAccount:
+        if address not in self.keys and self.key_lookup is not None:
+            found = self.key_lookup(address)
+            if found is not None:
+                self.keys[address] = found
         try:
             return self.keys[address]
         except KeyError:
             raise KeyError_(f"no signing key configured for managed account {address}") from None
+
+    def _approval(self, ep: ChainEndpoint, effect: ContractSend, sender: LocalAccount,
+                  ) -> _Tx | None:
+        """A managed party's lock needs the HTLC approved to pull its tokens: the approval
+        goes out first, from the same key, when it is missing."""
+        from gateway.contracts import load_artifact
+
+        if isinstance(effect, ContractSendPaymentLock) and ep.payment_htlc is not None:
+            htlc = ep.payment_htlc
+            token = ep.client.contract(htlc.htlc.functions.token().call(),
+                                       load_artifact("PaymentToken"))
+            if token.functions.allowance(sender.address, htlc.address).call() >= \
+                    effect.lock.amount:
+                return None
+            return _Tx(sender, token.address,
+                       token.encode_abi("approve", [htlc.address, 2**256 - 1]), 80_000)
+        if isinstance(effect, ContractSendDeliveryLock) and ep.delivery_htlc is not None:
+            dh = ep.delivery_htlc
+            titles = ep.client.contract(dh.htlc.functions.titles().call(),
+                                        load_artifact("TitleDocument"))
+            if titles.functions.isApprovedForAll(sender.address, dh.address).call():
+                return None
+            return _Tx(sender, titles.address,
+                       titles.encode_abi("setApprovalForAll", [dh.address, True]), 80_000)
+        return None
 
     def _tx_for(self, ep: ChainEndpoint, row: OutboxRow, effect: ContractSend) -> _Tx:
         match effect:

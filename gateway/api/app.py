@@ -1,0 +1,174 @@
+"""The FastAPI application factory: `/v1` for enterprises, health and metrics for operators."""
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from gateway.api import problems
+from gateway.api.context import ApiContext
+from gateway.api.enterprises import Enterprise, authenticate
+from gateway.api.problems import Problem, problem_response
+from gateway.api.schemas import Balances, Me, Trade, TradeCreate, TradePage
+from gateway.api.trades import act, create_trade, list_trades, parse_trade_id, trade_view
+from gateway.domain.trade import Phase
+
+PHASES = tuple(p.value for p in Phase)
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="dvp-gateway",
+        version="0.1.0",
+        description="Cross-chain delivery versus payment: propose, accept and follow trades "
+                    "whose payment (payment chain) and delivery (business chain) settle "
+                    "atomically through hash-time-locked contracts.",
+        responses={422: {"description": "Invalid request (problem+json)"}},
+    )
+    app.state.ctx = ctx
+    problems.install(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit()
+                                   or int(length) > ctx.limits.max_body_bytes):
+            return problem_response(413, f"request bodies are limited to "
+                                         f"{ctx.limits.max_body_bytes} bytes",
+                                    instance=request.url.path)
+        return await call_next(request)
+
+    async def caller(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Enterprise:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Problem(401, "send your API key as 'Authorization: Bearer <key>'",
+                          headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
+        token = authorization.removeprefix("Bearer ").strip()
+
+        def lookup() -> Enterprise | None:
+            with ctx.session_factory() as session:
+                return authenticate(session, token)
+
+        enterprise = await run_in_threadpool(lookup)
+        if enterprise is None:
+            raise Problem(401, "unknown or revoked API key",
+                          headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
+        wait = ctx.rate_limiter.take(enterprise.id)
+        if wait:
+            raise Problem(429, "rate limit exceeded", headers={"Retry-After": str(int(wait) + 1)},
+                          kind="rate-limited")
+        return enterprise
+
+    Caller = Annotated[Enterprise, Depends(caller)]
+
+    # --- enterprise ---------------------------------------------------------------------
+
+    @app.get("/v1/me", response_model=Me, tags=["enterprise"])
+    async def me(who: Caller) -> Me:
+        balances = None
+        if who.managed:
+            def read() -> Balances:
+                token = ctx.payment.client.contract(ctx.payment.asset, _erc20())
+                titles = ctx.business.client.contract(ctx.business.asset, _erc721())
+                return Balances(
+                    payment_token=str(token.functions.balanceOf(who.payment_address).call()),
+                    title_documents=titles.functions.balanceOf(who.business_address).call())
+            balances = await run_in_threadpool(read)
+        return Me(id=who.id, name=who.name, managed=who.managed,
+                  payment_address=who.payment_address, business_address=who.business_address,
+                  balances=balances)
+
+    # --- trades -------------------------------------------------------------------------
+
+    @app.post("/v1/trades", status_code=201, response_model=Trade, tags=["trades"],
+              responses={200: {"description": "replay of an earlier identical request"},
+                         409: {"description": "conflict (problem+json)"}})
+    async def propose(body: TradeCreate, who: Caller,
+                      idempotency_key: Annotated[str, Header(min_length=1, max_length=200)],
+                      ) -> JSONResponse:
+        status, payload = await run_in_threadpool(create_trade, ctx, who, body, idempotency_key)
+        return JSONResponse(payload, status_code=status)
+
+    @app.get("/v1/trades", response_model=TradePage, tags=["trades"])
+    async def trades(who: Caller,
+                     phase: Annotated[Literal[PHASES] | None, Query()] = None,  # type: ignore[valid-type]
+                     role: Annotated[Literal["buyer", "seller"] | None, Query()] = None,
+                     counterparty: Annotated[str | None, Query(max_length=64)] = None,
+                     created_from: Annotated[datetime | None, Query()] = None,
+                     created_to: Annotated[datetime | None, Query()] = None,
+                     cursor: Annotated[str | None, Query(max_length=500)] = None,
+                     limit: Annotated[int, Query(ge=1, le=100)] = 50) -> TradePage:
+        return await run_in_threadpool(list_trades, ctx, who, phase=phase, role=role,
+                                       counterparty=counterparty, created_from=created_from,
+                                       created_to=created_to, cursor=cursor, limit=limit)
+
+    @app.get("/v1/trades/{trade_id}", response_model=Trade, tags=["trades"],
+             responses={404: {"description": "no such trade (problem+json)"}})
+    async def trade(trade_id: str, who: Caller) -> Trade:
+        raw = parse_trade_id(trade_id)
+
+        def read() -> Trade:
+            with ctx.session_factory() as session:
+                return trade_view(session, ctx, raw, who, timeline=True)
+        return await run_in_threadpool(read)
+
+    for action in ("accept", "cancel", "take-delivery"):
+        def endpoint(trade_id: str, who: Caller, _action: str = action):  # noqa: ANN202
+            return act(ctx, who, parse_trade_id(trade_id), _action)
+        app.add_api_route(f"/v1/trades/{{trade_id}}/{action}", endpoint, methods=["POST"],
+                          response_model=Trade, tags=["trades"], name=action,
+                          responses={404: {"description": "no such trade"},
+                                     409: {"description": "not allowed in this phase"}})
+
+    # --- operations ---------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+
+        def probe() -> None:
+            try:
+                with ctx.session_factory() as session:
+                    session.execute(text("SELECT 1"))
+                checks["database"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["database"] = f"down: {type(exc).__name__}"
+            for name, view in (("payment_chain", ctx.payment), ("business_chain", ctx.business)):
+                try:
+                    view.client.w3.eth.block_number  # noqa: B018
+                    checks[name] = "ok"
+                except Exception as exc:  # noqa: BLE001
+                    checks[name] = f"down: {type(exc).__name__}"
+        await asyncio.wait_for(run_in_threadpool(probe), timeout=10)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks, "relayer_lag": ctx.relayer_lag},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        from gateway.engine.metrics import render
+
+        body, content_type = await run_in_threadpool(render, ctx.session_factory)
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _erc20():  # noqa: ANN202
+    from gateway.contracts import load_artifact
+
+    return load_artifact("PaymentToken")
+
+
+def _erc721():  # noqa: ANN202
+    from gateway.contracts import load_artifact
+
+    return load_artifact("TitleDocument")

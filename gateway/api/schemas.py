@@ -1,0 +1,152 @@
+"""Request and response bodies. Unknown fields are rejected; amounts are decimal strings of
+integer base units (never floats); addresses are normalised to checksummed form."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+HEX32 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+
+
+def _uint256_string(value: str) -> str:
+    if not value.isdigit():
+        raise ValueError("must be a decimal string of integer base units, e.g. \"123456\"")
+    number = int(value)
+    if number <= 0 or number >= 2**256:
+        raise ValueError("must be a positive integer below 2**256")
+    return str(number)
+
+
+def _hex32(value: str) -> str:
+    if not HEX32.match(value):
+        raise ValueError("must be 32 bytes as 64 hex digits (0x-prefixed or not)")
+    if int(value.removeprefix("0x"), 16) == 0:
+        raise ValueError("must not be all zero")
+    return "0x" + value.removeprefix("0x").lower()
+
+
+def _address(value: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not isinstance(value, str) or not is_address(value):
+        raise ValueError("must be a 0x-prefixed 20-byte address")
+    return to_checksum_address(value)
+
+
+Amount = Annotated[str, Field(max_length=80, examples=["12345600"]),
+                   AfterValidator(_uint256_string)]
+Hex32 = Annotated[str, Field(max_length=66, examples=["0x" + "ab" * 32]), AfterValidator(_hex32)]
+Address = Annotated[str, Field(max_length=42), AfterValidator(_address)]
+TokenId = Annotated[str, Field(max_length=80, examples=["1"]), AfterValidator(_uint256_string)]
+UnixTime = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PaymentTerms(Strict):
+    token: Address = Field(description="The payment token (the gateway's configured ERC-20).")
+    amount: Amount = Field(description="Integer base units as a decimal string.")
+
+
+class DeliveryTerms(Strict):
+    token_id: TokenId = Field(description="The title document's token id (decimal string).")
+    document_hash: Hex32 = Field(description="The hash the title token carries.")
+
+
+class Deadlines(Strict):
+    delivery: UnixTime = Field(description="T_deliver: unix seconds, judged by block time.")
+    payment: UnixTime = Field(description="T_pay: unix seconds, judged by block time.")
+
+
+class TradeCreate(Strict):
+    role: Literal["buyer", "seller"] = Field(description="The caller's role in the trade.")
+    counterparty: str = Field(min_length=1, max_length=64, description="Enterprise id.")
+    payment: PaymentTerms
+    delivery: DeliveryTerms
+    deadlines: Deadlines
+    hashlock: Hex32 | None = Field(None, description=(
+        "sha256 of the buyer's 32-byte secret. Required when the buyer keeps its own secret "
+        "(self-custody); must be absent when the gateway manages the buyer."))
+
+
+class Party(BaseModel):
+    enterprise_id: str
+    payment_address: str
+    business_address: str
+    managed: bool
+
+
+class Leg(BaseModel):
+    lock_id: str
+    status: str
+    tx_hash: str | None = None
+    block_number: int | None = None
+    timelock: int
+
+
+class TimelineEvent(BaseModel):
+    at: datetime
+    kind: str
+    detail: dict
+    chain_id: int | None = None
+    block_number: int | None = None
+    tx_hash: str | None = None
+
+
+class Trade(BaseModel):
+    id: str
+    phase: str
+    role: Literal["buyer", "seller"]
+    buyer: Party
+    seller: Party
+    payment: PaymentTerms
+    delivery: DeliveryTerms
+    hashlock: str
+    deadlines: Deadlines
+    margin: int = Field(description="T_pay - T_deliver, seconds.")
+    required_margin: int
+    legs: dict[str, Leg | None]
+    pending: list[str]
+    flags: list[str]
+    created_at: datetime
+    timeline: list[TimelineEvent] | None = None
+
+
+class TradePage(BaseModel):
+    items: list[Trade]
+    next_cursor: str | None
+
+
+class Balances(BaseModel):
+    payment_token: str
+    title_documents: int
+
+
+class Me(BaseModel):
+    id: str
+    name: str
+    managed: bool
+    payment_address: str
+    business_address: str
+    balances: Balances | None
+
+
+class UnsignedTx(BaseModel):
+    chain: Literal["payment", "business"]
+    chain_id: int
+    to: str
+    data: str
+    value: str = "0"
+    description: str
+
+
+class Instructions(BaseModel):
+    step: str
+    transactions: list[UnsignedTx]
+    note: str | None = None

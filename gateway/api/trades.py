@@ -1,0 +1,308 @@
+"""Trade services: what the routers call. Every write goes through the dispatcher."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
+from gateway.api.enterprises import Enterprise
+from gateway.api.problems import Problem
+from gateway.api.schemas import (
+    Deadlines,
+    DeliveryTerms,
+    Leg,
+    Party,
+    PaymentTerms,
+    TimelineEvent,
+    Trade,
+    TradeCreate,
+    TradePage,
+)
+from gateway.db.models import (
+    EnterpriseRow,
+    IdempotencyRow,
+    InputRow,
+    SecretRow,
+    TradeEventRow,
+    TradePartyRow,
+    TradeRow,
+)
+from gateway.domain.codec import decode
+from gateway.domain.locks import hashlock_of
+from gateway.domain.trade import (
+    ActionAcceptTrade,
+    ActionCancelTrade,
+    ActionProposeTrade,
+    ActionTakeDelivery,
+    InvalidTransition,
+    Terms,
+    TradeState,
+    terms_problems,
+)
+from gateway.engine.dispatcher import UnknownTrade
+
+# --- create ------------------------------------------------------------------------------------
+
+
+def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
+                 idempotency_key: str) -> tuple[int, dict]:
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
+                                  .encode()).hexdigest()
+    with ctx.session_factory() as session:
+        seen = session.get(IdempotencyRow, (caller.id, idempotency_key))
+        if seen is not None:
+            if seen.request_hash != request_hash:
+                raise Problem(422, "this Idempotency-Key was used with a different request body",
+                              field="Idempotency-Key", kind="idempotency-key-reused")
+            return seen.status_code, seen.response
+        counterparty = session.get(EnterpriseRow, body.counterparty)
+        if counterparty is None or counterparty.id == caller.id:
+            raise Problem(422, "no such counterparty enterprise (and not yourself)",
+                          field="counterparty")
+        other = Enterprise.from_row(counterparty)
+        exposure = _open_exposure(session, caller.id if body.role == "buyer" else other.id)
+    buyer, seller = (caller, other) if body.role == "buyer" else (other, caller)
+
+    if body.payment.token != ctx.payment.asset:
+        raise Problem(422, f"the payment token of this gateway is {ctx.payment.asset}",
+                      field="payment.token")
+    amount = int(body.payment.amount)
+    if exposure + amount > ctx.limits.exposure_cap:
+        raise Problem(409, f"the buyer's open exposure would exceed its cap of "
+                           f"{ctx.limits.exposure_cap} units ({exposure} open)",
+                      field="payment.amount", kind="exposure-cap")
+    secret = None
+    if buyer.managed:
+        if body.hashlock is not None:
+            raise Problem(422, "the gateway draws the secret of a managed buyer: omit hashlock",
+                          field="hashlock")
+        secret = secrets.token_bytes(32)
+        hashlock = hashlock_of(secret)
+    elif body.hashlock is None:
+        raise Problem(422, "a self-custody buyer keeps its own secret: give its sha256 hashlock",
+                      field="hashlock")
+    else:
+        hashlock = bytes.fromhex(body.hashlock[2:])
+    _check_deadlines(ctx, body.deadlines)
+
+    terms = Terms(buyer.payment_address, seller.payment_address, buyer.business_address,
+                  seller.business_address, amount, int(body.delivery.token_id),
+                  bytes.fromhex(body.delivery.document_hash[2:]), hashlock,
+                  body.deadlines.delivery, body.deadlines.payment)
+    problems = terms_problems(terms, ctx.policy)
+    if problems:
+        field, message = problems[0]
+        field = {"t_pay": "deadlines.payment", "amount": "payment.amount"}.get(field, field)
+        raise Problem(422, message, errors=[{"field": field, "message": message}
+                                            for field, message in problems])
+    trade_id = secrets.token_bytes(32)
+    action = ActionProposeTrade(trade_id, terms, managed_buyer=buyer.managed,
+                                managed_seller=seller.managed, buyer_secret=secret)
+
+    def also(session: Session) -> None:
+        session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
+                                  seller_id=seller.id, proposer_id=caller.id))
+        if secret is not None and ctx.cipher is not None:
+            session.add(SecretRow(trade_id=trade_id.hex(),
+                                  encrypted_secret=ctx.cipher.encrypt(secret)))
+
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        ctx.dispatcher.propose(action, also=also)
+    except IntegrityError:
+        raise Problem(409, "this hashlock is already used by another trade: every trade needs "
+                           "its own secret", field="hashlock", kind="hashlock-reused") from None
+    with ctx.session_factory.begin() as session:
+        response = trade_view(session, ctx, trade_id, caller).model_dump(mode="json")
+        session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
+                                   request_hash=request_hash, status_code=201,
+                                   response=response))
+    return 201, response
+
+
+def _check_deadlines(ctx: ApiContext, deadlines: Deadlines) -> None:
+    now = max(ctx.payment.now(), ctx.business.now())
+    for field, value in (("deadlines.delivery", deadlines.delivery),
+                         ("deadlines.payment", deadlines.payment)):
+        if value <= now + ctx.policy.claim_lead_time:
+            raise Problem(422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
+                               f" (chain time now {now})", field=field)
+        if value > now + MAX_DEADLINE_AHEAD:
+            raise Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
+                               f"(latest allowed {now + MAX_DEADLINE_AHEAD})", field=field)
+
+
+def _open_exposure(session: Session, buyer_id: str) -> int:
+    rows = session.scalars(select(TradeRow.state).join(
+        TradePartyRow, TradePartyRow.trade_id == TradeRow.id).where(
+        TradePartyRow.buyer_id == buyer_id, TradeRow.active.is_(True)))
+    return sum(int(r["terms"]["amount"]) for r in rows)
+
+
+# --- read --------------------------------------------------------------------------------------
+
+
+def _parties(session: Session, trade_id: bytes, caller: Enterprise) -> TradePartyRow:
+    """The trade's parties, or 404 when the caller is not one of them (no existence leak)."""
+    row = session.get(TradePartyRow, trade_id.hex())
+    if row is None or caller.id not in (row.buyer_id, row.seller_id):
+        raise Problem(404, "no such trade", kind="not-found")
+    return row
+
+
+def parse_trade_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise Problem(404, "no such trade", kind="not-found")
+    return raw
+
+
+def trade_view(session: Session, ctx: ApiContext, trade_id: bytes, caller: Enterprise,
+               timeline: bool = False) -> Trade:
+    parties = _parties(session, trade_id, caller)
+    row = session.get(TradeRow, trade_id.hex())
+    assert row is not None
+    return _to_trade(session, ctx, row, parties, caller, timeline)
+
+
+def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePartyRow,
+              caller: Enterprise, timeline: bool) -> Trade:
+    state = decode(TradeState, row.state)
+    t = state.terms
+    buyer = session.get(EnterpriseRow, parties.buyer_id)
+    seller = session.get(EnterpriseRow, parties.seller_id)
+    locks = {r.payload["lock_id"]: r for r in session.scalars(select(InputRow).where(
+        InputRow.trade_id == row.id, InputRow.orphaned.is_(False),
+        InputRow.kind.in_(("ContractReceivePaymentLocked", "ContractReceiveDeliveryLocked"))))}
+
+    def leg(leg_state) -> Leg | None:  # noqa: ANN001
+        if leg_state is None:
+            return None
+        seen = locks.get("0x" + leg_state.lock_id.hex())
+        return Leg(lock_id="0x" + leg_state.lock_id.hex(), status=leg_state.status.value,
+                   tx_hash="0x" + seen.tx_hash if seen and seen.tx_hash else None,
+                   block_number=seen.block_number if seen else None,
+                   timelock=leg_state.lock.timelock)
+
+    events = None
+    if timeline:
+        events = [TimelineEvent(at=e.created_at, kind=e.kind,
+                                detail={k: v for k, v in e.payload.items()
+                                        if k not in ("__type__", "trade_id")},
+                                chain_id=e.chain_id, block_number=e.block_number,
+                                tx_hash="0x" + e.tx_hash if e.tx_hash else None)
+                  for e in session.scalars(select(TradeEventRow).where(
+                      TradeEventRow.trade_id == row.id).order_by(TradeEventRow.id))]
+
+    def party(ent: EnterpriseRow | None) -> Party:
+        assert ent is not None
+        return Party(enterprise_id=ent.id, payment_address=ent.payment_address,
+                     business_address=ent.business_address, managed=ent.managed)
+
+    return Trade(
+        id="0x" + row.id, phase=state.phase.value,
+        role="buyer" if caller.id == parties.buyer_id else "seller",
+        buyer=party(buyer), seller=party(seller),
+        payment=PaymentTerms(token=ctx.payment.asset, amount=str(t.amount)),
+        delivery=DeliveryTerms(token_id=str(t.token_id),
+                               document_hash="0x" + t.document_hash.hex()),
+        hashlock="0x" + t.hashlock.hex(),
+        deadlines=Deadlines(delivery=t.t_deliver, payment=t.t_pay),
+        margin=t.t_pay - t.t_deliver, required_margin=ctx.policy.required_margin,
+        legs={"payment": leg(state.payment), "delivery": leg(state.delivery)},
+        pending=sorted(k.split(":")[0] for k in state.pending), flags=list(state.flags),
+        created_at=parties.created_at, timeline=events)
+
+
+def list_trades(ctx: ApiContext, caller: Enterprise, *, phase: str | None, role: str | None,
+                counterparty: str | None, created_from: datetime | None,
+                created_to: datetime | None, cursor: str | None, limit: int) -> TradePage:
+    with ctx.session_factory() as session:
+        query = select(TradeRow, TradePartyRow).join(
+            TradePartyRow, TradePartyRow.trade_id == TradeRow.id)
+        if role == "buyer":
+            query = query.where(TradePartyRow.buyer_id == caller.id)
+        elif role == "seller":
+            query = query.where(TradePartyRow.seller_id == caller.id)
+        else:
+            query = query.where(or_(TradePartyRow.buyer_id == caller.id,
+                                    TradePartyRow.seller_id == caller.id))
+        if phase:
+            query = query.where(TradeRow.phase == phase)
+        if counterparty:
+            query = query.where(or_(
+                and_(TradePartyRow.buyer_id == caller.id, TradePartyRow.seller_id == counterparty),
+                and_(TradePartyRow.seller_id == caller.id, TradePartyRow.buyer_id == counterparty)))
+        if created_from:
+            query = query.where(TradePartyRow.created_at >= created_from)
+        if created_to:
+            query = query.where(TradePartyRow.created_at < created_to)
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            query = query.where(or_(TradePartyRow.created_at < at,
+                                    and_(TradePartyRow.created_at == at,
+                                         TradePartyRow.trade_id < last_id)))
+        query = query.order_by(TradePartyRow.created_at.desc(),
+                               TradePartyRow.trade_id.desc()).limit(limit + 1)
+        rows = session.execute(query).all()
+        items = [_to_trade(session, ctx, t, p, caller, False) for t, p in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1][1]
+            next_cursor = _encode_cursor(last.created_at, last.trade_id)
+    return TradePage(items=items, next_cursor=next_cursor)
+
+
+def _encode_cursor(at: datetime, trade_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{trade_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, trade_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(at), trade_id
+    except Exception:  # noqa: BLE001 - any malformed cursor is the client's error
+        raise Problem(422, "not a cursor returned by this API", field="cursor") from None
+
+
+def count_trades(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(TradeRow)) or 0
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str) -> Trade:
+    with ctx.session_factory() as session:
+        parties = _parties(session, trade_id, caller)
+
+    def check(state: TradeState) -> None:
+        if action == "accept" and caller.id == parties.proposer_id:
+            raise Problem(409, "only the counterparty can accept a proposal", kind="conflict")
+        if action == "take-delivery":
+            if caller.id != parties.buyer_id or not state.managed_buyer:
+                raise Problem(409, "only a managed buyer takes delivery through the gateway; "
+                                   "a self-custody buyer claims on chain (see /instructions)",
+                              kind="conflict")
+
+    actions = {"accept": ActionAcceptTrade, "cancel": ActionCancelTrade,
+               "take-delivery": ActionTakeDelivery}
+    try:
+        ctx.dispatcher.apply_action(actions[action](trade_id), check=check)
+    except InvalidTransition as exc:
+        raise Problem(409, str(exc), kind="invalid-transition") from None
+    except UnknownTrade:
+        raise Problem(404, "no such trade", kind="not-found") from None
+    with ctx.session_factory() as session:
+        return trade_view(session, ctx, trade_id, caller)

@@ -1,0 +1,136 @@
+"""The whole system in one process on the embedded default: two in-process chains with the
+contracts, a migrated SQLite database, the relayer (a background thread) and the API. Demo
+enterprises (a managed buyer and a managed seller, funded with test tokens and titles) are
+created and their API keys written to `<workdir>/demo.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from gateway.api.app import create_app
+from gateway.api.context import ApiContext, ChainView, Limits
+from gateway.api.enterprises import create_enterprise, managed_account
+from gateway.api.secrets import Cipher
+from gateway.chain.devnet import ISSUER, RELAYER, Devnet, start_devnet
+from gateway.config import Settings
+from gateway.db.models import ManagedKeyRow
+from gateway.domain.policy import TimingPolicy
+from gateway.engine.build import Gateway, build_gateway
+
+DEMO_FUNDS = 10_000_000_00  # 10,000,000.00 payment units for the demo buyer
+DEMO_TITLES = 5
+GAS_FUNDS = 10 * 10**18
+
+
+@dataclass
+class System:
+    devnet: Devnet
+    gateway: Gateway
+    ctx: ApiContext
+    app: FastAPI
+    workdir: Path
+    demo: dict = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_relayer(self, poll_interval: float) -> threading.Thread:
+        thread = threading.Thread(target=self.gateway.relayer.run_forever,
+                                  args=(self.stop, poll_interval), name="relayer", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.stop.set()
+        self.gateway.engine.dispose()
+
+
+def _cipher(settings: Settings, workdir: Path) -> Cipher:
+    if settings.secrets_key is not None:
+        return Cipher(settings.secrets_key.get_secret_value())
+    key_file = workdir / "secrets.key"  # demo only: production sets DVP_SECRETS_KEY
+    if not key_file.exists():
+        key_file.write_text(Cipher.generate_key())
+        key_file.chmod(0o600)
+    return Cipher(key_file.read_text().strip())
+
+
+def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
+                 policy: TimingPolicy | None = None, limits: Limits | None = None) -> System:
+    workdir.mkdir(parents=True, exist_ok=True)
+    database = workdir / "gateway.db"
+    for stale in (database, workdir / "gateway.db-wal", workdir / "gateway.db-shm"):
+        stale.unlink(missing_ok=True)  # the in-process chains are new: so is their history
+    cipher = _cipher(settings, workdir)
+    devnet = start_devnet(settings.payment_chain_id, settings.business_chain_id)
+    policy = policy or TimingPolicy(payment_confirmations=0, business_confirmations=0,
+                                    payment_block_time=1, business_block_time=1,
+                                    reaction_budget=30, drift_allowance=0)
+    holder: dict[str, Gateway] = {}
+
+    def key_lookup(address: str):  # noqa: ANN202
+        from sqlalchemy import select
+
+        with holder["gateway"].session_factory() as session:
+            row = session.scalar(select(ManagedKeyRow).where(ManagedKeyRow.address == address))
+            return managed_account(session, row.enterprise_id, cipher) if row else None
+
+    gateway = build_gateway(
+        database_url=f"sqlite:///{database}", payment=devnet.payment.client,
+        business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
+        delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
+        policy=policy, key_lookup=key_lookup)
+    holder["gateway"] = gateway
+    ctx = ApiContext(
+        session_factory=gateway.session_factory, dispatcher=gateway.dispatcher, policy=policy,
+        payment=ChainView(devnet.payment.client, devnet.info.payment.htlc,
+                          devnet.info.payment.token),
+        business=ChainView(devnet.business.client, devnet.info.business.htlc,
+                           devnet.info.business.titles),
+        cipher=cipher, limits=limits or Limits())
+    system = System(devnet, gateway, ctx, create_app(ctx), workdir)
+    if demo:
+        system.demo = create_demo_enterprises(system)
+        (workdir / "demo.json").write_text(json.dumps(system.demo, indent=2))
+        (workdir / "demo.json").chmod(0o600)
+    return system
+
+
+def create_demo_enterprises(system: System) -> dict:
+    """A managed buyer with money and a managed seller with title documents."""
+    devnet = system.devnet
+    issuer = devnet.account(ISSUER)
+    out = {"payment_token": devnet.info.payment.token, "titles": devnet.info.business.titles,
+           "enterprises": {}}
+    with system.gateway.session_factory.begin() as session:
+        buyer, buyer_key = create_enterprise(session, "Demo Buyer", managed=True,
+                                             cipher=system.ctx.cipher)
+        seller, seller_key = create_enterprise(session, "Demo Seller", managed=True,
+                                               cipher=system.ctx.cipher)
+    for ent in (buyer, seller):
+        for chain in (devnet.payment, devnet.business):
+            assert chain.client.transact(issuer, to=ent.payment_address, data=b"", gas=21_000,
+                                         value=GAS_FUNDS).succeeded
+    token, titles = devnet.payment_token, devnet.titles
+    assert devnet.payment.client.transact(
+        issuer, to=token.address, gas=100_000,
+        data=token.encode_abi("mint", [buyer.payment_address, DEMO_FUNDS])).succeeded
+    documents = []
+    for n in range(DEMO_TITLES):
+        doc = hashlib.sha256(b"demo bill of lading %d" % n).digest()
+        assert devnet.business.client.transact(
+            issuer, to=titles.address, gas=300_000,
+            data=titles.encode_abi("issue", [seller.business_address, doc])).succeeded
+        documents.append({"token_id": str(titles.functions.issuedCount().call()),
+                          "document_hash": "0x" + doc.hex()})
+    out["enterprises"] = {
+        "buyer": {"id": buyer.id, "name": buyer.name, "api_key": buyer_key,
+                  "payment_address": buyer.payment_address},
+        "seller": {"id": seller.id, "name": seller.name, "api_key": seller_key,
+                   "business_address": seller.business_address, "titles": documents},
+    }
+    return out

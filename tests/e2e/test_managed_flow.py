@@ -1,0 +1,59 @@
+"""Two managed enterprises trade through the HTTP API; the gateway does every chain step."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.e2e.conftest import auth
+
+
+def _balance(system, address: str) -> int:
+    return system.devnet.payment_token.functions.balanceOf(address).call()
+
+
+def _propose_body(system, demo, amount: str = "123456") -> dict:
+    title = demo["enterprises"]["seller"]["titles"][0]
+    now = system.devnet.payment.latest_block_timestamp()
+    return {
+        "role": "seller", "counterparty": demo["enterprises"]["buyer"]["id"],
+        "payment": {"token": system.devnet.info.payment.token, "amount": amount},
+        "delivery": {"token_id": title["token_id"], "document_hash": title["document_hash"]},
+        "deadlines": {"delivery": now + 3600, "payment": now + 7200},
+    }
+
+
+def test_managed_buyer_and_seller_settle_through_the_api(system, client) -> None:
+    demo = system.demo
+    buyer, seller = demo["enterprises"]["buyer"], demo["enterprises"]["seller"]
+    buyer_before = _balance(system, buyer["payment_address"])
+    seller_addr = seller["business_address"]
+
+    r = client.post("/v1/trades", json=_propose_body(system, demo),
+                    headers={**auth(seller["api_key"]), "Idempotency-Key": str(uuid.uuid4())})
+    assert r.status_code == 201, r.text
+    trade = r.json()
+    assert trade["phase"] == "proposed" and trade["role"] == "seller"
+    trade_id = trade["id"]
+
+    r = client.post(f"/v1/trades/{trade_id}/accept", headers=auth(buyer["api_key"]))
+    assert r.status_code == 200, r.text
+    relayer = system.gateway.relayer
+
+    def phase() -> str:
+        return client.get(f"/v1/trades/{trade_id}", headers=auth(buyer["api_key"])).json()["phase"]
+
+    relayer.run_until(lambda: phase() == "delivery_locked", max_steps=10)
+    r = client.post(f"/v1/trades/{trade_id}/take-delivery", headers=auth(buyer["api_key"]))
+    assert r.status_code == 200, r.text
+    relayer.run_until(lambda: phase() == "settled", max_steps=10)
+
+    assert _balance(system, buyer["payment_address"]) == buyer_before - 123456
+    assert _balance(system, seller_addr) == 123456
+    titles = system.devnet.titles
+    token_id = int(demo["enterprises"]["seller"]["titles"][0]["token_id"])
+    assert titles.functions.ownerOf(token_id).call() == buyer["payment_address"]
+    view = client.get(f"/v1/trades/{trade_id}", headers=auth(seller["api_key"])).json()
+    assert view["legs"]["payment"]["status"] == "claimed"
+    assert view["legs"]["delivery"]["status"] == "claimed"
+    assert any(e["kind"] == "EventPhaseChanged" and e["detail"]["new"] == "settled"
+               for e in view["timeline"])
