@@ -106,6 +106,43 @@ def _format(units: int) -> str:
     return f"{units // 100:,}.{units % 100:02d}"
 
 
+# --- run ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workdir", default=".dvp", show_default=True, type=click.Path(file_okay=False),
+              help="Where the database, the demo keys (demo.json) and the demo secrets key go.")
+@click.option("--poll-interval", default=0.5, show_default=True,
+              type=click.FloatRange(0.01, 60))
+def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
+    """Start everything on the embedded default: two in-process chains, SQLite, the relayer
+    and the API, with two funded demo enterprises."""
+    import uvicorn
+
+    from gateway import logs
+    from gateway.runner import build_system
+
+    settings = _settings()
+    logs.configure(json=None)
+    system = build_system(settings, Path(workdir))
+    demo = system.demo["enterprises"]
+    base = f"http://{host}:{port}"
+    click.echo(f"dvp-gateway running: payment chain {system.devnet.info.payment.chain_id}, "
+               f"business chain {system.devnet.info.business.chain_id}, "
+               f"database {Path(workdir) / 'gateway.db'}")
+    click.echo(f"  API   {base}/v1    docs {base}/docs    metrics {base}/metrics")
+    click.echo(f"  demo buyer  {demo['buyer']['id']}  key {demo['buyer']['api_key']}")
+    click.echo(f"  demo seller {demo['seller']['id']}  key {demo['seller']['api_key']}")
+    click.echo(f"  (also in {Path(workdir) / 'demo.json'}; try: dvp-gateway demo --api {base})")
+    system.start_relayer(poll_interval)
+    try:
+        uvicorn.run(system.app, host=host, port=port, log_level="warning")
+    finally:
+        system.close()
+
+
 # --- db ---------------------------------------------------------------------------------------
 
 

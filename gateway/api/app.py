@@ -13,8 +13,15 @@ from gateway.api import problems
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
 from gateway.api.problems import Problem, problem_response
-from gateway.api.schemas import Balances, Me, Trade, TradeCreate, TradePage
-from gateway.api.trades import act, create_trade, list_trades, parse_trade_id, trade_view
+from gateway.api.schemas import Balances, Instructions, Me, Trade, TradeCreate, TradePage
+from gateway.api.trades import (
+    act,
+    create_trade,
+    instructions,
+    list_trades,
+    parse_trade_id,
+    trade_view,
+)
 from gateway.domain.trade import Phase
 
 PHASES = tuple(p.value for p in Phase)
@@ -115,6 +122,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
             with ctx.session_factory() as session:
                 return trade_view(session, ctx, raw, who, timeline=True)
         return await run_in_threadpool(read)
+
+    @app.get("/v1/trades/{trade_id}/instructions", response_model=Instructions,
+             tags=["trades"], responses={404: {"description": "no such trade"}})
+    async def trade_instructions(trade_id: str, who: Caller) -> Instructions:
+        return await run_in_threadpool(instructions, ctx, who, parse_trade_id(trade_id))
 
     for action in ("accept", "cancel", "take-delivery"):
         def endpoint(trade_id: str, who: Caller, _action: str = action):  # noqa: ANN202
