@@ -7,7 +7,7 @@ PY_STAMP  := $(VENV)/.installed
 NPM_STAMP := solidity/node_modules/.installed
 XDIST  ?= 2
 
-.PHONY: install test contracts contracts-check bench lint run clean
+.PHONY: install test contracts contracts-check bench lint run demo swap clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -42,6 +42,12 @@ lint: $(PY_STAMP)
 	$(BIN)/ruff check gateway tests bench
 
 run: $(PY_STAMP)
+	$(BIN)/dvp-gateway run
+
+demo: $(PY_STAMP)
+	$(BIN)/dvp-gateway demo
+
+swap: $(PY_STAMP)
 	$(BIN)/dvp-gateway swap
 
 clean:

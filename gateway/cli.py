@@ -7,6 +7,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,76 @@ def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
     click.echo(f"  demo seller {demo['seller']['id']}  key {demo['seller']['api_key']}")
     click.echo(f"  (also in {Path(workdir) / 'demo.json'}; try: dvp-gateway demo --api {base})")
     system.start_relayer(poll_interval)
+    system.start_block_producer(1.0)
     try:
         uvicorn.run(system.app, host=host, port=port, log_level="warning")
     finally:
         system.close()
+
+
+@main.command()
+@click.option("--api", "api_url", help="A gateway already running `dvp-gateway run` (its demo "
+              "keys are read from --workdir/demo.json). Without it, the demo starts its own.")
+@click.option("--workdir", default=".dvp", show_default=True, type=click.Path(file_okay=False))
+@click.option("--no-refund", is_flag=True, help="Only the trade that settles.")
+def demo(api_url: str | None, workdir: str, no_refund: bool) -> None:
+    """Drive complete trades through the HTTP API as an enterprise would."""
+    import httpx
+
+    from gateway import logs
+    from gateway.demo import Api, DemoFailed, run_demo
+
+    logs.configure(json=True, level=40)
+    server = None
+    if api_url:
+        keys = Path(workdir) / "demo.json"
+        if not keys.exists():
+            _fail(f"{keys} not found: start `dvp-gateway run --workdir {workdir}` first")
+        info = json.loads(keys.read_text())
+    else:
+        server, api_url, info = _start_own_gateway()
+        click.echo(f"started a gateway at {api_url}")
+    ent = info["enterprises"]
+    try:
+        with httpx.Client(base_url=api_url, timeout=30) as client:
+            api = Api(client, ent["buyer"]["api_key"], ent["seller"]["api_key"])
+            results = run_demo(api, info, click.echo, refund=not no_refund)
+    except (DemoFailed, httpx.HTTPError) as exc:
+        _fail(f"demo failed: {exc}")
+    finally:
+        if server is not None:
+            server()
+    click.echo("\n" + ", ".join(f"{r['id'][:12]}…: {r['phase']}" for r in results))
+
+
+def _start_own_gateway():  # noqa: ANN202
+    import socket
+    import tempfile
+
+    import uvicorn
+
+    from gateway.runner import build_system
+
+    tmp = tempfile.mkdtemp(prefix="dvp-demo-")
+    system = build_system(_settings(), Path(tmp))
+    system.start_relayer(0.2)
+    system.start_block_producer(1.0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(system.app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+        system.close()
+
+    return stop, f"http://127.0.0.1:{port}", system.demo
 
 
 # --- db ---------------------------------------------------------------------------------------

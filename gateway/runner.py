@@ -44,6 +44,20 @@ class System:
         thread.start()
         return thread
 
+    def start_block_producer(self, interval: float = 1.0) -> threading.Thread:
+        """Mine an empty block on each chain every `interval` seconds, so chain time follows
+        the wall clock as on a real network (eth-tester otherwise mines only on transactions,
+        and deadlines would never pass on an idle chain)."""
+
+        def produce() -> None:
+            while not self.stop.wait(interval):
+                for chain in (self.devnet.payment, self.devnet.business):
+                    chain.w3.provider.make_request("evm_mine", [1])
+
+        thread = threading.Thread(target=produce, name="block-producer", daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
         self.stop.set()
         self.gateway.engine.dispose()

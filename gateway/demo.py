@@ -1,0 +1,116 @@
+"""`dvp-gateway demo`: complete trades driven through the HTTP API, as an enterprise would.
+
+Two trades between the demo enterprises: one settles (the buyer takes delivery and the
+gateway releases the payment), one is refunded (the buyer never performs; after the
+deadlines both legs go back). Progress is shown as it happens; each trade's timeline (which
+chain, block and transaction, what changed) is printed at the end.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    buyer_key: str
+    seller_key: str
+
+    def call(self, method: str, path: str, key: str, **kwargs) -> dict:  # noqa: ANN003
+        response = self.client.request(method, path,
+                                       headers={"Authorization": f"Bearer {key}",
+                                                **kwargs.pop("headers", {})}, **kwargs)
+        if response.status_code >= 400:
+            raise DemoFailed(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+
+def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool = True,
+             timeout: float = 180) -> list[dict]:
+    enterprises = demo["enterprises"]
+    buyer, seller = enterprises["buyer"], enterprises["seller"]
+    titles = seller["titles"]
+    me = api.call("GET", "/v1/me", api.buyer_key)
+    say(f"buyer  {me['name']} {me['payment_address']}: "
+        f"{int(me['balances']['payment_token']) / 100:,.2f} in payment tokens")
+    results = []
+    scenarios = [("settles", True)] + ([("refunds", False)] if refund else [])
+    used = {t["token_id"] for t in _list(api, api.seller_key)}
+    free = [t for t in titles if t["token_id"] not in used]
+    if len(free) < len(scenarios):
+        raise DemoFailed("the demo seller has no unused title left: restart `dvp-gateway run`")
+    for (name, perform), title in zip(scenarios, free, strict=False):
+        say(f"\n== trade that {name}: title #{title['token_id']} for 1,234.56 ==")
+        clock = api.call("GET", "/v1/clock", seller["api_key"])
+        chain_now = int(clock["chain_time"])
+        # Deadlines by chain time: a short delivery window so the refund is quick to watch,
+        # and exactly the safety margin the gateway requires between the two deadlines.
+        window = 600 if perform else 15
+        margin = clock["required_margin"] + (300 if perform else 5)
+        body = {"role": "seller", "counterparty": buyer["id"],
+                "payment": {"token": demo["payment_token"], "amount": "123456"},
+                "delivery": title,
+                "deadlines": {"delivery": chain_now + window,
+                              "payment": chain_now + window + margin}}
+        trade = api.call("POST", "/v1/trades", api.seller_key, json=body,
+                         headers={"Idempotency-Key": str(uuid.uuid4())})
+        trade_id = trade["id"]
+        say(f"seller proposed {trade_id[:18]}…  phase {trade['phase']}")
+        api.call("POST", f"/v1/trades/{trade_id}/accept", api.buyer_key)
+        say("buyer accepted: the gateway locks the buyer's payment, checks it on chain, and "
+            "locks the seller's title")
+        _wait(api, trade_id, {"delivery_locked"}, say, timeout)
+        if perform:
+            api.call("POST", f"/v1/trades/{trade_id}/take-delivery", api.buyer_key)
+            say("buyer takes delivery: its secret goes on the business chain")
+            final = _wait(api, trade_id, {"settled"}, say, timeout)
+        else:
+            say("buyer does nothing: waiting for the deadlines to pass (chain time)")
+            final = _wait(api, trade_id, {"payment_refunded", "expired"}, say, timeout)
+        _timeline(final, say)
+        results.append(final)
+    return results
+
+
+def _list(api: Api, key: str) -> list[dict]:
+    trades = api.call("GET", "/v1/trades", key, params={"limit": 100})["items"]
+    return [t["delivery"] for t in trades]
+
+
+def _wait(api: Api, trade_id: str, phases: set[str], say: Callable[[str], None],
+          timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        trade = api.call("GET", f"/v1/trades/{trade_id}", api.buyer_key)
+        if trade["phase"] != last:
+            say(f"  … {trade['phase']}")
+            last = trade["phase"]
+        if trade["phase"] in phases:
+            return trade
+        time.sleep(0.25)
+    raise DemoFailed(f"trade {trade_id} did not reach {sorted(phases)} in {timeout} s")
+
+
+def _timeline(trade: dict, say: Callable[[str], None]) -> None:
+    names = {}
+    say("  timeline:")
+    for event in trade.get("timeline") or []:
+        where = ""
+        if event.get("block_number") is not None:
+            chain = names.setdefault(event["chain_id"], str(event["chain_id"]))
+            where = f"chain {chain} block {event['block_number']} tx {event['tx_hash'][:14]}… "
+        detail = event["detail"]
+        what = (f"{detail.get('old')} -> {detail.get('new')}"
+                if event["kind"] == "EventPhaseChanged" else event["kind"])
+        say(f"    {where}{what}")
