@@ -10,10 +10,18 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from gateway.api import problems
-from gateway.api.context import ApiContext
+from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
 from gateway.api.problems import Problem, problem_response
-from gateway.api.schemas import Balances, Instructions, Me, Trade, TradeCreate, TradePage
+from gateway.api.schemas import (
+    Balances,
+    Clock,
+    Instructions,
+    Me,
+    Trade,
+    TradeCreate,
+    TradePage,
+)
 from gateway.api.trades import (
     act,
     create_trade,
@@ -88,6 +96,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return Me(id=who.id, name=who.name, managed=who.managed,
                   payment_address=who.payment_address, business_address=who.business_address,
                   balances=balances)
+
+    @app.get("/v1/clock", response_model=Clock, tags=["enterprise"])
+    async def clock(who: Caller) -> Clock:
+        """Chain time, by which every deadline is judged, and the deadline rules."""
+        def read() -> Clock:
+            pay, biz = ctx.payment.now(), ctx.business.now()
+            return Clock(chain_time=max(pay, biz), payment_chain_time=pay,
+                         business_chain_time=biz, required_margin=ctx.policy.required_margin,
+                         min_lead=ctx.policy.claim_lead_time, max_ahead=MAX_DEADLINE_AHEAD)
+        return await run_in_threadpool(read)
 
     # --- trades -------------------------------------------------------------------------
 

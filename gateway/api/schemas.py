@@ -137,6 +137,15 @@ class Me(BaseModel):
     balances: Balances | None
 
 
+class Clock(BaseModel):
+    chain_time: int = Field(description="Latest block timestamp (the later of the two chains).")
+    payment_chain_time: int
+    business_chain_time: int
+    required_margin: int = Field(description="Minimum T_pay - T_deliver, seconds.")
+    min_lead: int = Field(description="Deadlines must be at least this far after chain time.")
+    max_ahead: int = Field(description="Deadlines at most this far after chain time.")
+
+
 class UnsignedTx(BaseModel):
     chain: Literal["payment", "business"]
     chain_id: int
