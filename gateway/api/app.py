@@ -1,6 +1,7 @@
 """The FastAPI application factory: `/v1` for enterprises, health and metrics for operators."""
 
 import asyncio
+import time
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -46,6 +47,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     problems.install(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # noqa: ANN001, ANN202
+        from gateway.engine.metrics import HTTP_REQUESTS, HTTP_SECONDS
+
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_SECONDS.labels(path).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -178,8 +191,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 except Exception as exc:  # noqa: BLE001
                     checks[name] = f"down: {type(exc).__name__}"
         await asyncio.wait_for(run_in_threadpool(probe), timeout=10)
+        lag = await run_in_threadpool(_relayer_lag, ctx)
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "relayer_lag": ctx.relayer_lag},
+        return JSONResponse({"ready": ready, "checks": checks, "relayer_lag_blocks": lag},
                             status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -190,6 +204,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _relayer_lag(ctx: ApiContext) -> dict[str, int | None]:
+    """Blocks between each chain's head and the relayer's last processed block."""
+    from gateway.db.models import CursorRow
+
+    lag: dict[str, int | None] = {}
+    try:
+        with ctx.session_factory() as session:
+            for name, view in (("payment", ctx.payment), ("business", ctx.business)):
+                cursor = session.get(CursorRow, view.chain_id)
+                head = view.client.w3.eth.block_number
+                lag[name] = head - cursor.block_number if cursor else None
+    except Exception:  # noqa: BLE001 - readiness reports what it can
+        return lag
+    return lag
 
 
 def _erc20():  # noqa: ANN202

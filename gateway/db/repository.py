@@ -226,6 +226,18 @@ class Repository:
                 block_number=ref.block_number if ref else None,
                 tx_hash=ref.tx_hash.hex() if ref else None))
 
+    def phase_reached_at(self, trade_id: bytes, phase: str):  # noqa: ANN201
+        """When the trade first entered `phase` (its EventPhaseChanged row), if it did."""
+        from datetime import UTC
+
+        for row in self.session.scalars(select(TradeEventRow).where(
+                TradeEventRow.trade_id == trade_id.hex(),
+                TradeEventRow.kind == "EventPhaseChanged").order_by(TradeEventRow.id)):
+            if row.payload.get("new") == phase:
+                at = row.created_at
+                return at if at.tzinfo else at.replace(tzinfo=UTC)
+        return None
+
     def events_for_trade(self, trade_id: bytes) -> list[TradeEventRow]:
         return list(self.session.scalars(select(TradeEventRow).where(
             TradeEventRow.trade_id == trade_id.hex()).order_by(TradeEventRow.id)))

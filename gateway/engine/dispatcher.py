@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,12 +37,14 @@ from gateway.domain.trade import (
     InvalidTransition,
     InvariantViolated,
     LegStatus,
+    Phase,
     PreimageRevealed,
     TradeState,
     is_active,
     new_trade,
     state_transition,
 )
+from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
 
 log = structlog.get_logger("gateway.dispatcher")
@@ -289,6 +292,12 @@ class Dispatcher:
             repo.close_effects(state.trade_id, done, "done")
             repo.close_effects(state.trade_id, dropped - done, "cancelled")
         notes = [e for e in effects if not isinstance(e, ContractSend)]
+        if before is not None and before.phase is not state.phase and \
+                state.phase is Phase.SETTLED:
+            revealed_at = repo.phase_reached_at(state.trade_id, Phase.DELIVERED.value)
+            if revealed_at is not None:
+                metrics.SETTLEMENT_SECONDS.observe(
+                    max(0.0, (datetime.now(UTC) - revealed_at).total_seconds()))
         repo.add_events(state.trade_id, notes, ref)  # type: ignore[arg-type]
         if notes:
             for note in notes:

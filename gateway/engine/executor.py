@@ -47,6 +47,7 @@ from gateway.domain.trade import (
     ContractSendPaymentLock,
     ContractSendPaymentRefund,
 )
+from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
 
 log = structlog.get_logger("gateway.executor")
@@ -146,6 +147,7 @@ class Executor:
                 log.warning("broadcast_failed", chain=ep.chain.value, nonce=attempt.nonce,
                             tx=attempt.tx_hash, error=str(exc)[:200])
                 attempt.status = "sent"  # it may still be known to the node; check its receipt
+        metrics.TX_SENT.labels(ep.chain.value).inc()
         log.info("tx_sent", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce)
 
     def _settle_attempts(self, ep: ChainEndpoint) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.chain.poller import ChainPoller, Cursor, DeepReorgError
 from gateway.db.repository import Repository
 from gateway.domain.trade import Chain
+from gateway.engine import metrics
 from gateway.engine.dispatcher import Dispatcher
 from gateway.engine.executor import Executor
 
@@ -62,7 +63,11 @@ class Relayer:
                     log.critical("chain_halted", chain=chain.value, reason=str(exc))
                     break
                 if batch is None:
+                    metrics.RELAYER_LAG.labels(chain.value).set(
+                        max(0, poller.head() - (cursor.number if cursor else 0)))
                     break
+                if batch.rewind_to is not None:
+                    metrics.REORGS.labels(chain.value).inc()
                 self.dispatcher.apply_chain_batch(batch)
                 result.batches += 1
                 result.inputs += len(batch.inputs)
