@@ -421,17 +421,16 @@ def _devnet_gateway(settings: Settings):  # noqa: ANN202
         policy=settings.timing_policy(), payment_confirmations=0, business_confirmations=0)
 
 
-def _rpc_gateway(settings: Settings):  # noqa: ANN202
-    from eth_account import Account
+def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
+    """Clients for both configured JSON-RPC nodes, after checking chain ids and contract code."""
     from web3 import HTTPProvider, Web3
 
     from gateway.chain.client import ChainClient
     from gateway.contracts import load_artifact
-    from gateway.engine.build import build_gateway
 
-    missing = [name for name in ("payment_rpc_url", "business_rpc_url", "payment_htlc",
-                                 "delivery_htlc", "relayer_key")
-               if getattr(settings, name) is None]
+    needed = ["payment_rpc_url", "business_rpc_url", "payment_htlc", "delivery_htlc"]
+    missing = [n for n in needed + (["relayer_key"] if relayer else [])
+               if getattr(settings, n) is None]
     if missing:
         _fail("missing configuration: " + ", ".join(f"DVP_{m.upper()}" for m in missing))
     clients = {}
@@ -455,18 +454,85 @@ def _rpc_gateway(settings: Settings):  # noqa: ANN202
         if len(code) != expected_len:
             _fail(f"{address} on the {name} chain is not a {artifact} of this release "
                   f"({len(code)} bytes of code, expected {expected_len})")
+    return clients
+
+
+def _key_lookup(settings: Settings, holder: dict):  # noqa: ANN202
+    """Managed enterprises' keys, decrypted from the database on first use."""
+    cipher = _cipher(settings)
+    if cipher is None:
+        return None
+
+    def lookup(address: str):  # noqa: ANN202
+        from sqlalchemy import select
+
+        from gateway.api.enterprises import managed_account
+        from gateway.db.models import ManagedKeyRow
+
+        with holder["gateway"].session_factory() as session:
+            row = session.scalar(select(ManagedKeyRow).where(ManagedKeyRow.address == address))
+            return managed_account(session, row.enterprise_id, cipher) if row else None
+
+    return lookup
+
+
+def _rpc_gateway(settings: Settings):  # noqa: ANN202
+    from eth_account import Account
+
+    from gateway.engine.build import build_gateway
+
+    clients = _rpc_clients(settings, relayer=True)
     try:
         key = Account.from_key(settings.relayer_key.get_secret_value())  # type: ignore[union-attr]
     except Exception:  # noqa: BLE001 - never echo the key
         _fail("DVP_RELAYER_KEY is not a valid private key")
-    return build_gateway(
+    holder: dict = {}
+    holder["gateway"] = gateway = build_gateway(
         database_url=settings.database_url, payment=clients["payment"],
         business=clients["business"], payment_htlc=settings.payment_htlc,  # type: ignore[arg-type]
         delivery_htlc=settings.delivery_htlc, relayer_key=key,  # type: ignore[arg-type]
         policy=settings.timing_policy(), payment_confirmations=settings.payment_confirmations,
         business_confirmations=settings.business_confirmations,
         start_blocks=(settings.payment_start_block, settings.business_start_block),
-        max_batch=settings.claim_batch_size)
+        max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder))
+    return gateway
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API against the configured nodes and database (the relayer runs
+    separately: `dvp-gateway relayer run`)."""
+    import uvicorn
+
+    from gateway import logs
+    from gateway.api.app import create_app
+    from gateway.api.context import ApiContext, ChainView
+    from gateway.contracts import load_artifact
+    from gateway.db.session import make_engine, make_session_factory
+    from gateway.engine.dispatcher import Dispatcher
+
+    settings = _settings()
+    logs.configure(json=None)
+    clients = _rpc_clients(settings, relayer=False)
+    pay_htlc = clients["payment"].contract(settings.payment_htlc, load_artifact("PaymentHTLC"))
+    dlv_htlc = clients["business"].contract(settings.delivery_htlc,
+                                            load_artifact("DeliveryHTLC"))
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    policy = settings.timing_policy()
+    ctx = ApiContext(
+        session_factory=factory, dispatcher=Dispatcher(factory, policy), policy=policy,
+        payment=ChainView(clients["payment"], pay_htlc.address,
+                          pay_htlc.functions.token().call()),
+        business=ChainView(clients["business"], dlv_htlc.address,
+                           dlv_htlc.functions.titles().call()),
+        cipher=_cipher(settings))
+    try:
+        uvicorn.run(create_app(ctx), host=host, port=port, log_level="warning")
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":
