@@ -138,6 +138,7 @@ def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
     click.echo(f"  demo seller {demo['seller']['id']}  key {demo['seller']['api_key']}")
     click.echo(f"  (also in {Path(workdir) / 'demo.json'}; try: dvp-gateway demo --api {base})")
     system.start_relayer(poll_interval)
+    system.start_webhooks()
     system.start_block_producer(1.0)
     try:
         uvicorn.run(system.app, host=host, port=port, log_level="warning")
@@ -392,6 +393,11 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
     logs.configure(json=json_logs)
     gateway = _devnet_gateway(settings) if devnet else _rpc_gateway(settings)
     stop = threading.Event()
+    from gateway.engine.webhooks import WebhookSender
+
+    webhooks = WebhookSender(gateway.session_factory, _cipher(settings))
+    threading.Thread(target=webhooks.run_forever, args=(stop, 1.0), name="webhooks",
+                     daemon=True).start()
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()

@@ -44,6 +44,16 @@ class System:
         thread.start()
         return thread
 
+    def start_webhooks(self, interval: float = 1.0) -> threading.Thread:
+        """Deliver trade events to registered webhook endpoints (durable, retried)."""
+        from gateway.engine.webhooks import WebhookSender
+
+        sender = WebhookSender(self.gateway.session_factory, self.ctx.cipher)
+        thread = threading.Thread(target=sender.run_forever, args=(self.stop, interval),
+                                  name="webhooks", daemon=True)
+        thread.start()
+        return thread
+
     def start_block_producer(self, interval: float = 1.0) -> threading.Thread:
         """Mine an empty block on each chain every `interval` seconds, so chain time follows
         the wall clock as on a real network (eth-tester otherwise mines only on transactions,

@@ -167,6 +167,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                           responses={404: {"description": "no such trade"},
                                      409: {"description": "not allowed in this phase"}})
 
+    from gateway.api.webhooks import router as webhooks_router
+    app.include_router(webhooks_router(ctx, caller))
+
     # --- operations ---------------------------------------------------------------------
 
     @app.get("/healthz", tags=["operations"])

@@ -238,3 +238,54 @@ class IdempotencyRow(Base):
     response: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                  server_default=func.now())
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+class WebhookEndpointRow(Base):
+    """An enterprise's webhook receiver. Its signing secret is encrypted at rest (Fernet),
+    shown once at creation; a deleted endpoint is kept, disabled, with its deliveries."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    encrypted_secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDeliveryRow(Base):
+    """One trade event owed to one endpoint: pending -> delivered | failed (retries spent)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("endpoint_id", "trade_event_id"),
+                      Index("ix_webhook_deliveries_status_next_attempt_at",
+                            "status", "next_attempt_at"),
+                      # an endpoint's oldest pending delivery, without scanning delivered ones
+                      Index("ix_webhook_deliveries_endpoint_id_status_trade_event_id",
+                            "endpoint_id", "status", "trade_event_id"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    trade_event_id: Mapped[int] = mapped_column(ForeignKey("trade_events.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookCursorRow(Base):
+    """A single row (id 1): the last trade_events.id fanned out into webhook deliveries."""
+
+    __tablename__ = "webhook_cursor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)

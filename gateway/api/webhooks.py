@@ -1,0 +1,228 @@
+"""Webhook endpoints of the calling enterprise, and the deliveries made to each.
+
+Registering returns the endpoint's signing secret, the only time it is shown; it is stored
+encrypted. Deleting disables the endpoint (its deliveries stay listable; pending ones fail).
+See `gateway.engine.webhooks` for what is sent and how it is signed.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the `Caller` type made in router().
+import ipaddress
+import re
+import secrets
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from gateway.api.context import ApiContext
+from gateway.api.enterprises import Enterprise
+from gateway.api.problems import Problem
+from gateway.api.schemas import Strict
+from gateway.db.models import TradeEventRow, WebhookDeliveryRow, WebhookEndpointRow
+from gateway.engine.webhooks import EVENT_TYPE, utc
+
+MAX_ACTIVE_ENDPOINTS = 10
+SECRET_PREFIX = "whsec_"
+LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
+
+
+def _webhook_url(value: str) -> str:
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace")
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a malformed port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials: verify the signature instead")
+    if port == 0:
+        raise ValueError("not a valid port")
+    if parts.fragment:
+        raise ValueError("must not have a #fragment")
+    return value
+
+
+def _public_host(value: str) -> str:
+    """Refuse loopback, private, link-local and other internal addresses (server-side request
+    forgery). Only literal addresses and `localhost` can be judged here, not DNS names."""
+    host = (urlsplit(value).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        raise ValueError("must not point at this host")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not LEGACY_IPV4.match(host):
+            return value
+        try:  # what the resolver would make of 127.1, 2130706433 or 0x7f.0.0.1
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return value
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if not address.is_global:
+        raise ValueError("must be a public address, not a private, loopback or reserved one")
+    return value
+
+
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048,
+                                  examples=["https://erp.example.com/dvp/webhooks"]),
+                       AfterValidator(_webhook_url)]
+
+
+class WebhookCreate(Strict):
+    url: WebhookUrl = Field(description="Where events are POSTed (http or https).")
+
+
+class WebhookEndpoint(BaseModel):
+    id: str
+    url: str
+    active: bool
+    created_at: datetime
+    disabled_at: datetime | None = None
+
+
+class WebhookEndpointCreated(WebhookEndpoint):
+    secret: str = Field(description="The HMAC-SHA256 signing key. Shown only in this response.")
+
+
+class WebhookEndpointList(BaseModel):
+    items: list[WebhookEndpoint]
+
+
+class WebhookDelivery(BaseModel):
+    id: str
+    type: str = EVENT_TYPE
+    trade_id: str
+    old: str | None
+    new: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDelivery]
+    next_cursor: str | None = None
+
+
+def _view(row: WebhookEndpointRow) -> WebhookEndpoint:
+    return WebhookEndpoint(id=row.id, url=row.url, active=row.disabled_at is None,
+                           created_at=utc(row.created_at),
+                           disabled_at=utc(row.disabled_at) if row.disabled_at else None)
+
+
+def _owned(session: Session, endpoint_id: str, caller: Enterprise) -> WebhookEndpointRow:
+    """The caller's endpoint, or 404 (another tenant's endpoint does not exist for it)."""
+    row = session.get(WebhookEndpointRow, endpoint_id) if len(endpoint_id) <= 36 else None
+    if row is None or row.enterprise_id != caller.id:
+        raise Problem(404, "no such webhook endpoint", kind="not-found")
+    return row
+
+
+def router(ctx: ApiContext, caller_dependency: Callable, *,
+           allow_private_urls: bool = False) -> APIRouter:
+    """The `/v1/webhooks` routes; `caller_dependency` authenticates the enterprise."""
+    Caller = Annotated[Enterprise, Depends(caller_dependency)]
+    api = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+    not_found = {404: {"description": "no such webhook endpoint (problem+json)"}}
+
+    @api.post("", status_code=201, response_model=WebhookEndpointCreated,
+              responses={409: {"description": "too many active endpoints (problem+json)"}})
+    def create(body: WebhookCreate, who: Caller, response: Response) -> WebhookEndpointCreated:
+        response.headers["Cache-Control"] = "no-store"  # the secret is in the body
+        if not allow_private_urls:
+            try:
+                _public_host(body.url)
+            except ValueError as exc:
+                raise Problem(422, str(exc), field="url") from None
+        if ctx.cipher is None:
+            raise Problem(422, "signing secrets are stored encrypted and this gateway has no "
+                               "DVP_SECRETS_KEY: webhooks are unavailable", field="secret")
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        with ctx.session_factory.begin() as session:
+            active = session.scalar(select(func.count()).select_from(WebhookEndpointRow).where(
+                WebhookEndpointRow.enterprise_id == who.id,
+                WebhookEndpointRow.disabled_at.is_(None))) or 0
+            if active >= MAX_ACTIVE_ENDPOINTS:
+                raise Problem(409, f"at most {MAX_ACTIVE_ENDPOINTS} active webhook endpoints; "
+                                   "delete one first", kind="too-many-webhooks")
+            row = WebhookEndpointRow(id=str(uuid.uuid4()), enterprise_id=who.id, url=body.url,
+                                     encrypted_secret=ctx.cipher.encrypt(secret.encode()),
+                                     created_at=datetime.now(UTC))
+            session.add(row)
+        return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
+
+    @api.get("", response_model=WebhookEndpointList)
+    def list_endpoints(who: Caller) -> WebhookEndpointList:
+        with ctx.session_factory() as session:
+            rows = session.scalars(select(WebhookEndpointRow).where(
+                WebhookEndpointRow.enterprise_id == who.id).order_by(
+                WebhookEndpointRow.created_at.desc(), WebhookEndpointRow.id))
+            return WebhookEndpointList(items=[_view(r) for r in rows])
+
+    @api.delete("/{endpoint_id}", status_code=204, response_class=Response,
+                responses=not_found)
+    def disable(endpoint_id: str, who: Caller) -> Response:
+        with ctx.session_factory.begin() as session:
+            row = _owned(session, endpoint_id, who)
+            if row.disabled_at is None:
+                row.disabled_at = datetime.now(UTC)
+                session.execute(update(WebhookDeliveryRow).where(
+                    WebhookDeliveryRow.endpoint_id == row.id,
+                    WebhookDeliveryRow.status == "pending").values(
+                    status="failed", next_attempt_at=None, last_error="endpoint disabled"))
+        return Response(status_code=204)
+
+    @api.get("/{endpoint_id}/deliveries", response_model=WebhookDeliveryPage,
+             responses=not_found)
+    def deliveries(endpoint_id: str, who: Caller,
+                   status: Annotated[Literal["pending", "delivered", "failed"] | None,
+                                     Query()] = None,
+                   cursor: Annotated[str | None, Query(max_length=64)] = None,
+                   limit: Annotated[int, Query(ge=1, le=100)] = 50) -> WebhookDeliveryPage:
+        """Newest event first. `next_cursor` (a delivery id) continues after the last item."""
+        d = WebhookDeliveryRow
+        with ctx.session_factory() as session:
+            endpoint = _owned(session, endpoint_id, who)
+            query = (select(d, TradeEventRow).join(TradeEventRow,
+                                                   TradeEventRow.id == d.trade_event_id)
+                     .where(d.endpoint_id == endpoint.id))
+            if status:
+                query = query.where(d.status == status)
+            if cursor:
+                after = session.scalar(select(d.trade_event_id).where(
+                    d.id == cursor, d.endpoint_id == endpoint.id))
+                if after is None:
+                    raise Problem(422, "not a cursor returned by this API", field="cursor")
+                query = query.where(d.trade_event_id < after)
+            rows = session.execute(
+                query.order_by(d.trade_event_id.desc()).limit(limit + 1)).all()
+        items = [WebhookDelivery(
+            id=r.id, trade_id="0x" + e.trade_id, old=e.payload.get("old"),
+            new=e.payload.get("new"), status=r.status, attempts=r.attempts,
+            next_attempt_at=utc(r.next_attempt_at) if r.next_attempt_at else None,
+            last_status_code=r.last_status_code, last_error=r.last_error,
+            created_at=utc(r.created_at),
+            delivered_at=utc(r.delivered_at) if r.delivered_at else None)
+            for r, e in rows[:limit]]
+        return WebhookDeliveryPage(items=items,
+                                   next_cursor=items[-1].id if len(rows) > limit else None)
+
+    return api

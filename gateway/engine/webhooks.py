@@ -1,0 +1,304 @@
+"""Webhooks: every trade phase change, signed and POSTed to the parties' registered endpoints.
+
+Two steps, each its own short transaction, so a killed sender loses nothing:
+
+* fan-out: `EventPhaseChanged` rows of `trade_events` past the cursor become one delivery row per
+  active endpoint of the trade's buyer and seller; the deliveries and the advanced cursor commit
+  together (a unique (endpoint, event) pair makes a repeated fan-out harmless).
+* delivery: due deliveries are claimed (a lease, so two senders never POST the same one at
+  once), POSTed outside any transaction, and their outcome recorded. 2xx is delivered; anything
+  else is retried with exponential backoff until `max_attempts`, then failed.
+
+Delivery is at least once (a sender killed mid-POST re-sends after the lease); receivers
+de-duplicate on the body's `id`. Per endpoint, deliveries go out in event order: only the oldest
+pending delivery of an endpoint is sent, so a failing event holds back the later ones until it is
+delivered or has failed for good.
+
+The signature: `X-DVP-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>`, where
+`timestamp` is the `X-DVP-Timestamp` header (unix seconds), `body` the raw request body and the
+key the secret (UTF-8) shown when the endpoint was registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import and_, func, select, text, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from gateway.api.secrets import Cipher
+from gateway.db.models import (
+    TradeEventRow,
+    TradePartyRow,
+    WebhookCursorRow,
+    WebhookDeliveryRow,
+    WebhookEndpointRow,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+log = structlog.get_logger("gateway.webhooks")
+
+EVENT_TYPE = "trade.phase_changed"
+USER_AGENT = "dvp-gateway-webhooks/0.1"
+CURSOR_ID = 1
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The `X-DVP-Signature` header value for a request body sent at `timestamp`."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC. SQLite hands back naive datetimes; they were written as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class _Due:
+    id: str
+    endpoint_id: str
+    url: str
+    encrypted_secret: str
+    disabled: bool
+    trade_id: str
+    payload: dict
+    event_at: datetime
+
+
+class WebhookSender:
+    def __init__(self, session_factory: sessionmaker[Session], cipher: Cipher | None, *,
+                 client: httpx.Client | None = None,
+                 clock: Callable[[], datetime] | None = None,
+                 max_attempts: int = 10, first_delay: float = 5.0, max_delay: float = 3600.0,
+                 lease: float = 60.0, fan_out_batch: int = 500, max_sends: int = 100) -> None:
+        self.session_factory = session_factory
+        self.cipher = cipher
+        if client is None:
+            import httpx  # only the sender needs it, not the API that imports this module
+
+            client = httpx.Client(timeout=5.0, follow_redirects=False)
+            self._own_client = True
+        else:
+            self._own_client = False
+        self.client = client
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.max_attempts = max_attempts
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.lease = timedelta(seconds=lease)  # must exceed the HTTP timeout
+        self.fan_out_batch = fan_out_batch
+        self.max_sends = max_sends
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    def _now(self, now: datetime | None) -> datetime:
+        return utc(now if now is not None else self.clock())
+
+    def backoff(self, attempts: int) -> timedelta:
+        """The wait after the `attempts`-th failed attempt: 5 s, 10 s, 20 s, ... capped."""
+        return timedelta(seconds=min(self.first_delay * 2 ** (attempts - 1), self.max_delay))
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Fan out new trade events, then send what is due. Returns the POSTs attempted."""
+        self.fan_out(now)
+        return self.deliver_due(now)
+
+    def run_forever(self, stop: threading.Event, poll_interval: float = 1.0) -> None:
+        log.info("webhooks_started", poll_interval=poll_interval)
+        backoff = poll_interval
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                sent = self.run_once()
+                backoff = poll_interval
+                if sent:
+                    log.info("webhooks_step", sent=sent)
+            except Exception as exc:  # noqa: BLE001 - the database is down: retry
+                backoff = min(backoff * 2, 30.0)
+                log.error("webhooks_step_failed", error=f"{type(exc).__name__}: {exc}"[:500],
+                          retry_in=backoff)
+                stop.wait(backoff)
+                continue
+            stop.wait(max(0.0, poll_interval - (time.monotonic() - started)))
+        self.close()
+        log.info("webhooks_stopped")
+
+    # --- fan-out ----------------------------------------------------------------------------
+
+    def fan_out(self, now: datetime | None = None) -> int:
+        """One batch of trade events past the cursor into deliveries; returns events read."""
+        now = self._now(now)
+        with self.session_factory() as session:  # a read first: the common case is nothing new
+            last = session.scalar(select(WebhookCursorRow.last_event_id)
+                                  .where(WebhookCursorRow.id == CURSOR_ID)) or 0
+            if (session.scalar(select(func.max(TradeEventRow.id))) or 0) <= last:
+                return 0
+        with self.session_factory.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Ids are drawn before commit, so a later id can commit first and the cursor
+                # would pass an event still in flight. SHARE waits for every open writer of
+                # trade_events; what we read after it has no such gap.
+                session.execute(text("LOCK TABLE trade_events IN SHARE MODE"))
+            cursor = session.get(WebhookCursorRow, CURSOR_ID, with_for_update=True)
+            if cursor is None:
+                cursor = WebhookCursorRow(id=CURSOR_ID, last_event_id=0)
+                session.add(cursor)
+            events = session.execute(
+                select(TradeEventRow.id, TradeEventRow.trade_id, TradeEventRow.kind)
+                .where(TradeEventRow.id > cursor.last_event_id)
+                .order_by(TradeEventRow.id).limit(self.fan_out_batch)).all()
+            if not events:
+                return 0
+            changes = [e for e in events if e.kind == "EventPhaseChanged"]
+            parties = {p.trade_id: p for p in session.scalars(select(TradePartyRow).where(
+                TradePartyRow.trade_id.in_({e.trade_id for e in changes})))} if changes else {}
+            owners = {i for p in parties.values() for i in (p.buyer_id, p.seller_id)}
+            endpoints: dict[str, list[str]] = {}
+            if owners:
+                for ep_id, enterprise_id in session.execute(
+                        select(WebhookEndpointRow.id, WebhookEndpointRow.enterprise_id)
+                        .where(WebhookEndpointRow.enterprise_id.in_(owners),
+                               WebhookEndpointRow.disabled_at.is_(None))
+                        .order_by(WebhookEndpointRow.created_at, WebhookEndpointRow.id)):
+                    endpoints.setdefault(enterprise_id, []).append(ep_id)
+            created = 0
+            for event in changes:
+                p = parties.get(event.trade_id)
+                if p is None:
+                    continue  # a trade made outside the API (e.g. the CLI): no tenant
+                for enterprise_id in dict.fromkeys((p.buyer_id, p.seller_id)):
+                    for ep_id in endpoints.get(enterprise_id, ()):
+                        session.add(WebhookDeliveryRow(
+                            id=str(uuid.uuid4()), endpoint_id=ep_id, trade_event_id=event.id,
+                            status="pending", attempts=0, next_attempt_at=now, created_at=now))
+                        created += 1
+            cursor.last_event_id = events[-1].id
+        if created:
+            log.info("webhooks_fanned_out", events=len(events), deliveries=created)
+        return len(events)
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def deliver_due(self, now: datetime | None = None) -> int:
+        """POST due deliveries, oldest event first per endpoint; returns the POSTs attempted."""
+        sent = 0
+        skip: set[str] = set()  # endpoints that failed in this pass: later events wait
+        while sent < self.max_sends:
+            due = self._due(self._now(now), skip, self.max_sends - sent)
+            if not due:
+                break
+            for item in due:
+                if item.disabled:
+                    self._fail_disabled(item.endpoint_id)
+                    continue
+                if not self._claim(item.id, self._now(now)):
+                    skip.add(item.endpoint_id)  # another sender has it
+                    continue
+                ok = self._send(item, now)
+                sent += 1
+                if not ok:
+                    skip.add(item.endpoint_id)
+        return sent
+
+    def _due(self, now: datetime, skip: set[str], limit: int) -> list[_Due]:
+        """The oldest pending delivery of each endpoint, when it is due."""
+        d, head = WebhookDeliveryRow, aliased(WebhookDeliveryRow)
+        oldest = (select(func.min(head.trade_event_id))
+                  .where(head.endpoint_id == d.endpoint_id, head.status == "pending")
+                  .scalar_subquery())
+        query = (select(d.id, d.endpoint_id, WebhookEndpointRow.url,
+                        WebhookEndpointRow.encrypted_secret, WebhookEndpointRow.disabled_at,
+                        TradeEventRow.trade_id, TradeEventRow.payload, TradeEventRow.created_at)
+                 .join(WebhookEndpointRow, WebhookEndpointRow.id == d.endpoint_id)
+                 .join(TradeEventRow, TradeEventRow.id == d.trade_event_id)
+                 .where(d.status == "pending", d.next_attempt_at <= now,
+                        d.trade_event_id == oldest)
+                 .order_by(d.next_attempt_at, d.trade_event_id).limit(limit))
+        if skip:
+            query = query.where(d.endpoint_id.not_in(skip))
+        with self.session_factory() as session:
+            rows = session.execute(query).all()
+        return [_Due(r.id, r.endpoint_id, r.url, r.encrypted_secret, r.disabled_at is not None,
+                     r.trade_id, r.payload, utc(r.created_at)) for r in rows]
+
+    def _claim(self, delivery_id: str, now: datetime) -> bool:
+        """Push the delivery's next attempt out by the lease; False if someone else did."""
+        d = WebhookDeliveryRow
+        with self.session_factory.begin() as session:
+            result = session.execute(
+                update(d).where(and_(d.id == delivery_id, d.status == "pending",
+                                     d.next_attempt_at <= now))
+                .values(next_attempt_at=now + self.lease))
+            return result.rowcount == 1
+
+    def _fail_disabled(self, endpoint_id: str) -> None:
+        d = WebhookDeliveryRow
+        with self.session_factory.begin() as session:
+            session.execute(update(d).where(d.endpoint_id == endpoint_id, d.status == "pending")
+                            .values(status="failed", next_attempt_at=None,
+                                    last_error="endpoint disabled"))
+
+    def _send(self, item: _Due, now: datetime | None) -> bool:
+        body = json.dumps({
+            "id": item.id,
+            "type": EVENT_TYPE,
+            "trade_id": "0x" + item.trade_id,
+            "old": item.payload.get("old"),
+            "new": item.payload.get("new"),
+            "created_at": item.event_at.isoformat().replace("+00:00", "Z"),
+        }, separators=(",", ":")).encode()
+        status: int | None = None
+        error: str | None = None
+        try:
+            if self.cipher is None:
+                raise ValueError("no DVP_SECRETS_KEY: cannot read the endpoint's secret")
+            secret = self.cipher.decrypt(item.encrypted_secret).decode()
+            timestamp = str(int(self._now(now).timestamp()))
+            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                       "X-DVP-Timestamp": timestamp,
+                       "X-DVP-Signature": sign(secret, timestamp, body)}
+            # Streamed and never read: a receiver's response body is not our business.
+            with self.client.stream("POST", item.url, content=body, headers=headers) as resp:
+                status = resp.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except Exception as exc:  # noqa: BLE001 - any failure is this attempt's outcome
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        self._record(item.id, status, error, self._now(now))
+        return error is None
+
+    def _record(self, delivery_id: str, status: int | None, error: str | None,
+                now: datetime) -> None:
+        with self.session_factory.begin() as session:
+            row = session.get(WebhookDeliveryRow, delivery_id)
+            assert row is not None
+            if row.status != "pending":
+                return  # our lease ran out and another sender settled it meanwhile
+            row.attempts += 1
+            row.last_status_code, row.last_error = status, error
+            if error is None:
+                row.status, row.delivered_at, row.next_attempt_at = "delivered", now, None
+            elif row.attempts >= self.max_attempts:
+                row.status, row.next_attempt_at = "failed", None
+            else:
+                row.next_attempt_at = now + self.backoff(row.attempts)
+            outcome, attempts = row.status, row.attempts
+        log_fn = log.warning if error else log.info
+        log_fn("webhook_attempt", delivery=delivery_id, status=outcome, attempts=attempts,
+               http_status=status, error=error)
