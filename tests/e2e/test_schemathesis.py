@@ -1,0 +1,376 @@
+"""Schemathesis over the app's whole OpenAPI document (ASGI transport, no network).
+
+- `test_api_conforms`: every operation, generated requests (positive and negative) sent as the
+  demo seller; no 5xx, and the responses match the document (checks below).
+- `test_action_query_parameter_is_a_server_error`: the `_action` bug as schemathesis finds it.
+- `test_trade_lifecycle_state_machine`: stateful runs through the links schemathesis infers
+  from the document (POST /v1/trades -> GET/accept/cancel/... by `$response.body#/id`; no
+  links need adding), with proposals made valid so trades exist and move; each scenario
+  between two enterprises of its own.
+- `test_other_tenants_trades_are_404`: tenant B, with generated requests to every trade
+  operation, never sees nor moves tenant A's trades. The same check runs after every step of
+  the other two tests on every trade id a response carries.
+
+The system is built at import (schemathesis reads the document at collection).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.core.failures import AcceptedNegativeData
+from schemathesis.core.transport import Response
+from schemathesis.generation import GenerationMode
+from schemathesis.openapi.checks import AllowHeaderMismatch, UndefinedStatusCode
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway.api.context import Limits
+from gateway.api.enterprises import create_enterprise
+from gateway.config import Settings
+from gateway.runner import System, build_system
+
+_WORKDIR = Path(tempfile.mkdtemp(prefix="dvp-schemathesis-"))
+SYSTEM: System = build_system(Settings(_env_file=None), _WORKDIR / "run",
+                              limits=Limits(rate_per_second=1e6, burst=10**6))
+schema = schemathesis.openapi.from_asgi("/openapi.json", SYSTEM.app)
+CLIENT = TestClient(SYSTEM.app, raise_server_exceptions=False)
+
+_ents = SYSTEM.demo["enterprises"]
+BUYER = {"Authorization": f"Bearer {_ents['buyer']['api_key']}"}
+SELLER = {"Authorization": f"Bearer {_ents['seller']['api_key']}"}
+with SYSTEM.gateway.session_factory.begin() as _session:
+    _outsider, _outsider_key = create_enterprise(_session, "Tenant B", managed=True,
+                                                 cipher=SYSTEM.ctx.cipher)
+TENANT_B = {"Authorization": f"Bearer {_outsider_key}"}
+
+ACTIONS = r"^/v1/trades/\{trade_id\}/(accept|cancel|take-delivery)$"
+TRADE_ID = re.compile(r"^0x[0-9a-f]{64}$")
+
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+
+
+@atexit.register
+def _close_system() -> None:  # at exit: the module may be imported and its tests deselected
+    SYSTEM.close()
+    shutil.rmtree(_WORKDIR, ignore_errors=True)
+
+
+def new_enterprise(name: str) -> tuple[str, dict[str, str]]:
+    """(id, auth header) of a new managed enterprise."""
+    with SYSTEM.gateway.session_factory.begin() as session:
+        ent, key = create_enterprise(session, f"{name} {uuid.uuid4()}", managed=True,
+                                     cipher=SYSTEM.ctx.cipher)
+    return ent.id, {"Authorization": f"Bearer {key}"}
+
+
+def valid_proposal(counterparty: str = _ents["buyer"]["id"]) -> dict:
+    """A proposal the gateway accepts (the caller sells a demo title), deadlines by chain
+    time."""
+    now = max(SYSTEM.ctx.payment.now(), SYSTEM.ctx.business.now())
+    title = _ents["seller"]["titles"][0]
+    return {"role": "seller", "counterparty": counterparty,
+            "payment": {"token": SYSTEM.devnet.info.payment.token, "amount": "1000"},
+            "delivery": {"token_id": title["token_id"], "document_hash": title["document_hash"]},
+            "deadlines": {"delivery": now + 3600, "payment": now + 7200}}
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+_probed: set[str] = set()
+
+
+def trade_ids(body: object) -> set[str]:
+    if isinstance(body, dict):
+        if isinstance(body.get("id"), str) and TRADE_ID.match(body["id"]) and "phase" in body:
+            return {body["id"]}
+        if isinstance(body.get("items"), list):
+            return set().union(*(trade_ids(item) for item in body["items"]))
+    return set()
+
+
+def tenant_isolation(ctx, response, case) -> None:  # noqa: ANN001 - a schemathesis check
+    """Every trade a response shows tenant A is invisible and immovable for tenant B."""
+    if not 200 <= response.status_code < 300:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        return
+    owner = {"Authorization": response.request.headers["Authorization"]}
+    for tid in trade_ids(body) - _probed:
+        _probed.add(tid)
+        assert_invisible_to_b(tid, owner)
+
+
+def assert_invisible_to_b(tid: str, owner: dict[str, str]) -> None:
+    before = CLIENT.get(f"/v1/trades/{tid}", headers=owner).json()
+    for method, suffix in (("GET", ""), ("GET", "/instructions"), ("POST", "/accept"),
+                           ("POST", "/cancel"), ("POST", "/take-delivery")):
+        r = CLIENT.request(method, f"/v1/trades/{tid}{suffix}", headers=TENANT_B)
+        assert r.status_code == 404, f"tenant B: {method} /v1/trades/{tid}{suffix} -> " \
+                                     f"{r.status_code} {r.text}"
+    listed = CLIENT.get("/v1/trades", params={"limit": 100}, headers=TENANT_B).json()
+    assert tid not in trade_ids(listed), f"tenant B lists {tid}"
+    after = CLIENT.get(f"/v1/trades/{tid}", headers=owner).json()
+    assert after["phase"] == before["phase"], f"tenant B moved {tid}"
+
+
+def allow_header_but_known_bug(ctx, response, case) -> None:  # noqa: ANN001
+    """`allow_header_conformance`, except the `Allow` of a path with two operations, which
+    names only the first (BUG, test_api_contract::test_405_allow_names_every_method)."""
+    try:
+        allow_header_conformance(ctx, response, case)
+    except AllowHeaderMismatch:
+        if case.operation.path not in ("/v1/trades", "/v1/webhooks"):
+            raise
+
+
+def status_code_but_unparsable_bodies(ctx, response, case) -> None:  # noqa: ANN001
+    """`status_code_conformance`, except the 400 FastAPI answers for a body that is not UTF-8
+    (a malformed but decodable one is 422): undocumented, as are 401/413/429 (finding,
+    test_error_statuses_are_documented)."""
+    try:
+        status_code_conformance(ctx, response, case)
+    except UndefinedStatusCode:
+        if response.status_code != 400 or \
+                b"error parsing the body" not in (response.content or b""):
+            raise
+
+
+NAIVE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?$")
+
+
+def _with_utc_times(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: (v + "Z" if k in ("created_at", "at") and isinstance(v, str)
+                    and NAIVE_TIME.match(v) else _with_utc_times(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_utc_times(v) for v in value]
+    return value
+
+
+def response_schema_but_naive_times(ctx, response, case) -> None:  # noqa: ANN001
+    """`response_schema_conformance` on the body with its naive trade timestamps read as UTC:
+    they lack an offset, not a valid RFC 3339 date-time (BUG,
+    test_api_contract::test_created_at_carries_its_timezone); the rest is checked as is."""
+    if "json" in ",".join(response.headers.get("content-type", [])):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        fixed = _with_utc_times(body)
+        if body is not None and fixed != body:
+            response = Response(status_code=response.status_code, headers=response.headers,
+                                content=json.dumps(fixed).encode(), request=response.request,
+                                elapsed=response.elapsed, verify=response.verify,
+                                message=response.message)
+    response_schema_conformance(ctx, response, case)
+
+
+SPEC = SYSTEM.app.openapi()
+
+
+def _read_as_valid(case, sent: dict[str, list[str]], name: str) -> bool:  # noqa: ANN001
+    """Whether what FastAPI reads for query parameter `name` (the last value sent) is a
+    valid value for it."""
+    declared = {p["name"]: p["schema"] for p in
+                SPEC["paths"][case.operation.path][case.method.lower()].get("parameters", [])
+                if p["in"] == "query"}
+    if name not in declared:
+        return False
+    if not sent.get(name):
+        return True
+    value = sent[name][-1]
+    if name in ("created_from", "created_to"):  # a number is read as unix time
+        return re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value) is not None
+    schema = declared[name]
+    if schema.get("type") == "integer":
+        if not re.fullmatch(r"[-+]?\d+", value):
+            return False
+        return jsonschema_rs.validator_for(schema).is_valid(int(value))
+    return jsonschema_rs.validator_for(schema).is_valid(value)
+
+
+def negative_data_rejection_as_read(ctx, response, case) -> None:  # noqa: ANN001
+    """`negative_data_rejection` judged on what the app reads: a scalar query parameter given
+    several times is its last value (FastAPI), and `created_from`/`created_to` may be a
+    number (pydantic reads unix time where the document says date-time). Both are lenient,
+    not wrong; any other schema-violating request that is accepted still fails."""
+    try:
+        negative_data_rejection(ctx, response, case)
+    except AcceptedNegativeData as failure:
+        component = re.search(r"Invalid component: parameters? (.*) in (\w+)", failure.message)
+        if component is None or component.group(2) != "query":
+            raise
+        names = re.findall(r"`(\w+)`", component.group(1))
+        sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
+        if not names or not all(_read_as_valid(case, sent, name) for name in names):
+            raise
+
+
+# Built-in checks left out, and why:
+# - positive_data_acceptance: the document types a proposal, but the rules that make one
+#   acceptable are business rules it cannot state (the counterparty must exist, the token is
+#   the configured one, deadlines are relative to chain time, the margin depends on policy),
+#   so schema-valid proposals are rightly 422. test_api_contract covers each rule.
+# - allow_header_conformance, negative_data_rejection, response_schema_conformance,
+#   status_code_conformance: replaced by the narrowed versions above, which each leave out
+#   one known bug or one lenient choice, and nothing else.
+EXCLUDED = [positive_data_acceptance, allow_header_conformance, negative_data_rejection,
+            response_schema_conformance, status_code_conformance]
+ADDED = [tenant_isolation, allow_header_but_known_bug, negative_data_rejection_as_read,
+         response_schema_but_naive_times, status_code_but_unparsable_bodies]
+
+
+def strip_action(case) -> None:  # noqa: ANN001
+    """The action routes leak their loop variable as an `_action` query parameter (BUG, see
+    test_api_contract::test_action_routes_* and the xfail below); left out elsewhere so the
+    runs explore the rest of those operations."""
+    if "_action" in (case.query or {}):
+        case.query = {k: v for k, v in case.query.items() if k != "_action"}
+
+
+# --- stateless ----------------------------------------------------------------------------------
+
+
+@schema.parametrize()
+@SETTINGS
+def test_api_conforms(case) -> None:  # noqa: ANN001
+    strip_action(case)
+    case.call_and_validate(headers=SELLER, excluded_checks=EXCLUDED,
+                           additional_checks=ADDED)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: POST /v1/trades/{id}/{accept,cancel,take-delivery}"
+                                       "?_action=<x> is a 500 once the trade exists (KeyError)")
+@schema.include(path_regex=ACTIONS).parametrize()
+@settings(SETTINGS, max_examples=5, phases=[Phase.explicit, Phase.generate])  # no shrinking
+def test_action_query_parameter_is_a_server_error(case) -> None:  # noqa: ANN001
+    # the trade must exist and belong to the caller for the action to be looked up
+    r = CLIENT.post("/v1/trades", json=valid_proposal(),
+                    headers={**SELLER, "Idempotency-Key": f"action-{case.id}"})
+    case.path_parameters = {"trade_id": r.json()["id"]}
+    case.call_and_validate(headers=SELLER, checks=[schemathesis.checks.not_a_server_error])
+
+
+# --- stateful -----------------------------------------------------------------------------------
+
+
+class TradeLifecycle(schema.as_state_machine()):
+    """Steps follow the inferred links. Each scenario has its own two enterprises, so what
+    it sees (lists, idempotency keys, webhook endpoints) is made by its own steps, as
+    Hypothesis requires; the seller proposes and acts, the buyer (always the counterparty)
+    accepts and takes delivery."""
+
+    seen: collections.Counter = collections.Counter()  # (operation, status) over all runs
+
+    def setup(self) -> None:
+        self.buyer_id, self.buyer = new_enterprise("Scenario buyer")
+        _, self.seller = new_enterprise("Scenario seller")
+
+    def before_call(self, case) -> None:  # noqa: ANN001
+        strip_action(case)
+        if case.operation.label == "POST /v1/trades" and \
+                case.meta.generation.mode is GenerationMode.POSITIVE:
+            case.body = valid_proposal(self.buyer_id)
+
+    def get_call_kwargs(self, case) -> dict:  # noqa: ANN001
+        buyer_acts = case.path.endswith(("/accept", "/take-delivery"))
+        return {"headers": self.buyer if buyer_acts else self.seller}
+
+    def after_call(self, response, case) -> None:  # noqa: ANN001
+        self.seen[(case.operation.label, response.status_code)] += 1
+
+    def validate_response(self, response, case, additional_checks=None,  # noqa: ANN001
+                          **kwargs) -> None:  # noqa: ANN003
+        case.validate_response(response, excluded_checks=EXCLUDED,
+                               additional_checks=[*ADDED, *(additional_checks or [])],
+                               transport_kwargs=kwargs)
+
+
+def test_trade_lifecycle_state_machine() -> None:
+    probed = len(_probed)
+    TradeLifecycle.seen.clear()
+    TradeLifecycle.run(settings=settings(SETTINGS, max_examples=12, stateful_step_count=8))
+    # The links were followed from real proposals: trades were made and then read or moved
+    # through the operations that take a trade id; tenant B was shown to see none of them.
+    # (Which actions succeed depends on what Hypothesis draws: not asserted.)
+    seen = TradeLifecycle.seen
+    assert seen[("POST /v1/trades", 201)] > 0, seen
+    linked = {label for (label, status), _ in seen.items()
+              if "{trade_id}" in label and 200 <= status < 300}
+    assert linked, seen
+    assert len(_probed) > probed
+
+
+# --- two tenants --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tenant_a_trades() -> list[str]:
+    ids = []
+    for action in (None, "accept", "cancel"):
+        r = CLIENT.post("/v1/trades", json=valid_proposal(),
+                        headers={**SELLER, "Idempotency-Key": f"tenant-a-{action}"})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+        if action:
+            who = BUYER if action == "accept" else SELLER
+            assert CLIENT.post(f"/v1/trades/{ids[-1]}/{action}", headers=who).status_code == 200
+    return ids
+
+
+@schema.include(path_regex=r"^/v1/trades").exclude(method="POST", path="/v1/trades")\
+    .parametrize()
+@settings(SETTINGS, max_examples=10)
+def test_other_tenants_trades_are_404(case, tenant_a_trades) -> None:  # noqa: ANN001
+    if case.method.upper() != case.operation.method.upper():
+        return  # an unsupported-method probe: 405 whoever asks
+    if "trade_id" in case.operation.path:
+        for tid in tenant_a_trades:
+            case.path_parameters = {"trade_id": tid}
+            r = case.call(headers=TENANT_B)
+            assert r.status_code == 404, f"{case.method} {case.formatted_path}: {r.status_code}"
+            assert r.headers["content-type"] == ["application/problem+json"]
+    else:  # the list, with whatever filters were generated
+        r = case.call(headers=TENANT_B)
+        assert r.status_code in (200, 422), r.text
+        if r.status_code == 200:
+            assert not trade_ids(r.json()) & set(tenant_a_trades)
+    phases = [CLIENT.get(f"/v1/trades/{tid}", headers=SELLER).json()["phase"]
+              for tid in tenant_a_trades]
+    assert phases == ["proposed", "agreed", "cancelled"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (spec): no operation documents the 401 (missing, "
+                                       "bad or revoked key) and 429 (rate limit) every /v1 "
+                                       "operation can answer, nor a Bearer security scheme")
+def test_error_statuses_are_documented() -> None:
+    spec = SYSTEM.app.openapi()
+    assert spec.get("components", {}).get("securitySchemes"), "no security scheme"
+    for path, operations in spec["paths"].items():
+        if path.startswith("/v1/"):
+            for method, operation in operations.items():
+                assert {"401", "429"} <= set(operation["responses"]), (method, path)
