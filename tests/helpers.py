@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3.contract import Contract
 
 from gateway.chain.client import ChainClient, Receipt, RevertError
+from gateway.chain.devnet import InProcessChain
 from gateway.contracts import Artifact, load_artifact
 
 TEST_ARTIFACTS = Path(__file__).parent / "contracts" / "artifacts"
@@ -44,3 +47,32 @@ def expect_revert(client: ChainClient, sender: LocalAccount, contract: Contract,
                                        data=contract.encode_abi(fn, args))
     assert receipt.status == 0, f"{fn} was mined successfully, expected revert {error}"
     return info.value
+
+
+class Status(IntEnum):
+    NONE = 0
+    OPEN = 1
+    CLAIMED = 2
+    REFUNDED = 3
+
+
+def at(chain: InProcessChain, timestamp: int) -> None:
+    """Make the next transaction on `chain` be mined at exactly `timestamp`."""
+    chain.set_next_block_timestamp(timestamp)
+    assert chain.next_block_timestamp() == timestamp
+
+
+def mined_at(chain: InProcessChain, receipt: Receipt) -> int:
+    return chain.w3.eth.get_block(receipt.block_number)["timestamp"]
+
+
+def with_errors(client: ChainClient, contract: Contract, *others: Contract) -> Contract:
+    """`contract` at its address, with the custom errors of `others` added to its ABI, so
+    that errors raised by a callee (a token or registry) are decoded by name too."""
+    errors = [item for other in others for item in other.abi if item["type"] == "error"]
+    return client.w3.eth.contract(address=contract.address, abi=contract.abi + errors)
+
+
+def values(err: RevertError) -> tuple[object, ...]:
+    """A decoded error's arguments, addresses checksummed (eth-abi decodes them lowercase)."""
+    return tuple(to_checksum_address(v) if isinstance(v, str) else v for v in err.values)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from enum import IntEnum
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
-from web3.contract import Contract
 
-from gateway.chain.client import ChainClient, Receipt, RevertError
-from gateway.chain.devnet import Devnet, InProcessChain
+from gateway.chain.client import Receipt, RevertError
+from gateway.chain.devnet import Devnet
 from gateway.chain.htlc import DeliveryHTLCProxy, decode_receipt, delivery_lock_id
 from gateway.contracts import load_artifact
 from gateway.domain.locks import (
@@ -29,7 +27,7 @@ from gateway.domain.locks import (
     hashlock_of,
     new_secret,
 )
-from tests.helpers import expect_revert
+from tests.helpers import Status, at, expect_revert, mined_at, values, with_errors
 
 HOUR = 3600
 MAX_LOCK_DURATION = 30 * 24 * HOUR
@@ -38,37 +36,8 @@ ZERO_BYTES32 = b"\x00" * 32
 TOPIC_DOCUMENT_ISSUED = keccak(text="DocumentIssued(uint256,bytes32,address)")
 
 
-class Status(IntEnum):
-    NONE = 0
-    OPEN = 1
-    CLAIMED = 2
-    REFUNDED = 3
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def at(chain: InProcessChain, timestamp: int) -> None:
-    """Make the next transaction on `chain` be mined at exactly `timestamp`."""
-    chain.set_next_block_timestamp(timestamp)
-    assert chain.next_block_timestamp() == timestamp
-
-
-def mined_at(chain: InProcessChain, receipt: Receipt) -> int:
-    return chain.w3.eth.get_block(receipt.block_number)["timestamp"]
-
-
-def values(err: RevertError) -> tuple[object, ...]:
-    """A decoded error's arguments, addresses checksummed (eth-abi decodes them lowercase)."""
-    return tuple(to_checksum_address(v) if isinstance(v, str) else v for v in err.values)
-
-
-def with_errors(client: ChainClient, contract: Contract, *others: Contract) -> Contract:
-    """`contract` with the custom errors of `others` added to its ABI, so that errors raised by
-    a callee (the title registry) are decoded by name too."""
-    errors = [item for other in others for item in other.abi if item["type"] == "error"]
-    return client.w3.eth.contract(address=contract.address, abi=contract.abi + errors)
 
 
 def doc_hash(label: str) -> bytes:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from enum import IntEnum
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3.contract import Contract
 
-from gateway.chain.client import ChainClient, Receipt, RevertError, decode_revert
+from gateway.chain.client import RevertError, decode_revert
 from gateway.chain.devnet import INITIAL_BALANCE, Devnet, InProcessChain
 from gateway.chain.htlc import PaymentHTLCProxy, decode_receipt, payment_lock_id
 from gateway.contracts import load_artifact
@@ -30,7 +29,18 @@ from gateway.domain.locks import (
     hashlock_of,
     new_secret,
 )
-from tests.helpers import MAX_UINT256, approve, balance_of, double_artifact, expect_revert
+from tests.helpers import (
+    MAX_UINT256,
+    Status,
+    approve,
+    at,
+    balance_of,
+    double_artifact,
+    expect_revert,
+    mined_at,
+    values,
+    with_errors,
+)
 
 HOUR = 3600
 MAX_LOCK_DURATION = 30 * 24 * HOUR
@@ -39,37 +49,8 @@ ZERO_BYTES32 = b"\x00" * 32
 AMOUNT = 250_000_00  # 250,000.00
 
 
-class Status(IntEnum):
-    NONE = 0
-    OPEN = 1
-    CLAIMED = 2
-    REFUNDED = 3
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def at(chain: InProcessChain, timestamp: int) -> None:
-    """Make the next transaction on `chain` be mined at exactly `timestamp`."""
-    chain.set_next_block_timestamp(timestamp)
-    assert chain.next_block_timestamp() == timestamp
-
-
-def mined_at(chain: InProcessChain, receipt: Receipt) -> int:
-    return chain.w3.eth.get_block(receipt.block_number)["timestamp"]
-
-
-def with_errors(client: ChainClient, contract: Contract, *others: Contract) -> Contract:
-    """`contract` at its address, with the custom errors of `others` added to its ABI, so
-    that errors raised by a callee (the token) are decoded by name too."""
-    errors = [item for other in others for item in other.abi if item["type"] == "error"]
-    return client.w3.eth.contract(address=contract.address, abi=contract.abi + errors)
-
-
-def values(err: RevertError) -> tuple[object, ...]:
-    """A decoded error's arguments, addresses checksummed (eth-abi decodes them lowercase)."""
-    return tuple(to_checksum_address(v) if isinstance(v, str) else v for v in err.values)
 
 
 def as_bytes(hex_data: str) -> bytes:
