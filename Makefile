@@ -5,11 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY_STAMP  := $(VENV)/.installed
 NPM_STAMP := solidity/node_modules/.installed
+ANVIL_STAMP := tools/anvil/node_modules/.installed
 XDIST  ?= 2
 
-.PHONY: install test contracts contracts-check bench lint run demo swap clean
+.PHONY: install test contracts contracts-check bench lint run demo swap devnet clean
 
-install: $(PY_STAMP) $(NPM_STAMP)
+install: $(PY_STAMP) $(NPM_STAMP) $(ANVIL_STAMP)
 
 $(PY_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
@@ -23,7 +24,14 @@ $(NPM_STAMP): solidity/package.json solidity/package-lock.json
 	cd solidity && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(PY_STAMP)
+# Pinned anvil (the real node of the anvil tests and `make devnet`) from tools/anvil/package-lock.json.
+# The binary ships in the platform package; the wrapper's postinstall (a download) is not needed.
+$(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
+	cd tools/anvil && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	tools/anvil/node_modules/.bin/anvil --version | grep -q 'Version: 1.7.1'
+	touch $@
+
+test: $(PY_STAMP) $(ANVIL_STAMP)
 	$(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
 
 # Recompile solidity/ into the committed artifacts.
@@ -41,6 +49,9 @@ bench: $(PY_STAMP)
 lint: $(PY_STAMP)
 	$(BIN)/ruff check gateway tests bench
 
+devnet: $(PY_STAMP) $(ANVIL_STAMP)
+	$(BIN)/dvp-gateway devnet
+
 run: $(PY_STAMP)
 	$(BIN)/dvp-gateway run
 
@@ -51,4 +62,4 @@ swap: $(PY_STAMP)
 	$(BIN)/dvp-gateway swap
 
 clean:
-	rm -rf $(VENV) solidity/node_modules .pytest_cache
+	rm -rf $(VENV) solidity/node_modules tools/anvil/node_modules .pytest_cache
