@@ -1,4 +1,4 @@
-"""dvp-gateway command line: swap | db upgrade | relayer run."""
+"""dvp-gateway command line: swap | devnet | db upgrade | relayer run."""
 
 from __future__ import annotations
 
@@ -209,6 +209,49 @@ def _start_own_gateway():  # noqa: ANN202
         system.close()
 
     return stop, f"http://127.0.0.1:{port}", system.demo
+
+
+# --- devnet -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--block-time", default=1.0, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds between blocks (0: a block per transaction, anvil's automine).")
+@click.option("--env-file", type=click.Path(dir_okay=False),
+              help="Also write the DVP_* lines to this file.")
+def devnet(block_time: float, env_file: str | None) -> None:
+    """Two anvil nodes on loopback with every contract deployed; prints the DVP_* settings
+    for `dvp-gateway api` and `dvp-gateway relayer run`, and runs until Ctrl-C or SIGTERM."""
+    from gateway.chain.anvil import AnvilError, devnet_env, start_anvil_devnet
+    from gateway.chain.devnet import BUYER, ISSUER, RELAYER, SELLER
+
+    settings = _settings()
+    try:
+        net = start_anvil_devnet(settings.payment_chain_id, settings.business_chain_id,
+                                 block_time=block_time or None)
+    except AnvilError as exc:
+        _fail(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        lines = devnet_env(net, net.account(RELAYER).key, block_time or None)
+        roles = ", ".join(f"{name} {net.account(i).address}" for name, i in (
+            ("issuer", ISSUER), ("buyer", BUYER), ("seller", SELLER), ("relayer", RELAYER)))
+        click.echo(f"# dvp-gateway devnet: anvil pids {net.payment.node.pid} (payment), "
+                   f"{net.business.node.pid} (business); development keys 1..10 ({roles}); "
+                   f"token {net.info.payment.token}, titles {net.info.business.titles}")
+        click.echo("\n".join(lines), nl=True)
+        if env_file:
+            Path(env_file).write_text("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        while not stop.is_set() and net.payment.node.running() and net.business.node.running():
+            stop.wait(0.5)
+        if not stop.is_set():
+            click.echo("error: an anvil node exited", err=True)
+    finally:
+        net.payment.close()
+        net.business.close()
 
 
 # --- db ---------------------------------------------------------------------------------------

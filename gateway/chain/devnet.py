@@ -8,6 +8,7 @@ the TitleDocument registry and DeliveryHTLC. Both use eth-tester's well-known de
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -97,6 +98,20 @@ class InProcessChain:
         self.tester.mine_blocks(blocks)
 
 
+class DevChain(Protocol):
+    """What a development chain offers (eth-tester `InProcessChain`, anvil `AnvilChain`)."""
+
+    name: str
+    chain_id: int
+    client: ChainClient
+    accounts: list[LocalAccount]
+
+    def next_block_timestamp(self) -> int: ...
+    def latest_block_timestamp(self) -> int: ...
+    def set_next_block_timestamp(self, timestamp: int) -> None: ...
+    def mine(self, blocks: int = 1) -> None: ...
+
+
 @dataclass
 class Devnet:
     payment: InProcessChain
@@ -114,13 +129,25 @@ class Devnet:
 def start_devnet(payment_chain_id: int = DEFAULT_PAYMENT_CHAIN_ID,
                  business_chain_id: int = DEFAULT_BUSINESS_CHAIN_ID,
                  initial_balance: int = INITIAL_BALANCE) -> Devnet:
-    """Start both chains, deploy the contracts and fund every development account."""
+    """Start both in-process chains, deploy the contracts and fund every development account."""
+    check_distinct(payment_chain_id, business_chain_id)
+    return deploy_devnet(InProcessChain("payment", payment_chain_id),
+                         InProcessChain("business", business_chain_id), initial_balance)
+
+
+def check_distinct(payment_chain_id: int, business_chain_id: int) -> None:
     if payment_chain_id == business_chain_id:
         raise SameChainIdError(
             f"payment and business chains must have distinct chain ids, both are {payment_chain_id}"
         )
-    payment = InProcessChain("payment", payment_chain_id)
-    business = InProcessChain("business", business_chain_id)
+
+
+def deploy_devnet(payment: DevChain, business: DevChain,
+                  initial_balance: int = INITIAL_BALANCE) -> Devnet:
+    """Deploy every contract on two running chains (any backend) and fund every development
+    account with `initial_balance` payment-token units. The one deployment routine of the
+    in-process devnet, the anvil devnet and `dvp-gateway devnet`."""
+    check_distinct(payment.chain_id, business.chain_id)
     issuer = payment.accounts[ISSUER]
 
     token = payment.client.deploy(issuer, load_artifact("PaymentToken"),
@@ -135,16 +162,16 @@ def start_devnet(payment_chain_id: int = DEFAULT_PAYMENT_CHAIN_ID,
     delivery_htlc = business.client.deploy(issuer, load_artifact("DeliveryHTLC"), titles.address)
 
     info = DevnetInfo(
-        payment=PaymentChainInfo(payment_chain_id, token.address, payment_htlc.address),
-        business=BusinessChainInfo(business_chain_id, titles.address, delivery_htlc.address),
+        payment=PaymentChainInfo(payment.chain_id, token.address, payment_htlc.address),
+        business=BusinessChainInfo(business.chain_id, titles.address, delivery_htlc.address),
         issuer=issuer.address,
         buyer=payment.accounts[BUYER].address,
         seller=payment.accounts[SELLER].address,
         relayer=payment.accounts[RELAYER].address,
     )
     return Devnet(
-        payment=payment,
-        business=business,
+        payment=payment,  # type: ignore[arg-type]
+        business=business,  # type: ignore[arg-type]
         info=info,
         payment_token=token,
         payment_htlc=PaymentHTLCProxy(payment.client, payment_htlc),

@@ -1,0 +1,62 @@
+"""`dvp-gateway devnet`: two anvil nodes, contracts deployed, a config the relayer accepts,
+and nothing left behind (processes, temporary directories) after SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.config import Settings
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; anvil's parent (the devnet) reaps it.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_devnet_prints_a_config_the_relayer_accepts_and_cleans_up(tmp_path) -> None:
+    env_file = tmp_path / "devnet.env"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "devnet", "--block-time", "0",
+         "--env-file", str(env_file)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "DVP_PAYMENT_CHAIN_ID": "72001", "DVP_BUSINESS_CHAIN_ID": "72002"})
+    try:
+        _wait_for(lambda: env_file.exists() or proc.poll() is not None)
+        assert proc.poll() is None, "devnet exited"
+        header = proc.stdout.readline()
+        pids = [int(p) for p in re.findall(r"pids (\d+) \(payment\), (\d+)", header)[0]]
+        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        settings = Settings(**{k.removeprefix("DVP_").lower(): v for k, v in values.items()})
+        assert (settings.payment_chain_id, settings.business_chain_id) == (72001, 72002)
+
+        from gateway.cli import _rpc_clients
+
+        clients = _rpc_clients(settings, relayer=True)  # chain ids and contract code check out
+        assert clients["payment"].w3.eth.chain_id == 72001
+        assert clients["business"].w3.eth.chain_id == 72002
+        workdirs = set(Path(tempfile.gettempdir()).glob("dvp-anvil-7200*"))
+        assert len(workdirs) == 2
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not any(_alive(pid) for pid in pids)
+    assert not any(d.exists() for d in workdirs)
