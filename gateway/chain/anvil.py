@@ -260,6 +260,7 @@ class AnvilChain:
         if not self.rpc("evm_revert", [snapshot_id]):
             raise AnvilError(f"evm_revert({snapshot_id}) on {self.name} failed")
         self._next_timestamp = None
+        self.forget_nonces()
 
     def reorg(self, depth: int, transactions: list[tuple[bytes, int]] = ()) -> None:
         """Replace the last `depth` blocks by as many new ones holding `transactions`

@@ -97,6 +97,18 @@ class InProcessChain:
     def mine(self, blocks: int = 1) -> None:
         self.tester.mine_blocks(blocks)
 
+    def snapshot(self) -> object:
+        return self.tester.take_snapshot()
+
+    def revert(self, snapshot_id: object) -> None:
+        """Back to the snapshot: the blocks after it are orphaned (a reorg, once more blocks
+        are mined on top)."""
+        self.tester.revert_to_snapshot(snapshot_id)
+        self.client._nonces.clear()  # noqa: SLF001 - the chain's nonces went back too
+
+    def close(self) -> None:
+        """Nothing to stop (in-process); the same surface as an anvil chain."""
+
 
 class DevChain(Protocol):
     """What a development chain offers (eth-tester `InProcessChain`, anvil `AnvilChain`)."""
@@ -110,6 +122,9 @@ class DevChain(Protocol):
     def latest_block_timestamp(self) -> int: ...
     def set_next_block_timestamp(self, timestamp: int) -> None: ...
     def mine(self, blocks: int = 1) -> None: ...
+    def snapshot(self) -> object: ...
+    def revert(self, snapshot_id: object) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass

@@ -98,12 +98,12 @@ def test_business_reorg_removes_buyer_claim_relayer_reclaims_for_buyer(world: Wo
     world.lock_delivery(trade)
     world.run_until_phase(trade, "delivery_locked")
     business = world.devnet.business
-    snapshot = business.tester.take_snapshot()
+    snapshot = business.snapshot()
     world.take_delivery(trade)
     world.run_until_phase(trade, "settled")  # the relayer acted: payment claimed
     assert world.token_balance(world.seller.address) == seller_before + AMOUNT
 
-    business.tester.revert_to_snapshot(snapshot)  # the buyer's claim is orphaned
+    business.revert(snapshot)  # the buyer's claim is orphaned
     business.mine(3)
     assert world.title_owner(trade) == world.devnet.delivery_htlc.address
     # The relayer notices the fork, forgets the orphaned claim, and - the secret being public
@@ -120,12 +120,12 @@ def test_payment_reorg_removes_relayer_claim_relayer_claims_again(world: World) 
     world.lock_delivery(trade)
     world.run_until_phase(trade, "delivery_locked")
     payment = world.devnet.payment
-    snapshot = payment.tester.take_snapshot()
+    snapshot = payment.snapshot()
     world.take_delivery(trade)
     world.run_until_phase(trade, "settled")
     assert world.token_balance(world.seller.address) == seller_before + AMOUNT
 
-    payment.tester.revert_to_snapshot(snapshot)  # the relayer's claim is orphaned
+    payment.revert(snapshot)  # the relayer's claim is orphaned
     payment.mine(2)
     assert world.token_balance(world.seller.address) == seller_before
     world.gateway.relayer.step()
