@@ -8,7 +8,7 @@ NPM_STAMP := solidity/node_modules/.installed
 ANVIL_STAMP := tools/anvil/node_modules/.installed
 XDIST  ?= 2
 
-.PHONY: install test contracts contracts-check bench lint run demo swap devnet clean
+.PHONY: install test test-postgres contracts contracts-check bench lint run demo swap devnet clean
 
 install: $(PY_STAMP) $(NPM_STAMP) $(ANVIL_STAMP)
 
@@ -33,6 +33,11 @@ $(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
 
 test: $(PY_STAMP) $(ANVIL_STAMP)
 	$(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
+
+# The same suite on PostgreSQL: a throwaway cluster on loopback (scripts/pg-cluster), one new
+# database per test. Needs PostgreSQL's server binaries (Debian: apt-get install postgresql).
+test-postgres: $(PY_STAMP) $(ANVIL_STAMP)
+	scripts/pg-cluster run -- $(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
 
 # Recompile solidity/ into the committed artifacts.
 contracts: $(NPM_STAMP)

@@ -84,7 +84,10 @@ def _cipher(settings: Settings, workdir: Path) -> Cipher:
 
 
 def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
-                 policy: TimingPolicy | None = None, limits: Limits | None = None) -> System:
+                 policy: TimingPolicy | None = None, limits: Limits | None = None,
+                 database_url: str | None = None) -> System:
+    """`database_url`: an empty database to use instead of a new SQLite file in `workdir`
+    (the chains are new, so the database must be too)."""
     workdir.mkdir(parents=True, exist_ok=True)
     database = workdir / "gateway.db"
     for stale in (database, workdir / "gateway.db-wal", workdir / "gateway.db-shm"):
@@ -104,7 +107,7 @@ def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
             return managed_account(session, row.enterprise_id, cipher) if row else None
 
     gateway = build_gateway(
-        database_url=f"sqlite:///{database}", payment=devnet.payment.client,
+        database_url=database_url or f"sqlite:///{database}", payment=devnet.payment.client,
         business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
         delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
         policy=policy, key_lookup=key_lookup)

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from gateway.chain.devnet import BUYER, RELAYER, SELLER, Devnet, start_devnet
+from tests.databases import create_database, drop_database
 from tests.helpers import approve
 
 settings.register_profile(
@@ -11,6 +12,14 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    """A new, empty database (SQLite file, or PostgreSQL with DVP_TEST_DATABASE_URL)."""
+    url = create_database(tmp_path)
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture

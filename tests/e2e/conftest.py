@@ -8,8 +8,8 @@ from gateway.runner import System, build_system
 
 
 @pytest.fixture
-def system(tmp_path) -> System:
-    system = build_system(Settings(_env_file=None), tmp_path / "run")
+def system(tmp_path, database_url) -> System:
+    system = build_system(Settings(_env_file=None), tmp_path / "run", database_url=database_url)
     yield system
     system.close()
 

@@ -27,6 +27,7 @@ from gateway.config import Settings
 from gateway.db.models import TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
+from tests.databases import create_database, drop_database
 
 PROBLEM = "application/problem+json"
 NO_TRADE = "0x" + "ab" * 32
@@ -131,10 +132,13 @@ def system(tmp_path_factory) -> System:
     """One system for the tests that do not drive the relayer or need their own limits.
     Tests isolate themselves by tenancy (`pair`: two new enterprises whose trades no other
     test sees); the rate limit is out of the way."""
-    system = build_system(Settings(_env_file=None), tmp_path_factory.mktemp("shared") / "run",
-                          limits=Limits(rate_per_second=1e6, burst=10**6))
+    workdir = tmp_path_factory.mktemp("shared")
+    url = create_database(workdir)
+    system = build_system(Settings(_env_file=None), workdir / "run",
+                          limits=Limits(rate_per_second=1e6, burst=10**6), database_url=url)
     yield system
     system.close()
+    drop_database(url)
 
 
 @pytest.fixture
@@ -151,16 +155,19 @@ def fresh(make_system, **kw) -> tuple[System, TestClient]:  # noqa: ANN001
 @pytest.fixture
 def make_system(tmp_path):
     """Build extra systems (own limits); closed at teardown."""
-    built: list[System] = []
+    built: list[tuple[System, str]] = []
 
     def make(**kw) -> System:
-        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}", **kw)
-        built.append(system)
+        url = create_database(tmp_path, f"run{len(built)}")
+        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
+                              database_url=url, **kw)
+        built.append((system, url))
         return system
 
     yield make
-    for system in built:
+    for system, url in built:
         system.close()
+        drop_database(url)
 
 
 def spec_operations(app) -> list[tuple[str, str]]:  # noqa: ANN001

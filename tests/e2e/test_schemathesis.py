@@ -47,10 +47,12 @@ from gateway.api.context import Limits
 from gateway.api.enterprises import create_enterprise
 from gateway.config import Settings
 from gateway.runner import System, build_system
+from tests.databases import database_for_process
 
 _WORKDIR = Path(tempfile.mkdtemp(prefix="dvp-schemathesis-"))
 SYSTEM: System = build_system(Settings(_env_file=None), _WORKDIR / "run",
-                              limits=Limits(rate_per_second=1e6, burst=10**6))
+                              limits=Limits(rate_per_second=1e6, burst=10**6),
+                              database_url=database_for_process(_WORKDIR))
 schema = schemathesis.openapi.from_asgi("/openapi.json", SYSTEM.app)
 CLIENT = TestClient(SYSTEM.app, raise_server_exceptions=False)
 

@@ -49,8 +49,8 @@ def test_equal_chain_ids_refused() -> None:
     assert "must differ" in result.output
 
 
-def test_db_upgrade_creates_the_schema(tmp_path) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+def test_db_upgrade_creates_the_schema(database_url) -> None:
+    url = database_url
     result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 0, result.output
     from alembic.script import ScriptDirectory
@@ -59,12 +59,14 @@ def test_db_upgrade_creates_the_schema(tmp_path) -> None:
 
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     assert f"revision {head}" in result.output
-    assert "trades" in inspect(create_engine(url)).get_table_names()
+    engine = create_engine(url)
+    assert "trades" in inspect(engine).get_table_names()
+    engine.dispose()
 
 
-def test_relayer_without_node_configuration_exits_with_message(tmp_path) -> None:
-    result = CliRunner().invoke(main, ["relayer", "run", "--database-url",
-                                       f"sqlite:///{tmp_path / 'r.db'}"], env={})
+def test_relayer_without_node_configuration_exits_with_message(database_url) -> None:
+    result = CliRunner().invoke(main, ["relayer", "run", "--database-url", database_url],
+                                env={})
     assert result.exit_code == 2
     assert "DVP_PAYMENT_RPC_URL" in result.output and "DVP_RELAYER_KEY" in result.output
 
@@ -75,8 +77,8 @@ def test_relayer_rejects_bad_contract_address(tmp_path) -> None:
     assert "PAYMENT_HTLC" in result.output and "not an address" in result.output
 
 
-def test_relayer_daemon_logs_json_and_stops_on_sigterm(tmp_path) -> None:
-    env = {**os.environ, "DVP_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}",
+def test_relayer_daemon_logs_json_and_stops_on_sigterm(database_url) -> None:
+    env = {**os.environ, "DVP_DATABASE_URL": database_url,
            "DVP_POLL_INTERVAL": "0.05"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "relayer", "run", "--devnet",
                              "--json-logs"], env=env, stderr=subprocess.PIPE, text=True)
