@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from gateway.api import problems
 from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
-from gateway.api.problems import Problem, problem_response
+from gateway.api.problems import BodyLimit, Problem
 from gateway.api.schemas import (
     Balances,
     Clock,
@@ -47,6 +48,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     problems.install(app)
+    app.add_middleware(BodyLimit, max_bytes=ctx.limits.max_body_bytes)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -60,22 +62,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
         return response
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit()
-                                   or int(length) > ctx.limits.max_body_bytes):
-            return problem_response(413, f"request bodies are limited to "
-                                         f"{ctx.limits.max_body_bytes} bytes",
-                                    instance=request.url.path)
-        return await call_next(request)
-
     async def caller(request: Request,
                      authorization: Annotated[str | None, Header()] = None) -> Enterprise:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:  # RFC 9110 11.1: schemes ignore case
             raise Problem(401, "send your API key as 'Authorization: Bearer <key>'",
                           headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
-        token = authorization.removeprefix("Bearer ").strip()
 
         def lookup() -> Enterprise | None:
             with ctx.session_factory() as session:
@@ -139,7 +132,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
                      created_from: Annotated[datetime | None, Query()] = None,
                      created_to: Annotated[datetime | None, Query()] = None,
                      cursor: Annotated[str | None, Query(max_length=500)] = None,
-                     limit: Annotated[int, Query(ge=1, le=100)] = 50) -> TradePage:
+                     limit: Annotated[int, Query(ge=1, le=ctx.limits.max_page_size)] = min(
+                         50, ctx.limits.max_page_size)) -> TradePage:
         return await run_in_threadpool(list_trades, ctx, who, phase=phase, role=role,
                                        counterparty=counterparty, created_from=created_from,
                                        created_to=created_to, cursor=cursor, limit=limit)
@@ -159,10 +153,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def trade_instructions(trade_id: str, who: Caller) -> Instructions:
         return await run_in_threadpool(instructions, ctx, who, parse_trade_id(trade_id))
 
+    def action_endpoint(action: str):  # noqa: ANN202
+        """One route per action, bound by closure: nothing a client sends can change it."""
+        def endpoint(trade_id: str, who: Caller) -> Trade:
+            return act(ctx, who, parse_trade_id(trade_id), action)
+        return endpoint
+
     for action in ("accept", "cancel", "take-delivery"):
-        def endpoint(trade_id: str, who: Caller, _action: str = action):  # noqa: ANN202
-            return act(ctx, who, parse_trade_id(trade_id), _action)
-        app.add_api_route(f"/v1/trades/{{trade_id}}/{action}", endpoint, methods=["POST"],
+        app.add_api_route(f"/v1/trades/{{trade_id}}/{action}", action_endpoint(action),
+                          methods=["POST"],
                           response_model=Trade, tags=["trades"], name=action,
                           responses={404: {"description": "no such trade"},
                                      409: {"description": "not allowed in this phase"}})
@@ -206,7 +205,42 @@ def create_app(ctx: ApiContext) -> FastAPI:
         body, content_type = await run_in_threadpool(render, ctx.session_factory)
         return Response(body, media_type=content_type)
 
+    document_security(app)
     return app
+
+
+def document_security(app: FastAPI) -> None:
+    """Publish the Bearer scheme and the 401/429 every `/v1` operation can answer (and the
+    400/413 of those with a body)."""
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version,
+                           description=app.description, routes=app.routes)
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer",
+                       "description": "The enterprise's API key: `Authorization: Bearer <key>`"}}
+        problem = {"application/problem+json": {"schema": {"type": "object"}}}
+        for path, operations in spec["paths"].items():
+            if not path.startswith("/v1/"):
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]
+                operation["responses"].setdefault("401", {
+                    "description": "missing, unknown or revoked API key", "content": problem})
+                operation["responses"].setdefault("429", {
+                    "description": "rate limit exceeded; see Retry-After", "content": problem,
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}})
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", {
+                        "description": "the body could not be read (not UTF-8)",
+                        "content": problem})
+                    operation["responses"].setdefault("413", {
+                        "description": "request body too large", "content": problem})
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _relayer_lag(ctx: ApiContext) -> dict[str, int | None]:

@@ -56,12 +56,9 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
                                   .encode()).hexdigest()
     with ctx.session_factory() as session:
-        seen = session.get(IdempotencyRow, (caller.id, idempotency_key))
-        if seen is not None:
-            if seen.request_hash != request_hash:
-                raise Problem(422, "this Idempotency-Key was used with a different request body",
-                              field="Idempotency-Key", kind="idempotency-key-reused")
-            return seen.status_code, seen.response
+        replay = _replay(session, caller, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
         counterparty = session.get(EnterpriseRow, body.counterparty)
         if counterparty is None or counterparty.id == caller.id:
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
@@ -83,6 +80,9 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         if body.hashlock is not None:
             raise Problem(422, "the gateway draws the secret of a managed buyer: omit hashlock",
                           field="hashlock")
+        if ctx.cipher is None:
+            raise Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep a "
+                               "managed buyer's secret", kind="no-secrets-key")
         secret = secrets.token_bytes(32)
         hashlock = hashlock_of(secret)
     elif body.hashlock is None:
@@ -98,34 +98,58 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                   body.deadlines.delivery, body.deadlines.payment)
     problems = terms_problems(terms, ctx.policy)
     if problems:
-        field, message = problems[0]
-        field = {"t_pay": "deadlines.payment", "amount": "payment.amount"}.get(field, field)
-        raise Problem(422, message, errors=[{"field": field, "message": message}
-                                            for field, message in problems])
+        raise Problem(422, problems[0][1], errors=[
+            {"field": REQUEST_FIELDS.get(name, name), "message": message}
+            for name, message in problems])
     trade_id = secrets.token_bytes(32)
     action = ActionProposeTrade(trade_id, terms, managed_buyer=buyer.managed,
-                                managed_seller=seller.managed, buyer_secret=secret)
+                                managed_seller=seller.managed)
+    response: dict = {}
 
     def also(session: Session) -> None:
+        """The parties, the encrypted secret and the idempotency record commit with the
+        trade: a concurrent request with the same key loses on the key's primary key."""
         session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
                                   seller_id=seller.id, proposer_id=caller.id))
-        if secret is not None and ctx.cipher is not None:
+        if secret is not None:
+            assert ctx.cipher is not None
             session.add(SecretRow(trade_id=trade_id.hex(),
                                   encrypted_secret=ctx.cipher.encrypt(secret)))
+        session.flush()
+        response.update(trade_view(session, ctx, trade_id, caller).model_dump(mode="json"))
+        session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
+                                   request_hash=request_hash, status_code=201,
+                                   response=response))
 
     from sqlalchemy.exc import IntegrityError
 
     try:
         ctx.dispatcher.propose(action, also=also)
     except IntegrityError:
+        with ctx.session_factory() as session:
+            replay = _replay(session, caller, idempotency_key, request_hash)
+        if replay is not None:
+            return replay  # the same request, committed first by a concurrent call
         raise Problem(409, "this hashlock is already used by another trade: every trade needs "
                            "its own secret", field="hashlock", kind="hashlock-reused") from None
-    with ctx.session_factory.begin() as session:
-        response = trade_view(session, ctx, trade_id, caller).model_dump(mode="json")
-        session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
-                                   request_hash=request_hash, status_code=201,
-                                   response=response))
     return 201, response
+
+
+REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery",
+                  "amount": "payment.amount", "token_id": "delivery.token_id",
+                  "document_hash": "delivery.document_hash"}
+
+
+def _replay(session: Session, caller: Enterprise, key: str,
+            request_hash: str) -> tuple[int, dict] | None:
+    """The stored response of an earlier request with this key, or None if it is new."""
+    seen = session.get(IdempotencyRow, (caller.id, key))
+    if seen is None:
+        return None
+    if seen.request_hash != request_hash:
+        raise Problem(422, "this Idempotency-Key was used with a different request body",
+                      field="Idempotency-Key", kind="idempotency-key-reused")
+    return seen.status_code, seen.response
 
 
 def _check_deadlines(ctx: ApiContext, deadlines: Deadlines) -> None:
@@ -295,17 +319,37 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str) -> Tr
                 raise Problem(409, "only a managed buyer takes delivery through the gateway; "
                                    "a self-custody buyer claims on chain (see /instructions)",
                               kind="conflict")
+            if request.secret is None:  # type: ignore[union-attr]
+                raise Problem(503, "the gateway cannot read this trade's secret (no secrets "
+                                   "key configured)", kind="no-secrets-key")
 
-    actions = {"accept": ActionAcceptTrade, "cancel": ActionCancelTrade,
-               "take-delivery": ActionTakeDelivery}
+    match action:
+        case "accept":
+            request: ActionAcceptTrade | ActionCancelTrade | ActionTakeDelivery = \
+                ActionAcceptTrade(trade_id)
+        case "cancel":
+            request = ActionCancelTrade(trade_id)
+        case "take-delivery":
+            request = ActionTakeDelivery(trade_id, _buyer_secret(ctx, trade_id))
+        case _:
+            raise ValueError(f"unknown action {action!r}")
     try:
-        ctx.dispatcher.apply_action(actions[action](trade_id), check=check)
+        ctx.dispatcher.apply_action(request, check=check)
     except InvalidTransition as exc:
         raise Problem(409, str(exc), kind="invalid-transition") from None
     except UnknownTrade:
         raise Problem(404, "no such trade", kind="not-found") from None
     with ctx.session_factory() as session:
         return trade_view(session, ctx, trade_id, caller)
+
+
+def _buyer_secret(ctx: ApiContext, trade_id: bytes) -> bytes | None:
+    """A managed buyer's secret, decrypted from the secret store for taking delivery."""
+    with ctx.session_factory() as session:
+        row = session.get(SecretRow, trade_id.hex())
+    if row is None or ctx.cipher is None:
+        return None
+    return ctx.cipher.decrypt(row.encrypted_secret)
 
 
 # --- self-custody instructions -------------------------------------------------------------------

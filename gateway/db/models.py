@@ -7,7 +7,7 @@ identical on SQLite and PostgreSQL. Domain values are stored as JSON via `gatewa
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     func,
 )
@@ -36,6 +37,35 @@ NAMING_CONVENTION = {
 HEX32 = String(64)
 
 
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC instant on every database.
+
+    SQLite has no time zones and stores text: values are bound as naive UTC in one format
+    (so comparisons are exact, to the microsecond) and read back as aware UTC; PostgreSQL
+    stores `timestamptz`. An aware value in any zone is converted to UTC on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -48,10 +78,11 @@ class TradeRow(Base):
     phase: Mapped[str] = mapped_column(String(32), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending
     state: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now(), onupdate=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now(),
+                                                 onupdate=utcnow)
 
 
 class LockRow(Base):
@@ -80,8 +111,8 @@ class InputRow(Base):
     tx_hash: Mapped[str | None] = mapped_column(HEX32)
     log_index: Mapped[int | None] = mapped_column(Integer)
     orphaned: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
 
 
 class OutboxRow(Base):
@@ -102,10 +133,11 @@ class OutboxRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempt_id: Mapped[int | None] = mapped_column(ForeignKey("tx_attempts.id"))
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now(), onupdate=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now(),
+                                                 onupdate=utcnow)
 
 
 class AttemptRow(Base):
@@ -124,8 +156,8 @@ class AttemptRow(Base):
     # signed (recorded, maybe not sent) -> sent -> mined | reverted | dropped
     status: Mapped[str] = mapped_column(String(16), default="signed")
     block_number: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
 
 
 class CursorRow(Base):
@@ -162,8 +194,8 @@ class TradeEventRow(Base):
     chain_id: Mapped[int | None] = mapped_column(BigInteger)
     block_number: Mapped[int | None] = mapped_column(BigInteger)
     tx_hash: Mapped[str | None] = mapped_column(HEX32)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
 
 
 # --- enterprises (the API's tenants) -------------------------------------------------------
@@ -177,8 +209,8 @@ class EnterpriseRow(Base):
     managed: Mapped[bool] = mapped_column(Boolean)
     payment_address: Mapped[str] = mapped_column(String(42))
     business_address: Mapped[str] = mapped_column(String(42))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
 
 
 class ApiKeyRow(Base):
@@ -191,9 +223,9 @@ class ApiKeyRow(Base):
     enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(HEX32, unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ManagedKeyRow(Base):
@@ -215,8 +247,9 @@ class TradePartyRow(Base):
     buyer_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
     seller_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
     proposer_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now(),
+                                                 index=True)
 
 
 class SecretRow(Base):
@@ -236,8 +269,8 @@ class IdempotencyRow(Base):
     request_hash: Mapped[str] = mapped_column(HEX32)
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
 
 
 # --- webhooks ----------------------------------------------------------------------------------
@@ -253,9 +286,9 @@ class WebhookEndpointRow(Base):
     enterprise_id: Mapped[str] = mapped_column(ForeignKey("enterprises.id"), index=True)
     url: Mapped[str] = mapped_column(String(2048))
     encrypted_secret: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class WebhookDeliveryRow(Base):
@@ -274,12 +307,12 @@ class WebhookDeliveryRow(Base):
     trade_event_id: Mapped[int] = mapped_column(ForeignKey("trade_events.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
-                                                 server_default=func.now())
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+                                                 default=utcnow, server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class WebhookCursorRow(Base):

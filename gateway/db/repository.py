@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from gateway.db.models import (
 )
 from gateway.domain.codec import decode, encode
 from gateway.domain.trade import (
+    ActionTakeDelivery,
     ChainRef,
     ContractSend,
     Effect,
@@ -96,6 +98,10 @@ class Repository:
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
                      ) -> None:
+        """Append to the input log. A managed buyer's secret is never logged: the trade's
+        state holds it from take-delivery on, and a replay takes it from there."""
+        if isinstance(inp, ActionTakeDelivery):
+            inp = replace(inp, secret=None)
         self.session.add(InputRow(
             trade_id=trade_id.hex() if trade_id else None, kind=type(inp).__name__,
             payload=encode(inp), chain_id=ref.chain_id if ref else None,
@@ -241,3 +247,15 @@ class Repository:
     def events_for_trade(self, trade_id: bytes) -> list[TradeEventRow]:
         return list(self.session.scalars(select(TradeEventRow).where(
             TradeEventRow.trade_id == trade_id.hex()).order_by(TradeEventRow.id)))
+
+    # --- transaction replacement (executor) -----------------------------------------------
+
+    def attempts_at_nonce(self, chain_id: int, sender: str, nonce: int) -> list[AttemptRow]:
+        """Every transaction we signed at this nonce: the first and its replacements."""
+        return list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce == nonce).order_by(AttemptRow.id)))
+
+    def outbox_rows_for_attempt(self, attempt_id: int) -> list[OutboxRow]:
+        return list(self.session.scalars(select(OutboxRow).where(
+            OutboxRow.attempt_id == attempt_id)))

@@ -12,7 +12,11 @@ Rules (read before changing anything here):
   transactions the facts call for, emits those not already pending, and forgets pending ones
   the chain has made moot. So inputs may arrive in any order, twice, or after a restart.
 - The payment is claimed only with a preimage that is public on chain. A managed buyer's own
-  secret is used for one thing: taking delivery.
+  secret is used for one thing, taking delivery, and enters the state only with that action:
+  until then it lives encrypted outside the domain, so no stored state or input holds it while
+  the seller could still use it to be paid without delivering.
+- The claims are tied: the title is claimed for the buyer only while the seller can still be
+  paid, and the payment for the seller only while the buyer has or can still get the title.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ class TradeState:
     delivery: DeliveryLeg | None = None
     rejected_payments: tuple[PaymentLeg, ...] = ()  # buyer's locks not matching the terms
     preimage: bytes | None = None  # public: seen in a Claimed log on either chain
-    buyer_secret: bytes | None = None  # private: a managed buyer's secret, for taking delivery
+    buyer_secret: bytes | None = None  # a managed buyer's secret, from take-delivery on
     payment_time: int = 0  # latest payment-chain block timestamp seen
     business_time: int = 0
     pending: frozenset[str] = frozenset()  # keys of ContractSend* emitted, result not yet seen
@@ -156,7 +160,6 @@ class ActionProposeTrade:
     terms: Terms
     managed_buyer: bool = False
     managed_seller: bool = False
-    buyer_secret: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,11 @@ class ActionCancelTrade:
 
 @dataclass(frozen=True)
 class ActionTakeDelivery:
-    """A managed buyer performs: claim the delivery with its secret."""
+    """A managed buyer performs: claim the delivery with its secret, which the caller takes
+    from the encrypted secret store. The input log records this action without it."""
 
     trade_id: bytes
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -368,15 +373,9 @@ def new_trade(action: ActionProposeTrade, policy: TimingPolicy) -> tuple[TradeSt
     problems = terms_problems(action.terms, policy)
     if problems:
         raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
-    if action.buyer_secret is not None and (
-            len(action.buyer_secret) != PREIMAGE_LENGTH
-            or hashlib.sha256(action.buyer_secret).digest() != action.terms.hashlock):
-        raise ValueError(f"buyer_secret: must be {PREIMAGE_LENGTH} bytes whose sha256 is the "
-                         "hashlock (the contracts refuse any other preimage length)")
     state = TradeState(
         trade_id=action.trade_id, terms=action.terms, phase=Phase.PROPOSED,
         managed_buyer=action.managed_buyer, managed_seller=action.managed_seller,
-        buyer_secret=action.buyer_secret,
     )
     return state, [EventPhaseChanged(action.trade_id, None, Phase.PROPOSED)]
 
@@ -396,16 +395,23 @@ def state_transition(state: TradeState, inp: Input,
                 raise InvalidTransition(state.phase, "cancel")
             step.state = replace(state, phase=Phase.CANCELLED)
         case ActionTakeDelivery():
-            if not state.managed_buyer or state.buyer_secret is None:
+            if not state.managed_buyer:
                 raise InvalidTransition(state.phase, "take delivery for a self-custody buyer in")
             if state.delivery is None or state.delivery.status is not LegStatus.OPEN or \
                     state.phase is not Phase.DELIVERY_LOCKED:
                 raise InvalidTransition(state.phase, "take delivery of")
+            if not opens(inp.secret, state.terms.hashlock):
+                raise ValueError(f"take delivery: the secret must be {PREIMAGE_LENGTH} bytes "
+                                 "whose sha256 is the trade's hashlock")
             if not policy.delivery_claim_is_safe(state.business_time,
                                                  state.delivery.lock.timelock):
                 raise InvalidTransition(state.phase, "take delivery (too close to T_deliver to "
                                                      "be final in time) of")
-            step.state = replace(state, flags=_add(state.flags, "take_delivery"))
+            if not _seller_can_still_be_paid(state, policy):
+                raise InvalidTransition(state.phase, "take delivery (the payment could no "
+                                                     "longer be claimed for the seller) of")
+            step.state = replace(state, flags=_add(state.flags, "take_delivery"),
+                                 buyer_secret=inp.secret)
         case ActionProposeTrade():
             raise InvalidTransition(state.phase, "propose again")
         case ContractReceivePaymentLocked():
@@ -431,6 +437,31 @@ def state_transition(state: TradeState, inp: Input,
         step.events.insert(0, EventPhaseChanged(state.trade_id, state.phase, step.state.phase))
     check_invariants(state, step.state)
     return step.state, step.events + effects
+
+
+def opens(secret: bytes | None, hashlock: bytes) -> bool:
+    """A preimage the contracts accept for this hashlock: exactly 32 bytes, sha256."""
+    return secret is not None and len(secret) == PREIMAGE_LENGTH and \
+        hashlib.sha256(secret).digest() == hashlock
+
+
+def _seller_can_still_be_paid(s: TradeState, policy: TimingPolicy) -> bool:
+    """The payment is claimed, or open with time left to claim it and see the claim final."""
+    pay = s.payment
+    return pay is not None and (pay.status is LegStatus.CLAIMED or (
+        pay.status is LegStatus.OPEN and policy.claim_is_safe(s.payment_time,
+                                                              pay.lock.timelock)))
+
+
+def _seller_is_safe_to_deliver(s: TradeState, policy: TimingPolicy) -> bool:
+    """Locking the title now leaves the seller paid even if the buyer takes delivery at the
+    last business block before T_deliver: the payment chain then still has a claim's lead
+    time before T_pay (both clocks assumed to run at the same pace from here)."""
+    pay, t = s.payment, s.terms
+    return pay is not None and pay.status is LegStatus.OPEN and \
+        policy.delivery_claim_is_safe(s.business_time, t.t_deliver) and \
+        (t.t_pay - s.payment_time) - (t.t_deliver - s.business_time) >= \
+        policy.claim_lead_time and policy.claim_is_safe(s.payment_time, pay.lock.timelock)
 
 
 def _add(flags: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -526,9 +557,14 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
                 return
             s = replace(s, payment=replace(s.payment, status=status))
         else:
-            s = replace(s, rejected_payments=tuple(
-                replace(leg, status=status) if leg.lock_id == lock_id else leg
-                for leg in s.rejected_payments))
+            legs = []
+            for leg in s.rejected_payments:
+                if leg.lock_id == lock_id and leg.status is LegStatus.OPEN:
+                    leg = replace(leg, status=status)
+                elif leg.lock_id == lock_id and leg.status is not status:
+                    s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+                legs.append(leg)
+            s = replace(s, rejected_payments=tuple(legs))
     elif s.delivery is not None and s.delivery.lock_id == lock_id:
         if s.delivery.status is not LegStatus.OPEN:
             if s.delivery.status is not status:
@@ -542,7 +578,7 @@ def _phase_for(s: TradeState) -> Phase:
     """The phase the facts put the trade in (only ever called to move forward)."""
     pay = s.payment.status if s.payment else None
     dlv = s.delivery.status if s.delivery else None
-    if s.phase in (Phase.CANCELLED, Phase.REJECTED, Phase.EXPIRED):
+    if s.phase in FINAL_PHASES:
         return s.phase
     if s.phase is Phase.PROPOSED:
         # Locks seen before the counterparty accepted do not make an agreement: nothing is
@@ -637,7 +673,8 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
             wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
                                                     s.preimage))
         elif "take_delivery" in s.flags and s.buyer_secret is not None and \
-                policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock):
+                policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock) and \
+                _seller_can_still_be_paid(s, policy):
             # The managed buyer's private secret goes out only if the claim will be mined and
             # final before T_deliver: a late claim would publish it for nothing.
             wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
@@ -647,7 +684,7 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
             policy.leaves_time(s.payment_time, t.t_deliver):
         wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
-            policy.delivery_claim_is_safe(s.business_time, t.t_deliver):
+            _seller_is_safe_to_deliver(s, policy):
         wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
     return wanted, notes
 

@@ -79,8 +79,7 @@ class World:
                       t_deliver, t_deliver + margin)
         trade = Trade(new_secret(), secret, terms)
         self.gateway.dispatcher.propose(ActionProposeTrade(
-            trade.trade_id, terms, managed_buyer=managed_buyer, managed_seller=managed_seller,
-            buyer_secret=secret if managed_buyer else None))
+            trade.trade_id, terms, managed_buyer=managed_buyer, managed_seller=managed_seller))
         self.gateway.dispatcher.apply_action(ActionAcceptTrade(trade.trade_id))
         return trade
 

@@ -147,8 +147,7 @@ class TradeMachine(RuleBasedStateMachine):
                            t_deliver=t_deliver, t_pay=t_deliver + POLICY.required_margin + slack)
         self.managed_buyer, self.managed_seller = managed_buyer, managed_seller
         self.state, effects = new_trade(ActionProposeTrade(
-            TRADE_ID, self.terms, managed_buyer, managed_seller,
-            SECRET if managed_buyer else None), POLICY)
+            TRADE_ID, self.terms, managed_buyer, managed_seller), POLICY)
         assert not [e for e in effects if isinstance(e, ContractSend)]
         for chain in (PAYMENT, BUSINESS):
             self.feed(Block(chain, 1, T0))
@@ -216,10 +215,28 @@ class TradeMachine(RuleBasedStateMachine):
         return status is CLAIMED or (status is OPEN and s.payment_time < s.payment.lock.timelock)
 
     def own_delivery_claim(self, s: TradeState, lock: DeliveryLock) -> bool:
-        """A managed buyer's delivery claim with its own secret is wanted (rule 4). Known bug:
-        whether the seller can still be paid is not asked."""
+        """A managed buyer's delivery claim with its own secret is wanted (rule 4), while the
+        seller can still be paid in time (rule 1)."""
         return self.managed_buyer and "take_delivery" in s.flags and \
-            POLICY.delivery_claim_is_safe(s.business_time, lock.timelock)
+            POLICY.delivery_claim_is_safe(s.business_time, lock.timelock) and \
+            self.seller_paid_in_time(s)
+
+    @staticmethod
+    def seller_paid_in_time(s: TradeState) -> bool:
+        """The payment is claimed, or open with a claim's lead time left before T_pay."""
+        pay = s.payment
+        return pay is not None and (pay.status is CLAIMED or (
+            pay.status is OPEN and POLICY.claim_is_safe(s.payment_time, pay.lock.timelock)))
+
+    def safe_to_deliver(self, s: TradeState) -> bool:
+        """A managed seller locks the title only if a reveal at the last moment before
+        T_deliver still leaves the payment claim its lead time before T_pay."""
+        t = self.terms
+        return s.payment is not None and s.payment.status is OPEN and \
+            POLICY.delivery_claim_is_safe(s.business_time, t.t_deliver) and \
+            POLICY.claim_is_safe(s.payment_time, t.t_pay) and \
+            (t.t_pay - s.payment_time) - (t.t_deliver - s.business_time) >= \
+            POLICY.claim_lead_time
 
     def check_at_risk(self, e: EventClaimAtRisk, after: TradeState,
                       sends: list[ContractSend]) -> None:
@@ -270,7 +287,7 @@ class TradeMachine(RuleBasedStateMachine):
                 assert self.managed_seller
                 assert after.phase is Phase.PAYMENT_LOCKED and after.payment is not None
                 assert e.lock == self.terms.expected_delivery_lock(TRADE_ID)
-                assert POLICY.delivery_claim_is_safe(after.business_time, self.terms.t_deliver)
+                assert self.safe_to_deliver(after)
 
     def mine(self, chain: Chain, at: int, *logs: Input) -> None:
         """A new block on `chain` at timestamp `at` holding `logs`: logs first, then the block."""
@@ -292,14 +309,6 @@ class TradeMachine(RuleBasedStateMachine):
     def create_lock(self, chain: Chain, lock: PaymentLock | DeliveryLock, dt: int) -> None:
         at = self.now[chain] + dt
         if at >= lock.timelock:  # TimelockNotInFuture: the transaction reverts, no log
-            self.mine(chain, at)
-            return
-        s = self.state
-        if chain is BUSINESS and s.phase is Phase.SETTLED and s.delivery is None and \
-                lock == self.terms.expected_delivery_lock(TRADE_ID):
-            # Known bug (test_delivery_lock_after_a_settlement_without_one_is_no_crash): the
-            # machine raises InvariantViolated on this log. Not explored: the seller does not
-            # lock after all.
             self.mine(chain, at)
             return
         lock_id = self.new_lock_id()
@@ -389,8 +398,9 @@ class TradeMachine(RuleBasedStateMachine):
         s = self.state
         allowed = self.managed_buyer and s.phase is Phase.DELIVERY_LOCKED and \
             s.delivery is not None and s.delivery.status is OPEN and \
-            POLICY.delivery_claim_is_safe(s.business_time, s.delivery.lock.timelock)
-        self.act(ActionTakeDelivery(TRADE_ID), allowed)
+            POLICY.delivery_claim_is_safe(s.business_time, s.delivery.lock.timelock) and \
+            self.seller_paid_in_time(s)
+        self.act(ActionTakeDelivery(TRADE_ID, SECRET), allowed)
         if allowed:  # the claim carries the buyer's secret, asked for now or already pending
             key = f"delivery_claim:{s.delivery.lock_id.hex()}"
             assert key in self.state.pending
@@ -654,7 +664,7 @@ class TradeMachine(RuleBasedStateMachine):
                 assert POLICY.leaves_time(s.payment_time, self.terms.t_deliver)
             elif kind == "delivery_lock":
                 assert s.phase is Phase.PAYMENT_LOCKED and s.delivery is None
-                assert POLICY.delivery_claim_is_safe(s.business_time, self.terms.t_deliver)
+                assert self.safe_to_deliver(s)
         if s.phase in (Phase.CANCELLED, Phase.REJECTED, Phase.EXPIRED):
             assert not {"payment_lock", "delivery_lock"} & s.pending
 

@@ -132,7 +132,7 @@ def refunded(chain: Chain, lid: bytes) -> ContractReceiveRefunded:
 # --- inputs ---------------------------------------------------------------------------------
 
 ACCEPT, CANCEL, TAKE = (ActionAcceptTrade(TRADE_ID), ActionCancelTrade(TRADE_ID),
-                        ActionTakeDelivery(TRADE_ID))
+                        ActionTakeDelivery(TRADE_ID, SECRET))
 PAY_OK = pay_locked(PAY_ID)
 PAY_SECOND = pay_locked(PAY2_ID, n=2)
 AMOUNT_LOCK = replace(PAY_LOCK, amount=AMOUNT + 1)
@@ -219,8 +219,7 @@ def run(state: TradeState, *inputs: Input) -> TradeState:
 def propose(managed_buyer: bool = False, managed_seller: bool = False,
             terms: Terms = TERMS) -> TradeState:
     """A proposed trade whose chains both stand at T0."""
-    action = ActionProposeTrade(TRADE_ID, terms, managed_buyer, managed_seller,
-                                SECRET if managed_buyer else None)
+    action = ActionProposeTrade(TRADE_ID, terms, managed_buyer, managed_seller)
     state, effects = new_trade(action, POLICY)
     assert effects == [EventPhaseChanged(TRADE_ID, None, Phase.PROPOSED)]
     return run(state, Block(PAYMENT, 1, T0), Block(BUSINESS, 1, T0))
@@ -230,12 +229,6 @@ def trade_in(phase: str, managed_buyer: bool = False, managed_seller: bool = Fal
     state = run(propose(managed_buyer, managed_seller), *BUILD[phase])
     assert state.phase is Phase(phase)
     return state
-
-
-def known_bug(reason: str,
-              raises: type[BaseException] = AssertionError) -> pytest.MarkDecorator:
-    """A bug in gateway/domain, reported and left unfixed: the test shows it and must fail."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason="BUG: " + reason)
 
 
 def sends(effects: list[Effect]) -> list[ContractSend]:
@@ -531,11 +524,6 @@ def test_pending_take_delivery_is_forgotten_once_it_could_not_be_final() -> None
     assert out == [DLV_REFUND] and state.preimage is None
 
 
-@known_bug("ActionTakeDelivery and the take_delivery branch of _wanted check only the business "
-           "clock (rule 4), not the tie of rule 1: with the payment chain at T_pay the gateway "
-           "claims the title with the managed buyer's secret while the buyer's payment refund "
-           "is pending in the same state. The buyer gets the title and the payment back; the "
-           "seller learns the secret too late to be paid.")
 @pytest.mark.parametrize("public", [False, True], ids=["private-secret", "after-a-reorg"])
 def test_managed_buyer_takes_no_delivery_once_the_seller_can_no_longer_be_paid(
         public: bool) -> None:
@@ -969,9 +957,6 @@ def test_contradictory_claim_does_not_pay_the_seller_for_a_refunded_delivery() -
     assert not any(k.startswith("payment_claim") for k in state.pending)
 
 
-@known_bug("_on_exit checks the first exit of the trade's payment and delivery legs only: a "
-           "rejected payment leg takes whatever exit is logged last, so a claim log after its "
-           "refund turns it CLAIMED and no contradictory_exit flag is added (rule 2).")
 def test_contradictory_exit_of_a_rejected_payment_lock_is_ignored_and_flagged() -> None:
     state = run(trade_in("rejected"), PAY_AT, refunded(PAYMENT, PAY_BENEFICIARY_ID))
     assert state.rejected_payments[0].status is LegStatus.REFUNDED
@@ -1062,10 +1047,6 @@ def test_pending_delivery_lock_is_forgotten_once_the_buyer_would_have_no_time() 
     assert step(state, BIZ_AT)[1] == [DLV_REFUND]
 
 
-@known_bug("rule 7 checks only the business clock: the managed seller's delivery lock is asked "
-           "for (and kept pending) while the buyer's payment can no longer be claimed, even "
-           "with the payment refund pending in the same state. A self-custody buyer then claims "
-           "the title with its secret and takes its payment back.")
 @pytest.mark.parametrize("when", ["lock-pending-at-t_pay", "accepted-at-t_pay-1"])
 def test_managed_seller_locks_no_title_once_the_payment_cannot_be_claimed(when: str) -> None:
     if when == "lock-pending-at-t_pay":
@@ -1120,11 +1101,6 @@ def test_trade_whose_legs_all_exited_ends_final(inputs: tuple[Input, ...], final
     assert out == [EventPhaseChanged(TRADE_ID, before, Phase(final))]
 
 
-@known_bug("a trade SETTLED by rule 5 without a delivery leg (payment claimed, no delivery "
-           "lock) is not kept final by _phase_for: a matching delivery lock logged afterwards "
-           "(the business chain is still before T_deliver, e.g. a managed seller's lock "
-           "transaction mined late) moves it back to DELIVERED and check_invariants raises "
-           "InvariantViolated from a chain input.")
 def test_delivery_lock_after_a_settlement_without_one_is_no_crash() -> None:
     state = run(propose(), ACCEPT, PAY_OK, REVEAL, CLAIM_PAY, PAY_AT)
     assert state.phase is Phase.SETTLED and state.delivery is None
@@ -1273,13 +1249,18 @@ def test_every_problem_is_listed() -> None:
     assert [f for f, _ in terms_problems(terms, POLICY)] == ["amount", "hashlock", "t_pay"]
 
 
-def test_buyer_secret_must_open_the_hashlock() -> None:
-    with pytest.raises(ValueError, match="buyer_secret"):
-        new_trade(ActionProposeTrade(TRADE_ID, TERMS, managed_buyer=True,
-                                     buyer_secret=OTHER_SECRET), POLICY)
-    state, _ = new_trade(ActionProposeTrade(TRADE_ID, TERMS, managed_buyer=True,
-                                            buyer_secret=SECRET), POLICY)
-    assert state.buyer_secret == SECRET and state.preimage is None
+def test_buyer_secret_enters_the_state_only_with_take_delivery() -> None:
+    """No stored state holds a managed buyer's secret while the seller could still use it to
+    be paid without delivering: it comes with the take-delivery action, and only then."""
+    state = trade_in("delivery_locked", managed_buyer=True)
+    assert state.buyer_secret is None
+    with pytest.raises(ValueError, match="secret must be 32 bytes"):
+        step(state, ActionTakeDelivery(TRADE_ID, OTHER_SECRET))
+    with pytest.raises(ValueError, match="secret must be 32 bytes"):
+        step(state, ActionTakeDelivery(TRADE_ID))
+    after, _ = step(state, TAKE)
+    assert after.buyer_secret == SECRET and after.preimage is None
+    assert "SECRET" not in repr(TAKE) and SECRET.hex() not in repr(TAKE)
 
 
 @pytest.mark.parametrize("secret", [b"too short", SECRET[:31], SECRET + b"\x00", b"",
@@ -1289,9 +1270,10 @@ def test_buyer_secret_of_the_wrong_length_is_refused(secret: bytes) -> None:
     its sha256 is the hashlock."""
     terms = replace(TERMS, hashlock=sha256(secret))
     assert terms_problems(terms, POLICY) == []
-    with pytest.raises(ValueError, match="^buyer_secret: must be 32 bytes"):
-        new_trade(ActionProposeTrade(TRADE_ID, terms, managed_buyer=True, buyer_secret=secret),
-                  POLICY)
+    state = trade_in("delivery_locked", managed_buyer=True)
+    state = replace(state, terms=terms)
+    with pytest.raises(ValueError, match="^take delivery: the secret must be 32 bytes"):
+        step(state, ActionTakeDelivery(TRADE_ID, secret))
 
 
 def test_new_trade_starts_proposed() -> None:
@@ -1342,7 +1324,7 @@ def roundtrip(tp: Any, value: Any) -> Any:
 
 def rich_state() -> TradeState:
     state = run(propose(managed_buyer=True, managed_seller=True), ACCEPT, PAY_OK, PAY_AMOUNT,
-                PAY_FOREIGN, DLV_BAD, DLV_OK, TAKE, PAY_LAST)
+                PAY_FOREIGN, DLV_BAD, DLV_OK, TAKE)
     assert state.pending and state.flags and state.rejected_payments and state.buyer_secret
     return state
 
@@ -1362,7 +1344,7 @@ def test_codec_round_trips_trade_states() -> None:
 
 
 ALL_INPUTS = [
-    ActionProposeTrade(TRADE_ID, TERMS, True, True, SECRET), ActionProposeTrade(TRADE_ID, TERMS),
+    ActionProposeTrade(TRADE_ID, TERMS, True, True), ActionProposeTrade(TRADE_ID, TERMS),
     ACCEPT, CANCEL, TAKE, PAY_OK, PAY_FOREIGN, DLV_OK, DLV_BAD, CLAIM_DLV, CLAIM_PAY,
     REFUND_DLV, REFUND_PAY, REVEAL, PAY_AT, BIZ_AT,
 ]
