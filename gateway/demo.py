@@ -40,9 +40,7 @@ def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool =
     enterprises = demo["enterprises"]
     buyer, seller = enterprises["buyer"], enterprises["seller"]
     titles = seller["titles"]
-    me = api.call("GET", "/v1/me", api.buyer_key)
-    say(f"buyer  {me['name']} {me['payment_address']}: "
-        f"{int(me['balances']['payment_token']) / 100:,.2f} in payment tokens")
+    _balances(api, say)
     results = []
     scenarios = [("settles", True)] + ([("refunds", False)] if refund else [])
     used = {t["token_id"] for t in _list(api, api.seller_key)}
@@ -50,7 +48,7 @@ def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool =
     if len(free) < len(scenarios):
         raise DemoFailed("the demo seller has no unused title left: restart `dvp-gateway run`")
     for (name, perform), title in zip(scenarios, free, strict=False):
-        say(f"\n== trade that {name}: title #{title['token_id']} for 1,234.56 ==")
+        say(f"\n== trade that {name}: title #{title['token_id']} for {money(123456)} ==")
         clock = api.call("GET", "/v1/clock", seller["api_key"])
         chain_now = int(clock["chain_time"])
         # Deadlines by chain time: a short delivery window so the refund is quick to watch,
@@ -77,9 +75,28 @@ def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool =
         else:
             say("buyer does nothing: waiting for the deadlines to pass (chain time)")
             final = _wait(api, trade_id, {"payment_refunded", "expired"}, say, timeout)
-        _timeline(final, say)
+        _timeline(final, say, {demo.get("payment_chain_id"): "payment",
+                               demo.get("business_chain_id"): "business"})
         results.append(final)
+    say("")
+    _balances(api, say)
     return results
+
+
+def money(units: int) -> str:
+    """Integer base units of the 2-decimal demo currency, exactly (no floats)."""
+    sign = "-" if units < 0 else ""
+    units = abs(units)
+    return f"{sign}{units // 100:,}.{units % 100:02d}"
+
+
+def _balances(api: Api, say: Callable[[str], None]) -> None:
+    for role, key in (("buyer ", api.buyer_key), ("seller", api.seller_key)):
+        me = api.call("GET", "/v1/me", key)
+        balances = me.get("balances") or {}
+        say(f"{role} {me['name']} {me['payment_address']}: "
+            f"{money(int(balances.get('payment_token', 0)))} in payment tokens, "
+            f"{balances.get('title_documents', 0)} title document(s)")
 
 
 def _list(api: Api, key: str) -> list[dict]:
@@ -102,15 +119,15 @@ def _wait(api: Api, trade_id: str, phases: set[str], say: Callable[[str], None],
     raise DemoFailed(f"trade {trade_id} did not reach {sorted(phases)} in {timeout} s")
 
 
-def _timeline(trade: dict, say: Callable[[str], None]) -> None:
-    names = {}
+def _timeline(trade: dict, say: Callable[[str], None], names: dict) -> None:
     say("  timeline:")
     for event in trade.get("timeline") or []:
-        where = ""
+        where = "API "
         if event.get("block_number") is not None:
-            chain = names.setdefault(event["chain_id"], str(event["chain_id"]))
-            where = f"chain {chain} block {event['block_number']} tx {event['tx_hash'][:14]}… "
+            chain = names.get(event["chain_id"]) or "chain"
+            where = (f"{chain} chain {event['chain_id']} block {event['block_number']} "
+                     f"tx {event['tx_hash'][:14]}… ")
         detail = event["detail"]
-        what = (f"{detail.get('old')} -> {detail.get('new')}"
+        what = (f"{detail.get('old') or 'new'} -> {detail.get('new')}"
                 if event["kind"] == "EventPhaseChanged" else event["kind"])
         say(f"    {where}{what}")

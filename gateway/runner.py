@@ -132,7 +132,8 @@ def create_demo_enterprises(system: System) -> dict:
     devnet = system.devnet
     issuer = devnet.account(ISSUER)
     out = {"payment_token": devnet.info.payment.token, "titles": devnet.info.business.titles,
-           "enterprises": {}}
+           "payment_chain_id": devnet.info.payment.chain_id,
+           "business_chain_id": devnet.info.business.chain_id, "enterprises": {}}
     with system.gateway.session_factory.begin() as session:
         buyer, buyer_key = create_enterprise(session, "Demo Buyer", managed=True,
                                              cipher=system.ctx.cipher)
@@ -156,8 +157,10 @@ def create_demo_enterprises(system: System) -> dict:
                           "document_hash": "0x" + doc.hex()})
     out["enterprises"] = {
         "buyer": {"id": buyer.id, "name": buyer.name, "api_key": buyer_key,
-                  "payment_address": buyer.payment_address},
+                  "payment_address": buyer.payment_address,
+                  "business_address": buyer.business_address},
         "seller": {"id": seller.id, "name": seller.name, "api_key": seller_key,
+                   "payment_address": seller.payment_address,
                    "business_address": seller.business_address, "titles": documents},
     }
     return out
