@@ -475,7 +475,6 @@ def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
     from web3 import HTTPProvider, Web3
 
     from gateway.chain.client import ChainClient
-    from gateway.contracts import load_artifact
 
     needed = ["payment_rpc_url", "business_rpc_url", "payment_htlc", "delivery_htlc"]
     missing = [n for n in needed + (["relayer_key"] if relayer else [])
@@ -494,15 +493,20 @@ def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
         if actual != expected:
             _fail(f"{name} chain at {url} has chain id {actual}, expected {expected} "
                   f"(DVP_{name.upper()}_CHAIN_ID)")
-        clients[name] = ChainClient(w3, actual, name)
-    for name, client, address, artifact in (
-            ("payment", clients["payment"], settings.payment_htlc, "PaymentHTLC"),
-            ("business", clients["business"], settings.delivery_htlc, "DeliveryHTLC")):
-        code = bytes(client.w3.eth.get_code(address))
-        expected_len = (len(load_artifact(artifact).deployed_bytecode) - 2) // 2
-        if len(code) != expected_len:
-            _fail(f"{address} on the {name} chain is not a {artifact} of this release "
-                  f"({len(code)} bytes of code, expected {expected_len})")
+        clients[name] = ChainClient(w3, actual, name, fee_cap=settings.max_fee_per_gas,
+                                    priority_fee=settings.priority_fee_per_gas)
+    if clients["payment"].chain_id == clients["business"].chain_id:
+        _fail(f"both chains report chain id {clients['payment'].chain_id}: the payment and "
+              "business chains must be distinct networks")
+    from gateway.chain.verify import WrongContractError, verify_contract
+
+    for client, address, artifact in (
+            (clients["payment"], settings.payment_htlc, "PaymentHTLC"),
+            (clients["business"], settings.delivery_htlc, "DeliveryHTLC")):
+        try:
+            verify_contract(client, address, artifact)  # type: ignore[arg-type]
+        except WrongContractError as exc:
+            _fail(str(exc))
     return clients
 
 
@@ -529,6 +533,7 @@ def _rpc_gateway(settings: Settings):  # noqa: ANN202
     from eth_account import Account
 
     from gateway.engine.build import build_gateway
+    from gateway.engine.executor import SendPolicy
 
     clients = _rpc_clients(settings, relayer=True)
     try:
@@ -543,7 +548,8 @@ def _rpc_gateway(settings: Settings):  # noqa: ANN202
         policy=settings.timing_policy(), payment_confirmations=settings.payment_confirmations,
         business_confirmations=settings.business_confirmations,
         start_blocks=(settings.payment_start_block, settings.business_start_block),
-        max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder))
+        max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder),
+        send_policy=SendPolicy(settings.tx_replace_after, settings.fee_bump_percent))
     return gateway
 
 

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     poll_interval: float = Field(2.0, gt=0, le=600)
     claim_batch_size: int = Field(50, ge=1, le=200)
 
+    # Transaction fees (EIP-1559, wei): offered 2 x base fee + priority, never above the cap.
+    max_fee_per_gas: int = Field(500 * 10**9, gt=0)
+    priority_fee_per_gas: int | None = Field(None, ge=0)  # None: the node's suggestion
+    fee_bump_percent: int = Field(12, ge=10, le=1000)  # replacement at the same nonce
+    tx_replace_after: float = Field(60.0, ge=0)  # seconds unmined before a fee bump
+
     @field_validator("payment_htlc", "delivery_htlc")
     @classmethod
     def _address(cls, value: str | None) -> str | None:

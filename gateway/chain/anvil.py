@@ -8,6 +8,9 @@ Rules:
   per-block state under `$HOME/.foundry/anvil/tmp` (gigabytes under load). The directory is
   removed when the node stops. `--prune-history` is not used: it makes `anvil_reorg` fail.
 - Only the process started here is ever signalled, by its pid; stopping waits for it to exit.
+  On Linux the node also gets a parent-death signal, so a SIGKILLed owner (the thread that
+  started it, in fact: start nodes from a long-lived thread) leaves no node running; its
+  directory is swept by the next node started on the machine.
 - A node may be restarted on the same port with its state kept (`--state` file, dumped on a
   clean stop and every `state_interval` seconds), which is how a crash-and-restart is tested.
 - The development accounts are eth-tester's default keys (private keys 1..10), funded with
@@ -22,6 +25,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,8 +45,41 @@ DEV_BALANCE = 10**6 * 10**18
 START_TIMEOUT = 20.0
 
 
+WORKDIR_PREFIX = "dvp-anvil-"
+OWNER_FILE = "owner.pid"
+
+
 class AnvilError(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_orphaned_workdirs() -> None:
+    """Remove node directories whose owning process is gone (it was killed before it could
+    clean up). Directories of live processes, ours or others', are left alone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def anvil_binary() -> Path:
@@ -79,7 +116,9 @@ class AnvilNode:
         self.state_interval = state_interval
         self.extra_args = extra_args
         self.port = 0
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"dvp-anvil-{chain_id}-"))
+        _sweep_orphaned_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{chain_id}-"))
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         self.process: subprocess.Popen[str] | None = None
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._listening = threading.Event()
@@ -116,9 +155,12 @@ class AnvilNode:
             raise AnvilError(f"anvil (chain {self.chain_id}) is already running")
         self._listening.clear()
         env = {**os.environ, "HOME": str(self.workdir), "NO_COLOR": "1"}
+        # Its own session (a Ctrl-C to the terminal reaches only us, and we stop it), and it
+        # dies with us even if we are SIGKILLed (Linux parent-death signal).
         self.process = subprocess.Popen(self._args(), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        text=True, bufsize=1, start_new_session=True)
+                                        text=True, bufsize=1, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         threading.Thread(target=self._read_output, args=(self.process,), daemon=True,
                          name=f"anvil-{self.chain_id}").start()
         if not self._listening.wait(START_TIMEOUT) or not self.running():

@@ -4,6 +4,14 @@ Transactions are signed locally (eth-account with coincurve) and carry explicit 
 web3's automatic estimation replays each transaction several times, which on py-evm costs more
 than the transaction itself. Nonces are tracked per key in this process. Receipts come back as
 our own frozen types, so no HexBytes/AttributeDict leaves this package.
+
+Fees (EIP-1559, type-2 transactions only): `suggest_fees()` asks the node for the latest base
+fee and a priority fee (or uses the configured one) and offers `2 x base + priority`, never more
+than the configured cap. `bumped()` raises both fields by at least the bump percentage (>= 10%,
+what geth requires of a replacement at the same nonce), and at least to the current suggestion;
+it answers None when the cap leaves no room, so a caller never loops on a replacement the node
+must refuse. `classify_send_error()` names a node's refusal (already known, nonce too low,
+underpriced, unavailable) for eth-tester's and JSON-RPC nodes' wording alike.
 """
 
 from __future__ import annotations
@@ -24,6 +32,76 @@ from gateway.contracts import Artifact
 
 DEFAULT_MAX_FEE_PER_GAS = 100 * 10**9
 DEFAULT_PRIORITY_FEE_PER_GAS = 10**9
+DEFAULT_FEE_CAP = 500 * 10**9
+MIN_BUMP_PERCENT = 10
+
+
+@dataclass(frozen=True)
+class Fees:
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+    def at_least(self, percent: int, than: Fees) -> bool:
+        """Both fields at least `percent` above `than`'s (integer wei, rounded up)."""
+        return (self.max_fee_per_gas >= _raise(than.max_fee_per_gas, percent) and
+                self.max_priority_fee_per_gas >= _raise(than.max_priority_fee_per_gas, percent))
+
+
+def _raise(value: int, percent: int) -> int:
+    return (value * (100 + percent) + 99) // 100
+
+
+@dataclass(frozen=True)
+class SignedFields:
+    """What a signed type-2 transaction says, read back from its raw bytes."""
+
+    chain_id: int
+    nonce: int
+    fees: Fees
+    gas: int
+    to: str | None
+    value: int
+    data: bytes
+
+
+def decode_signed(raw: bytes) -> SignedFields:
+    import rlp
+
+    if not raw or raw[0] != 2:
+        raise ValueError("not an EIP-1559 (type 2) transaction")
+    fields = rlp.decode(raw[1:])
+    chain_id, nonce, prio, max_fee, gas = (int.from_bytes(f, "big") for f in fields[:5])
+    to = to_checksum_address(fields[5]) if fields[5] else None
+    return SignedFields(chain_id, nonce, Fees(max_fee, prio), gas, to,
+                        int.from_bytes(fields[6], "big"), bytes(fields[7]))
+
+
+SEND_KNOWN, SEND_NONCE_TOO_LOW, SEND_UNDERPRICED, SEND_UNAVAILABLE, SEND_REJECTED = (
+    "known", "nonce_too_low", "underpriced", "unavailable", "rejected")
+
+
+def classify_send_error(exc: BaseException) -> str:
+    """Why a node refused `eth_sendRawTransaction`, in one word (see the SEND_* names)."""
+    import re
+
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
+                        TimeoutError)):
+        return SEND_UNAVAILABLE
+    message = str(exc).lower()
+    if "already known" in message or "already imported" in message or \
+            "known transaction" in message:
+        return SEND_KNOWN
+    if "nonce too low" in message or "nonce is too low" in message:
+        return SEND_NONCE_TOO_LOW
+    found = re.search(r"invalid transaction nonce: expected (\d+), but got (\d+)", message)
+    if found and int(found.group(2)) < int(found.group(1)):  # eth-tester
+        return SEND_NONCE_TOO_LOW
+    if "underpriced" in message or "fee too low" in message or "less than block base fee" \
+            in message or "max fee per gas less than" in message:
+        return SEND_UNDERPRICED
+    return SEND_REJECTED
 
 
 @dataclass(frozen=True)
@@ -112,13 +190,52 @@ def decode_revert(data: bytes, abi: list[dict[str, Any]]) -> RevertError:
 class ChainClient:
     """One chain: a Web3 connection and the local nonce of every key that sends through it."""
 
-    def __init__(self, w3: Web3, chain_id: int, name: str = "") -> None:
+    def __init__(self, w3: Web3, chain_id: int, name: str = "", *,
+                 fee_cap: int = DEFAULT_FEE_CAP, priority_fee: int | None = None) -> None:
         self.w3 = w3
         self.chain_id = chain_id
         self.name = name or str(chain_id)
         self._nonces: dict[str, int] = {}
+        # Fixed fees of `sign`/`transact` (the development tools' path).
         self.max_fee_per_gas = DEFAULT_MAX_FEE_PER_GAS
         self.priority_fee_per_gas = DEFAULT_PRIORITY_FEE_PER_GAS
+        # The relayer's path: fees from the node, capped (`suggest_fees`, `bumped`).
+        self.fee_cap = fee_cap
+        self.priority_fee = priority_fee
+
+    def suggest_fees(self) -> Fees:
+        """`2 x latest base fee + priority`, capped; the priority fee is the configured one or
+        the node's suggestion (`eth_maxPriorityFeePerGas`)."""
+        base = self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        priority = self.priority_fee
+        if priority is None:
+            try:
+                priority = int(self.w3.eth.max_priority_fee)
+            except Exception:  # noqa: BLE001 - a node without the method
+                priority = DEFAULT_PRIORITY_FEE_PER_GAS
+        max_fee = min(self.fee_cap, 2 * base + priority)
+        return Fees(max_fee, min(priority, max_fee))
+
+    def bumped(self, previous: Fees, percent: int = 12) -> Fees | None:
+        """Fees for a replacement of a transaction priced at `previous`: both fields at least
+        `percent` (>= 10) higher and at least the current suggestion; None if the cap does not
+        allow a valid replacement."""
+        percent = max(percent, MIN_BUMP_PERCENT)
+        now = self.suggest_fees()
+        max_fee = min(self.fee_cap, max(_raise(previous.max_fee_per_gas, percent),
+                                        now.max_fee_per_gas))
+        priority = min(max_fee, max(_raise(previous.max_priority_fee_per_gas, percent),
+                                    now.max_priority_fee_per_gas))
+        fees = Fees(max_fee, priority)
+        return fees if fees.at_least(MIN_BUMP_PERCENT, previous) else None
+
+    def is_known(self, tx_hash: bytes) -> bool:
+        """Does the node know the transaction (pending in its pool, or mined)?"""
+        try:
+            self.w3.eth.get_transaction(tx_hash)
+            return True
+        except TransactionNotFound:
+            return False
 
     def contract(self, address: str, artifact: Artifact) -> Contract:
         return self.w3.eth.contract(address=to_checksum_address(address), abi=artifact.abi)
@@ -148,12 +265,15 @@ class ChainClient:
         return raw
 
     def sign_with_nonce(self, account: LocalAccount, *, to: str, data: bytes | str, gas: int,
-                        nonce: int, value: int = 0) -> bytes:
-        """Sign with an explicit nonce (the caller manages nonces, e.g. from its database)."""
+                        nonce: int, value: int = 0, fees: Fees | None = None) -> bytes:
+        """Sign with an explicit nonce (the caller manages nonces, e.g. from its database)
+        and explicit fees (default: the fixed development fees)."""
+        fees = fees or Fees(self.max_fee_per_gas, self.priority_fee_per_gas)
         tx: dict[str, Any] = {
             "chainId": self.chain_id, "nonce": nonce, "gas": gas, "value": value, "data": data,
-            "maxFeePerGas": self.max_fee_per_gas,
-            "maxPriorityFeePerGas": self.priority_fee_per_gas, "to": to_checksum_address(to),
+            "maxFeePerGas": fees.max_fee_per_gas,
+            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            "to": to_checksum_address(to),
         }
         return bytes(account.sign_transaction(tx).raw_transaction)
 

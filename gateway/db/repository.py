@@ -36,6 +36,20 @@ class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    # --- coordination ---------------------------------------------------------------------
+
+    def lock_trade_writes(self) -> None:
+        """Serialise the writers of trade state (the dispatcher) across processes: the first
+        statement of each of their transactions. PostgreSQL: a transaction-level advisory
+        lock, released at commit or rollback; SQLite has a single writer already. See
+        `gateway.db.locks`."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy import func
+
+            from gateway.db.locks import TRADE_WRITES
+
+            self.session.execute(select(func.pg_advisory_xact_lock(TRADE_WRITES)))
+
     # --- trades ---------------------------------------------------------------------------
 
     def get_trade(self, trade_id: bytes) -> TradeState | None:

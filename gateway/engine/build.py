@@ -17,7 +17,7 @@ from gateway.db.session import make_engine, make_session_factory
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import Chain
 from gateway.engine.dispatcher import Dispatcher
-from gateway.engine.executor import ChainEndpoint, Executor
+from gateway.engine.executor import ChainEndpoint, Executor, SendPolicy
 from gateway.engine.relayer import Relayer
 
 
@@ -42,7 +42,8 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
                   managed_keys: dict[str, LocalAccount] | None = None,
                   policy: TimingPolicy | None = None, payment_confirmations: int = 0,
                   business_confirmations: int = 0, start_blocks: tuple[int, int] = (0, 0),
-                  max_batch: int = 50, key_lookup=None) -> Gateway:  # noqa: ANN001
+                  max_batch: int = 50, key_lookup=None,  # noqa: ANN001
+                  send_policy: SendPolicy | None = None) -> Gateway:
     if payment.chain_id == business.chain_id:
         raise ValueError(f"both chains report chain id {payment.chain_id}")
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
@@ -64,6 +65,7 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
     executor = Executor(session_factory, {
         Chain.PAYMENT: ChainEndpoint(Chain.PAYMENT, payment, payment_htlc=pay_proxy),
         Chain.BUSINESS: ChainEndpoint(Chain.BUSINESS, business, delivery_htlc=dlv_proxy),
-    }, relayer_key, managed_keys, max_batch=max_batch, key_lookup=key_lookup)
+    }, relayer_key, managed_keys, max_batch=max_batch, key_lookup=key_lookup,
+        send_policy=send_policy)
     relayer = Relayer(session_factory, dispatcher, pollers, executor)
     return Gateway(engine, session_factory, dispatcher, relayer, policy)

@@ -11,18 +11,45 @@ For every pending effect, in order:
 Payment claims due on the same chain go out together as one `claimMany`. Claims and refunds
 are sent from the relayer key (the contracts pay only the named party, whoever calls);
 locks for managed parties are sent from their own keys.
+
+What becomes of a sent transaction (`_settle_attempts`, every pass, per chain):
+- mined (by its hash, or a sibling at the same nonce was): recorded, siblings `replaced`;
+- its nonce used by another transaction: `dropped` (the effect is re-planned; done on chain
+  or sent again with a new nonce);
+- unknown to the node (dropped from its pool, or recorded before a crash): the same raw bytes
+  are broadcast again;
+- pending longer than `SendPolicy.replace_after`, or refused as underpriced: replaced at the
+  same nonce with both fee fields bumped by `bump_percent` (>= 10%) and never above the
+  configured cap. The replacement is recorded (a new AttemptRow, the old one `replaced`, the
+  effects pointed at it) and committed before it is broadcast. At the cap no replacement is
+  made: the transaction waits, once logged per pass, never in a loop.
+- a nonce gap (our lowest live nonce above the chain's, nothing pending below it: a
+  transaction of this key made elsewhere was dropped) is filled with zero-value self-transfers,
+  recorded before they are sent, so the queued transactions can be mined.
+Refusals are classified (`classify_send_error`): "already known" is success, "nonce too low"
+is settled from the chain's nonce on the next pass, "underpriced" leads to a replacement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 from eth_account.signers.local import LocalAccount
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.chain.client import ChainClient, Receipt
+from gateway.chain.client import (
+    SEND_KNOWN,
+    SEND_NONCE_TOO_LOW,
+    SEND_UNDERPRICED,
+    ChainClient,
+    Fees,
+    Receipt,
+    classify_send_error,
+    decode_signed,
+)
 from gateway.chain.htlc import (
     GAS_BATCH_BASE,
     GAS_BATCH_PER_LOCK,
@@ -54,6 +81,16 @@ log = structlog.get_logger("gateway.executor")
 
 OPEN, NONE = 1, 0
 MAX_BATCH = 50
+GAS_FILLER = 21_000
+LIVE = ("signed", "sent")
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """When a pending transaction is replaced, and by how much its fees go up."""
+
+    replace_after: float = 60.0  # seconds since it was signed, still not mined
+    bump_percent: int = 12  # on both fee fields; at least 10 (geth's replacement rule)
 
 
 @dataclass
@@ -88,7 +125,9 @@ class Executor:
                  endpoints: dict[Chain, ChainEndpoint], relayer: LocalAccount,
                  managed_keys: dict[str, LocalAccount] | None = None,
                  max_batch: int = MAX_BATCH,
-                 key_lookup: Callable[[str], LocalAccount | None] | None = None) -> None:
+                 key_lookup: Callable[[str], LocalAccount | None] | None = None,
+                 send_policy: SendPolicy | None = None) -> None:
+        self.send_policy = send_policy or SendPolicy()
         self.session_factory = session_factory
         self.endpoints = endpoints
         self.relayer = relayer
@@ -100,6 +139,10 @@ class Executor:
         """One pass over every chain; returns how many transactions were broadcast."""
         return sum(self._run_chain(ep) for ep in self.endpoints.values())
 
+    def run_chain(self, chain: Chain) -> int:
+        """One pass over one chain (the relayer runs it under that chain's lock)."""
+        return self._run_chain(self.endpoints[chain])
+
     # --- one chain ------------------------------------------------------------------------
 
     def _run_chain(self, ep: ChainEndpoint) -> int:
@@ -109,12 +152,13 @@ class Executor:
             txs = self._plan(ep, repo)
             nonces: dict[str, int] = {}
             signed: list[AttemptRow] = []
+            fees = ep.client.suggest_fees() if txs else None
             for tx in txs:
                 nonce = nonces.get(tx.sender.address)
                 if nonce is None:
                     nonce = self._next_nonce(ep, repo, tx.sender.address)
                 raw = ep.client.sign_with_nonce(tx.sender, to=tx.to, data=tx.data, gas=tx.gas,
-                                                nonce=nonce)
+                                                nonce=nonce, fees=fees)
                 nonces[tx.sender.address] = nonce + 1
                 attempt = repo.add_attempt(ep.chain_id, tx.sender.address, nonce,
                                            ep.client.tx_hash(raw), raw)
@@ -142,36 +186,165 @@ class Executor:
             try:
                 ep.client.send_raw(raw)
                 reach("executor.after_broadcast")
-                attempt.status = "sent"
             except Exception as exc:  # noqa: BLE001 - node refused: decided by _settle_attempts
                 log.warning("broadcast_failed", chain=ep.chain.value, nonce=attempt.nonce,
-                            tx=attempt.tx_hash, error=str(exc)[:200])
-                attempt.status = "sent"  # it may still be known to the node; check its receipt
+                            tx=attempt.tx_hash, reason=classify_send_error(exc),
+                            error=str(exc)[:200])
+            # Sent or not, it may be known to the node: its receipt, the chain's nonce and the
+            # node's pool decide on the next pass.
+            attempt.status = "sent"
         metrics.TX_SENT.labels(ep.chain.value).inc()
         log.info("tx_sent", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce)
 
     def _settle_attempts(self, ep: ChainEndpoint) -> int:
-        """Find out what became of every signed or sent transaction."""
-        resent = 0
+        """Find out what became of every signed or sent transaction; rebroadcast, replace
+        and fill gaps as needed (see the module docstring). Returns how many were sent."""
+        sent = 0
+        to_send: list[int] = []
         with self.session_factory.begin() as session:
             repo = Repository(session)
-            for attempt in repo.unsettled_attempts(ep.chain_id):
+            latest: dict[str, int] = {}
+            live = repo.unsettled_attempts(ep.chain_id)
+            for attempt in live:
                 receipt: Receipt | None = ep.client.receipt(bytes.fromhex(attempt.tx_hash))
                 if receipt is not None:
-                    attempt.status = "mined" if receipt.succeeded else "reverted"
-                    attempt.block_number = receipt.block_number
+                    self._mined(repo, attempt, receipt)
                     continue
-                nonce_used = ep.client.w3.eth.get_transaction_count(attempt.sender, "latest")
-                if nonce_used > attempt.nonce:
-                    attempt.status = "dropped"  # another transaction took its nonce
+                if attempt.sender not in latest:
+                    latest[attempt.sender] = ep.client.w3.eth.get_transaction_count(
+                        attempt.sender, "latest")
+                if latest[attempt.sender] > attempt.nonce:
+                    self._nonce_used(ep, repo, attempt)
                     continue
-                try:  # recorded before a crash, or dropped from the mempool: send it again
-                    ep.client.send_raw(bytes.fromhex(attempt.raw_tx))
-                    attempt.status = "sent"
-                    resent += 1
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("rebroadcast_failed", tx=attempt.tx_hash, error=str(exc)[:200])
-        return resent
+                underpriced = False
+                if not ep.client.is_known(bytes.fromhex(attempt.tx_hash)):
+                    # Dropped from the pool, or recorded before a crash: send it again.
+                    outcome = self._send(ep, attempt)
+                    if outcome is None or outcome == SEND_KNOWN:
+                        attempt.status = "sent"
+                        sent += 1
+                        log.info("tx_rebroadcast", chain=ep.chain.value, tx=attempt.tx_hash,
+                                 nonce=attempt.nonce)
+                        continue
+                    if outcome == SEND_NONCE_TOO_LOW:
+                        continue  # the nonce was taken meanwhile: settled on the next pass
+                    underpriced = outcome == SEND_UNDERPRICED
+                    if not underpriced:
+                        continue  # refused for now (node down, ...): retried next pass
+                if underpriced or self._stuck(attempt):
+                    replacement = self._replace(ep, repo, attempt)
+                    if replacement is not None:
+                        to_send.append(replacement.id)
+            to_send += [a.id for a in self._fill_gaps(ep, repo, latest)]
+        for attempt_id in to_send:
+            self._broadcast(ep, attempt_id)
+        return sent + len(to_send)
+
+    def _send(self, ep: ChainEndpoint, attempt: AttemptRow) -> str | None:
+        """Broadcast a recorded transaction; None if accepted, else why it was refused."""
+        try:
+            ep.client.send_raw(bytes.fromhex(attempt.raw_tx))
+            return None
+        except Exception as exc:  # noqa: BLE001
+            reason = classify_send_error(exc)
+            if reason != SEND_KNOWN:
+                log.warning("rebroadcast_refused", chain=ep.chain.value, tx=attempt.tx_hash,
+                            nonce=attempt.nonce, reason=reason, error=str(exc)[:200])
+            return reason
+
+    @staticmethod
+    def _mined(repo: Repository, attempt: AttemptRow, receipt: Receipt) -> None:
+        attempt.status = "mined" if receipt.succeeded else "reverted"
+        attempt.block_number = receipt.block_number
+        for other in repo.attempts_at_nonce(attempt.chain_id, attempt.sender, attempt.nonce):
+            if other.id != attempt.id and other.status in LIVE:
+                other.status = "replaced"
+
+    def _nonce_used(self, ep: ChainEndpoint, repo: Repository, attempt: AttemptRow) -> None:
+        """Its nonce is taken: by an earlier version of it (a replaced sibling), or by a
+        transaction we do not know of."""
+        for other in repo.attempts_at_nonce(attempt.chain_id, attempt.sender, attempt.nonce):
+            if other.id == attempt.id or other.status != "replaced":
+                continue
+            receipt = ep.client.receipt(bytes.fromhex(other.tx_hash))
+            if receipt is not None:
+                other.status = "mined" if receipt.succeeded else "reverted"
+                other.block_number = receipt.block_number
+                attempt.status = "replaced"
+                return
+        attempt.status = "dropped"
+
+    def _stuck(self, attempt: AttemptRow) -> bool:
+        created = attempt.created_at
+        if created is None:
+            return False
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - created).total_seconds() >= self.send_policy.replace_after
+
+    def _replace(self, ep: ChainEndpoint, repo: Repository,
+                 attempt: AttemptRow) -> AttemptRow | None:
+        """The same transaction at the same nonce with higher fees, recorded (not sent)."""
+        siblings = repo.attempts_at_nonce(attempt.chain_id, attempt.sender, attempt.nonce)
+        fields = decode_signed(bytes.fromhex(attempt.raw_tx))
+        highest = Fees(
+            max(decode_signed(bytes.fromhex(a.raw_tx)).fees.max_fee_per_gas for a in siblings),
+            max(decode_signed(bytes.fromhex(a.raw_tx)).fees.max_priority_fee_per_gas
+                for a in siblings))
+        fees = ep.client.bumped(highest, self.send_policy.bump_percent)
+        if fees is None:
+            log.warning("fee_cap_reached", chain=ep.chain.value, tx=attempt.tx_hash,
+                        nonce=attempt.nonce, max_fee_per_gas=highest.max_fee_per_gas,
+                        cap=ep.client.fee_cap)
+            return None
+        try:
+            key = self._key(attempt.sender)
+        except KeyError_:
+            log.error("replacement_without_key", sender=attempt.sender, tx=attempt.tx_hash)
+            return None
+        raw = ep.client.sign_with_nonce(key, to=fields.to or attempt.sender, data=fields.data,
+                                        gas=fields.gas, nonce=attempt.nonce,
+                                        value=fields.value, fees=fees)
+        replacement = repo.add_attempt(ep.chain_id, attempt.sender, attempt.nonce,
+                                       ep.client.tx_hash(raw), raw)
+        attempt.status = "replaced"
+        for row in repo.outbox_rows_for_attempt(attempt.id):
+            row.attempt_id = replacement.id
+        metrics.FEE_BUMPS.labels(ep.chain.value).inc()
+        log.warning("tx_fee_bumped", chain=ep.chain.value, nonce=attempt.nonce,
+                    old_tx=attempt.tx_hash, tx=replacement.tx_hash,
+                    max_fee_per_gas=fees.max_fee_per_gas,
+                    max_priority_fee_per_gas=fees.max_priority_fee_per_gas)
+        return replacement
+
+    def _fill_gaps(self, ep: ChainEndpoint, repo: Repository,
+                   latest: dict[str, int]) -> list[AttemptRow]:
+        """Zero-value self-transfers at the nonces below our lowest live one that nothing
+        occupies (neither mined nor pending at the node), recorded before they are sent."""
+        fillers: list[AttemptRow] = []
+        lowest: dict[str, int] = {}
+        for attempt in repo.unsettled_attempts(ep.chain_id):
+            lowest[attempt.sender] = min(lowest.get(attempt.sender, attempt.nonce),
+                                         attempt.nonce)
+        for sender, low in lowest.items():
+            mined = latest.get(sender)
+            if mined is None or mined >= low:
+                continue
+            if ep.client.w3.eth.get_transaction_count(sender, "pending") > mined:
+                continue  # something pending at the next nonce: no gap (yet)
+            try:
+                key = self._key(sender)
+            except KeyError_:
+                continue
+            fees = ep.client.suggest_fees()
+            for nonce in range(mined, low):
+                raw = ep.client.sign_with_nonce(key, to=sender, data=b"", gas=GAS_FILLER,
+                                                nonce=nonce, fees=fees)
+                fillers.append(repo.add_attempt(ep.chain_id, sender, nonce,
+                                                ep.client.tx_hash(raw), raw))
+                log.warning("nonce_gap_filled", chain=ep.chain.value, sender=sender,
+                            nonce=nonce)
+        return fillers
 
     # --- planning -------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ RELAYER_LAG = Gauge("dvp_relayer_lag_blocks", "Chain head minus the last process
 REORGS = Counter("dvp_reorgs_total", "Chain reorganisations detected", ["chain"])
 TX_SENT = Counter("dvp_transactions_sent_total", "Transactions broadcast by the relayer",
                   ["chain"])
+FEE_BUMPS = Counter("dvp_fee_bumps_total",
+                    "Pending transactions replaced at the same nonce with higher fees", ["chain"])
 SETTLEMENT_SECONDS = Histogram(
     "dvp_settlement_latency_seconds",
     "From the batch that saw the secret revealed to the payment claim being broadcast",

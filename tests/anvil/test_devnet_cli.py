@@ -34,6 +34,7 @@ def _alive(pid: int) -> bool:
 
 def test_devnet_prints_a_config_the_relayer_accepts_and_cleans_up(tmp_path) -> None:
     env_file = tmp_path / "devnet.env"
+    existing = set(Path(tempfile.gettempdir()).glob("dvp-anvil-*"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "devnet", "--block-time", "0",
          "--env-file", str(env_file)], stdout=subprocess.PIPE, text=True,
@@ -52,11 +53,35 @@ def test_devnet_prints_a_config_the_relayer_accepts_and_cleans_up(tmp_path) -> N
         clients = _rpc_clients(settings, relayer=True)  # chain ids and contract code check out
         assert clients["payment"].w3.eth.chain_id == 72001
         assert clients["business"].w3.eth.chain_id == 72002
-        workdirs = set(Path(tempfile.gettempdir()).glob("dvp-anvil-7200*"))
+        workdirs = set(Path(tempfile.gettempdir()).glob("dvp-anvil-7200*")) - existing
         assert len(workdirs) == 2
         assert all(_alive(pid) for pid in pids)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert not any(_alive(pid) for pid in pids)
+    assert not any(d.exists() for d in workdirs)
+
+
+def test_nodes_die_with_a_killed_devnet_and_their_directories_are_swept(tmp_path) -> None:
+    env_file = tmp_path / "devnet.env"
+    existing = set(Path(tempfile.gettempdir()).glob("dvp-anvil-*"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "devnet", "--block-time", "0",
+         "--env-file", str(env_file)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "DVP_PAYMENT_CHAIN_ID": "73001", "DVP_BUSINESS_CHAIN_ID": "73002"})
+    try:
+        _wait_for(lambda: env_file.exists() or proc.poll() is not None)
+        header = proc.stdout.readline()
+        pids = [int(p) for p in re.findall(r"pids (\d+) \(payment\), (\d+)", header)[0]]
+        workdirs = set(Path(tempfile.gettempdir()).glob("dvp-anvil-7300*")) - existing
+        assert len(workdirs) == 2
+    finally:
+        proc.kill()  # SIGKILL: no clean-up code of the devnet runs
+        proc.wait(30)
+    _wait_for(lambda: not any(_alive(pid) for pid in pids))
+    from gateway.chain.anvil import AnvilNode
+
+    node = AnvilNode(73_003)  # any new node sweeps the directories of dead owners
+    node.stop()
     assert not any(d.exists() for d in workdirs)
