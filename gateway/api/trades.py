@@ -197,18 +197,36 @@ def trade_view(session: Session, ctx: ApiContext, trade_id: bytes, caller: Enter
     parties = _parties(session, trade_id, caller)
     row = session.get(TradeRow, trade_id.hex())
     assert row is not None
-    return _to_trade(session, ctx, row, parties, caller, timeline)
+    return _views(session, ctx, [(row, parties)], caller, timeline)[0]
+
+
+def _views(session: Session, ctx: ApiContext, rows: list[tuple[TradeRow, TradePartyRow]],
+           caller: Enterprise, timeline: bool = False) -> list[Trade]:
+    """The API view of trades, with what they refer to read in one query per kind (never
+    one per trade)."""
+    if not rows:
+        return []
+    ids = {e for _, p in rows for e in (p.buyer_id, p.seller_id)}
+    enterprises = {e.id: e for e in session.scalars(
+        select(EnterpriseRow).where(EnterpriseRow.id.in_(ids)))}
+    locks: dict[str, dict[str, InputRow]] = {}
+    for r in session.scalars(select(InputRow).where(
+            InputRow.trade_id.in_([t.id for t, _ in rows]), InputRow.orphaned.is_(False),
+            InputRow.kind.in_(("ContractReceivePaymentLocked",
+                               "ContractReceiveDeliveryLocked")))):
+        locks.setdefault(r.trade_id, {})[r.payload["lock_id"]] = r
+    return [_to_trade(session, ctx, row, parties, caller, timeline, enterprises, locks)
+            for row, parties in rows]
 
 
 def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePartyRow,
-              caller: Enterprise, timeline: bool) -> Trade:
+              caller: Enterprise, timeline: bool, enterprises: dict[str, EnterpriseRow],
+              all_locks: dict[str, dict[str, InputRow]]) -> Trade:
     state = decode(TradeState, row.state)
     t = state.terms
-    buyer = session.get(EnterpriseRow, parties.buyer_id)
-    seller = session.get(EnterpriseRow, parties.seller_id)
-    locks = {r.payload["lock_id"]: r for r in session.scalars(select(InputRow).where(
-        InputRow.trade_id == row.id, InputRow.orphaned.is_(False),
-        InputRow.kind.in_(("ContractReceivePaymentLocked", "ContractReceiveDeliveryLocked"))))}
+    buyer = enterprises.get(parties.buyer_id)
+    seller = enterprises.get(parties.seller_id)
+    locks = all_locks.get(row.id, {})
 
     def leg(leg_state) -> Leg | None:  # noqa: ANN001
         if leg_state is None:
@@ -280,7 +298,7 @@ def list_trades(ctx: ApiContext, caller: Enterprise, *, phase: str | None, role:
         query = query.order_by(TradePartyRow.created_at.desc(),
                                TradePartyRow.trade_id.desc()).limit(limit + 1)
         rows = session.execute(query).all()
-        items = [_to_trade(session, ctx, t, p, caller, False) for t, p in rows[:limit]]
+        items = _views(session, ctx, [(t, p) for t, p in rows[:limit]], caller)
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1][1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from functools import cache
 from typing import Any
@@ -41,27 +42,47 @@ def _dataclasses_in(tp: Any) -> dict[str, type]:
 
 
 def decode(tp: Any, data: Any) -> Any:
+    return _decoder(tp)(data)
+
+
+@cache
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    """A decoding function for `tp`, built once per type: stored states are decoded on every
+    read, so the type inspection is not repeated per value."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        if data is None and type(None) in typing.get_args(tp):
-            return None
-        candidates = _dataclasses_in(tp)
-        if candidates and isinstance(data, dict):
-            return decode(candidates[data["__type__"]], data)
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return decode(inner, data)
-    if origin is tuple:
         args = typing.get_args(tp)
-        item = args[0]
-        return tuple(decode(item, v) for v in data)
+        optional = type(None) in args
+        candidates = _dataclasses_in(tp)
+        rest = [a for a in args if a is not type(None)]
+
+        def union(data: Any) -> Any:
+            if data is None and optional:
+                return None
+            if candidates and isinstance(data, dict):
+                return _decoder(candidates[data["__type__"]])(data)
+            (inner,) = rest
+            return _decoder(inner)(data)
+        return union
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return lambda data: tuple(_decoder(item)(v) for v in data)
     if origin is frozenset:
-        return frozenset(decode(typing.get_args(tp)[0], v) for v in data)
+        item = typing.get_args(tp)[0]
+        return lambda data: frozenset(_decoder(item)(v) for v in data)
     if dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
-        return tp(**{f.name: decode(hints[f.name], data[f.name])
-                     for f in dataclasses.fields(tp) if f.name in data})
+        def instance(data: Any) -> Any:
+            hints = _hints(tp)
+            return tp(**{name: _decoder(hints[name])(data[name])
+                         for name in _field_names(tp) if name in data})
+        return instance
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp(data)
+        return tp
     if tp is bytes:
-        return bytes.fromhex(data[2:])
-    return data
+        return lambda data: bytes.fromhex(data[2:])
+    return lambda data: data
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))

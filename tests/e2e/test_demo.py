@@ -4,6 +4,8 @@ balances checked on both chains."""
 
 from __future__ import annotations
 
+import threading
+
 from fastapi.testclient import TestClient
 
 from gateway.config import Settings
@@ -11,8 +13,8 @@ from gateway.demo import Api, money, run_demo
 from gateway.domain.policy import TimingPolicy
 from gateway.runner import build_system
 
-# Blocks come every few milliseconds (chain time runs ahead of the wall clock), so the
-# refunded trade's deadlines pass in seconds; the margin the demo asks for is this policy's.
+# Chain time runs ahead of the wall clock (a block every few milliseconds), so the refunded
+# trade's deadlines pass in seconds; the margin the demo asks for is this policy's.
 FAST = TimingPolicy(payment_confirmations=0, business_confirmations=0, payment_block_time=1,
                     business_block_time=1, reaction_budget=10, drift_allowance=0)
 
@@ -27,7 +29,7 @@ def test_demo_settles_one_trade_and_refunds_the_other(tmp_path, database_url) ->
         before = {who["payment_address"]: token.functions.balanceOf(who["payment_address"])
                   .call() for who in (buyer, seller)}
         system.start_relayer(0.02)
-        system.start_block_producer(0.02)
+        _start_lockstep_blocks(system)
         lines: list[str] = []
         with TestClient(system.app) as client:
             api = Api(client, buyer["api_key"], seller["api_key"])
@@ -47,6 +49,40 @@ def test_demo_settles_one_trade_and_refunds_the_other(tmp_path, database_url) ->
     assert "delivered -> settled" in text and "delivery_refunded -> payment_refunded" in text
     assert "business chain 71002 block" in text and "payment chain 71001 block" in text
     assert f"for {money(123456)}" in text
+
+
+def _start_lockstep_blocks(system) -> threading.Thread:  # noqa: ANN001
+    """Mine an empty block on both chains whenever the relayer has caught up with both heads
+    and has no effect left to do: chain time then never outruns the gateway, however loaded
+    the machine is (a wall-clock producer would let a deadline pass before the relayer acts,
+    which is a slow machine, not a bug). A stuck effect stops time for at most 2 s."""
+    from gateway.db.models import CursorRow
+    from gateway.db.repository import Repository
+
+    chains = (system.devnet.payment, system.devnet.business)
+
+    def idle() -> bool:
+        with system.gateway.session_factory() as session:
+            if Repository(session).outbox_depth():
+                return False
+            for chain in chains:
+                cursor = session.get(CursorRow, chain.chain_id)
+                if cursor is None or cursor.block_number < chain.w3.eth.block_number:
+                    return False
+        return True
+
+    def produce() -> None:
+        waited = 0.0
+        while not system.stop.wait(0.005):
+            waited += 0.005
+            if idle() or waited > 2:
+                waited = 0.0
+                for chain in chains:
+                    chain.w3.provider.make_request("evm_mine", [1])
+
+    thread = threading.Thread(target=produce, name="lockstep-blocks", daemon=True)
+    thread.start()
+    return thread
 
 
 def test_money_is_exact_in_base_units() -> None:
