@@ -549,7 +549,8 @@ def _rpc_gateway(settings: Settings):  # noqa: ANN202
         business_confirmations=settings.business_confirmations,
         start_blocks=(settings.payment_start_block, settings.business_start_block),
         max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder),
-        send_policy=SendPolicy(settings.tx_replace_after, settings.fee_bump_percent))
+        send_policy=SendPolicy(settings.tx_replace_after, settings.fee_bump_percent),
+        max_reorg_depth=settings.max_reorg_depth, stall_after=settings.stall_alert_after)
     return gateway
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     priority_fee_per_gas: int | None = Field(None, ge=0)  # None: the node's suggestion
     fee_bump_percent: int = Field(12, ge=10, le=1000)  # replacement at the same nonce
     tx_replace_after: float = Field(60.0, ge=0)  # seconds unmined before a fee bump
+    # A fork deeper than this many blocks below the processed cursor halts that chain.
+    max_reorg_depth: int = Field(64, ge=1, le=10_000)
+    stall_alert_after: float = Field(300.0, gt=0)  # head older than this: chain_stalled alert
 
     @field_validator("payment_htlc", "delivery_htlc")
     @classmethod

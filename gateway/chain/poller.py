@@ -5,14 +5,25 @@ Pure reads: it never writes the database; the dispatcher stores what it returns 
 with the new cursor. A reorganisation is noticed when the stored cursor's block hash is no
 longer the chain's block at that height; the poller then finds the fork point among recent
 cursor positions and asks the dispatcher to rewind there. It never skips silently: a fork
-older than every position it remembers is raised as DeepReorgError.
+older than every position it remembers is raised as DeepReorgError, and so is one deeper than
+`max_reorg_depth` blocks below the cursor (conservatively: the fork point is known only to the
+precision of the remembered positions, one per batch, so a fork near the limit may be judged
+one batch deeper than it is; halting is the safe side).
+
+Chain time is watched too: when the newest block is older than `stall_after` seconds of wall
+clock, a `chain_stalled` alert is logged (once per stall) and `dvp_chain_head_age_seconds`
+says by how much. Wall-clock time is only ever used for that alert: deadlines are judged by
+block timestamps, so a stalled chain never makes anything expire.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import structlog
 from eth_utils import to_checksum_address
+from prometheus_client import Gauge
 
 from gateway.chain.client import ChainClient, Log
 from gateway.chain.htlc import decode_htlc_log
@@ -28,6 +39,11 @@ from gateway.domain.trade import (
     ContractReceivePaymentLocked,
     ContractReceiveRefunded,
 )
+
+log = structlog.get_logger("gateway.poller")
+
+CHAIN_HEAD_AGE = Gauge("dvp_chain_head_age_seconds",
+                       "Wall-clock seconds since the newest block's timestamp", ["chain"])
 
 
 class DeepReorgError(RuntimeError):
@@ -58,13 +74,33 @@ def to_input(chain: Chain, log: Log, chain_id: int, block_number: int,
 
 class ChainPoller:
     def __init__(self, chain: Chain, client: ChainClient, htlc_address: str, *,
-                 confirmations: int = 0, batch_blocks: int = 2_000, start_block: int = 0) -> None:
+                 confirmations: int = 0, batch_blocks: int = 2_000, start_block: int = 0,
+                 max_reorg_depth: int | None = None, stall_after: float | None = None) -> None:
         self.chain = chain
         self.client = client
         self.htlc_address = to_checksum_address(htlc_address)
         self.confirmations = confirmations
         self.batch_blocks = batch_blocks
         self.start_block = start_block
+        self.max_reorg_depth = max_reorg_depth
+        self.stall_after = stall_after
+        self.stalled = False
+
+    def _watch_head(self) -> int:
+        """The head's number; alert when its timestamp lags the wall clock by too much."""
+        if self.stall_after is None:
+            return self.head()
+        block = self.client.w3.eth.get_block("latest")
+        age = time.time() - block["timestamp"]
+        CHAIN_HEAD_AGE.labels(self.chain.value).set(age)
+        if age > self.stall_after and not self.stalled:
+            self.stalled = True
+            log.critical("chain_stalled", chain=self.chain.value, head=block["number"],
+                         head_age_seconds=round(age), threshold=self.stall_after)
+        elif age <= self.stall_after and self.stalled:
+            self.stalled = False
+            log.warning("chain_resumed", chain=self.chain.value, head=block["number"])
+        return block["number"]
 
     def head(self) -> int:
         return self.client.w3.eth.block_number
@@ -78,23 +114,30 @@ class ChainPoller:
         except Exception:  # noqa: BLE001 - a block above the head after a reorg
             return None
 
-    def find_fork(self, recent: list[tuple[int, bytes]]) -> int:
+    def find_fork(self, recent: list[tuple[int, bytes]], cursor: int | None = None) -> int:
         """Highest remembered position still on the chain (recent is newest first)."""
         for number, block_hash in recent:
+            if cursor is not None and self.max_reorg_depth is not None and \
+                    cursor - number > self.max_reorg_depth:
+                break
             if self._block_hash(number) == block_hash:
                 return number
+        if cursor is not None and self.max_reorg_depth is not None:
+            raise DeepReorgError(
+                f"{self.chain.value} chain forked more than {self.max_reorg_depth} blocks "
+                f"below block {cursor} (the configured maximum reorg depth)")
         raise DeepReorgError(
             f"{self.chain.value} chain forked below block {recent[-1][0] if recent else '?'}: "
             "no remembered block is still canonical")
 
     def next_batch(self, cursor: Cursor | None,
                    recent: list[tuple[int, bytes]]) -> ChainBatch | None:
-        target = self.confirmed_head()
+        target = self._watch_head() - self.confirmations
         rewind_to = None
         if cursor is None:
             start = self.start_block
         elif self._block_hash(cursor.number) != cursor.block_hash:
-            rewind_to = self.find_fork(recent)
+            rewind_to = self.find_fork(recent, cursor.number)
             start = rewind_to + 1
         else:
             start = cursor.number + 1

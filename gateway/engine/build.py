@@ -43,7 +43,8 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
                   policy: TimingPolicy | None = None, payment_confirmations: int = 0,
                   business_confirmations: int = 0, start_blocks: tuple[int, int] = (0, 0),
                   max_batch: int = 50, key_lookup=None,  # noqa: ANN001
-                  send_policy: SendPolicy | None = None) -> Gateway:
+                  send_policy: SendPolicy | None = None, max_reorg_depth: int | None = None,
+                  stall_after: float | None = None) -> Gateway:
     if payment.chain_id == business.chain_id:
         raise ValueError(f"both chains report chain id {payment.chain_id}")
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
@@ -57,10 +58,12 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
     pollers = {
         Chain.PAYMENT: ChainPoller(Chain.PAYMENT, payment, payment_htlc,
                                    confirmations=payment_confirmations,
-                                   start_block=start_blocks[0]),
+                                   start_block=start_blocks[0], max_reorg_depth=max_reorg_depth,
+                                   stall_after=stall_after),
         Chain.BUSINESS: ChainPoller(Chain.BUSINESS, business, delivery_htlc,
                                     confirmations=business_confirmations,
-                                    start_block=start_blocks[1]),
+                                    start_block=start_blocks[1],
+                                    max_reorg_depth=max_reorg_depth, stall_after=stall_after),
     }
     executor = Executor(session_factory, {
         Chain.PAYMENT: ChainEndpoint(Chain.PAYMENT, payment, payment_htlc=pay_proxy),

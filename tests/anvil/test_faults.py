@@ -1,0 +1,224 @@
+"""Faults a real chain and a real machine produce, on anvil: reorgs (acted on, while the
+relayer is down, deeper than the configured depth), a node killed and restarted mid-flow, and
+a stalled chain. Every test asserts balances on both chains and the trade's final phase.
+Chain time moves by `evm_setNextBlockTimestamp`/`evm_increaseTime`; waits are on chain or
+database state, never fixed sleeps."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from gateway.chain.anvil import AnvilChain, AnvilNode
+from gateway.chain.devnet import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID, deploy_devnet
+from gateway.db.models import AttemptRow
+from gateway.domain.trade import Chain
+from tests.integration.harness import AMOUNT, Trade, World, make_gateway
+
+
+def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.02)
+
+
+def _balances(world: World) -> dict[str, int]:
+    return {a: world.token_balance(a) for a in (world.buyer.address, world.seller.address)}
+
+
+def _assert_settled(world: World, trade: Trade, before: dict[str, int]) -> None:
+    assert world.phase(trade) == "settled"
+    assert world.token_balance(world.buyer.address) == before[world.buyer.address] - AMOUNT
+    assert world.token_balance(world.seller.address) == before[world.seller.address] + AMOUNT
+    assert world.token_balance(world.devnet.payment_htlc.address) == 0
+    assert world.title_owner(trade) == world.buyer.address
+    assert not world.state(trade).pending
+
+
+def _attempts(world: World) -> list[AttemptRow]:
+    with world.gateway.session_factory() as session:
+        return list(session.scalars(select(AttemptRow).order_by(AttemptRow.id)))
+
+
+def _locked(world: World) -> Trade:
+    trade = world.agree()
+    world.lock_payment(trade)
+    world.lock_delivery(trade)
+    world.run_until_phase(trade, "delivery_locked")
+    return trade
+
+
+# --- 1. reorgs ------------------------------------------------------------------------------
+
+
+def test_reorg_removes_the_business_claim_the_relayer_acted_on(anvil_devnet,
+                                                              database_url) -> None:
+    world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, max_reorg_depth=8))
+    before = _balances(world)
+    trade = _locked(world)
+    world.take_delivery(trade)
+    world.run_until_phase(trade, "settled")  # the relayer claimed the payment on the secret
+    assert world.token_balance(world.seller.address) == before[world.seller.address] + AMOUNT
+
+    anvil_devnet.business.reorg(1)  # the buyer's claim is no longer on the chain
+    assert world.title_owner(trade) == anvil_devnet.delivery_htlc.address
+    # The secret stays public: the relayer re-submits the delivery claim for the buyer.
+    world.gateway.relayer.run_until(
+        lambda: world.title_owner(trade) == world.buyer.address and
+        world.phase(trade) == "settled")
+    _assert_settled(world, trade, before)
+    assert [a.chain_id for a in _attempts(world)] == [DEFAULT_PAYMENT_CHAIN_ID,
+                                                      DEFAULT_BUSINESS_CHAIN_ID]
+
+
+def test_reorg_while_the_relayer_is_down_is_found_from_stored_block_hashes(
+        anvil_devnet, database_url) -> None:
+    world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, max_reorg_depth=8))
+    before = _balances(world)
+    trade = _locked(world)
+    world.take_delivery(trade)
+    world.run_until_phase(trade, "settled")
+    world.gateway.engine.dispose()  # the relayer goes down
+
+    anvil_devnet.payment.reorg(1)  # its payment claim is orphaned
+    anvil_devnet.payment.mine(2)
+    assert world.token_balance(world.seller.address) == before[world.seller.address]
+
+    world.gateway = make_gateway(anvil_devnet, database_url, max_reorg_depth=8)  # restart
+    world.gateway.relayer.run_until(
+        lambda: world.token_balance(world.seller.address) ==
+        before[world.seller.address] + AMOUNT and world.phase(trade) == "settled")
+    _assert_settled(world, trade, before)
+    assert [a.status for a in _attempts(world)] == ["mined", "mined"]  # claimed twice: once
+    # orphaned by the reorg, once for good
+
+
+def test_reorg_deeper_than_the_configured_depth_halts_that_chain_loudly(anvil_devnet,
+                                                                       database_url) -> None:
+    world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, max_reorg_depth=2))
+    before = _balances(world)
+    trade = _locked(world)
+    business = anvil_devnet.business
+    for _ in range(3):  # the relayer processes a few more business blocks
+        business.mine()
+        world.gateway.relayer.step()
+
+    business.reorg(4)  # the delivery lock's block is replaced too: the title is the seller's
+    assert world.title_owner(trade) == world.seller.address
+    with capture_logs() as logs:
+        world.gateway.relayer.step()
+        world.gateway.relayer.step()
+    halted = [e for e in logs if e["event"] == "chain_halted"]
+    assert len(halted) == 1 and halted[0]["log_level"] == "critical"
+    assert "maximum reorg depth" in halted[0]["reason"]
+    assert set(world.gateway.relayer.halted) == {Chain.BUSINESS}
+    # Never silently, never acting on the halted chain: the trade stays where it was and the
+    # payment stays locked (its chain is still followed) until an operator steps in.
+    assert world.phase(trade) == "delivery_locked"
+    assert world.token_balance(world.buyer.address) == before[world.buyer.address] - AMOUNT
+    assert world.token_balance(anvil_devnet.payment_htlc.address) == AMOUNT
+    assert world.token_balance(world.seller.address) == before[world.seller.address]
+    assert _attempts(world) == []
+
+
+# --- 4. a node killed and restarted mid-flow --------------------------------------------------
+
+
+def test_payment_node_killed_and_restarted_relayer_backs_off_and_settles(
+        stateful_anvil_devnet, database_url) -> None:
+    net = stateful_anvil_devnet
+    world = World(net, make_gateway(net, database_url))
+    before = _balances(world)
+    trade = _locked(world)
+    node = net.payment.node
+    head = net.payment.w3.eth.block_number
+    node.stop(remove=False)  # SIGTERM: anvil writes its state file
+    node.start()
+    assert net.payment.w3.eth.block_number == head  # the state file works
+
+    stop = threading.Event()
+    thread = threading.Thread(target=world.gateway.relayer.run_forever, args=(stop, 0.05),
+                              daemon=True)
+    with capture_logs() as logs:
+        node.stop(remove=False, kill=True)  # SIGKILL: nothing is written
+        world.take_delivery(trade)  # the business chain is up: the secret is out
+        thread.start()
+        try:
+            def failures() -> list[float]:
+                return [e["retry_in"] for e in list(logs) if e["event"] == "relayer_step_failed"]
+            _wait_for(lambda: len(failures()) >= 3, what="three failed relayer steps")
+            assert failures()[:3] == [0.1, 0.2, 0.4]  # exponential backoff
+            assert world.phase(trade) in ("delivery_locked", "delivered")
+            node.start()  # same port, same state (the last file written)
+            _wait_for(lambda: world.phase(trade) == "settled", what="settled")
+        finally:
+            stop.set()
+            thread.join(30)
+    assert net.payment.w3.eth.block_number > head
+    assert net.payment.next_block_timestamp() < trade.terms.t_pay
+    _assert_settled(world, trade, before)
+    attempts = _attempts(world)
+    assert [a.status for a in attempts] == ["mined"]
+
+
+# --- 5. a stalled chain -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def lagging_devnet():  # noqa: ANN201
+    """Two nodes whose chain time is a day behind the wall clock: every deadline set by chain
+    time is already in the wall clock's past."""
+    past = int(time.time()) - 86_400
+    chains = [AnvilChain(name, chain_id, node=AnvilNode(chain_id,
+                                                        extra_args=("--timestamp", str(past))))
+              for name, chain_id in (("payment", DEFAULT_PAYMENT_CHAIN_ID),
+                                     ("business", DEFAULT_BUSINESS_CHAIN_ID))]
+    try:
+        yield deploy_devnet(*chains)
+    finally:
+        for chain in chains:
+            chain.close()
+
+
+def test_stalled_chain_never_refunds_by_wall_clock_and_alerts(lagging_devnet,
+                                                              database_url) -> None:
+    net = lagging_devnet
+    world = World(net, make_gateway(net, database_url, stall_after=60))
+    before = _balances(world)
+    with capture_logs() as logs:
+        trade = world.agree()
+        world.lock_payment(trade)
+        world.run_until_phase(trade, "payment_locked")  # the seller never delivers
+        assert trade.terms.t_pay < time.time()  # by the wall clock, the payment is refundable
+
+        payment = net.payment
+        payment.set_automine(False)  # the payment chain stalls
+        business = net.business
+        business.set_next_block_timestamp(trade.terms.t_pay + 3600)  # the other chain's time
+        business.mine()  # is no business of the payment leg
+        for _ in range(5):
+            world.gateway.relayer.step()
+    stalled = [e for e in logs if e["event"] == "chain_stalled"]
+    assert {e["chain"] for e in stalled} == {"payment", "business"}  # both lag the wall clock
+    assert all(e["log_level"] == "critical" for e in stalled) and len(stalled) == 2
+    assert world.phase(trade) == "payment_locked"
+    assert payment.pending_transactions() == [] and _attempts(world) == []
+    assert world.token_balance(world.buyer.address) == before[world.buyer.address] - AMOUNT
+
+    # The payment chain moves on to T_pay: now, and only now, the refund is due.
+    payment.set_automine(True)
+    payment.set_next_block_timestamp(trade.terms.t_pay)
+    payment.mine()
+    world.run_until_phase(trade, "payment_refunded")
+    refund = payment.client.receipt(bytes.fromhex(_attempts(world)[0].tx_hash))
+    assert payment.w3.eth.get_block(refund.block_number)["timestamp"] >= trade.terms.t_pay
+    assert _balances(world) == before
+    assert world.token_balance(net.payment_htlc.address) == 0
+    assert world.title_owner(trade) == world.seller.address
+    assert not world.state(trade).pending
