@@ -48,7 +48,7 @@ contracts-check: $(NPM_STAMP)
 	node solidity/compile.mjs >/dev/null
 	git diff --exit-code --stat -- gateway/contracts/artifacts tests/contracts/artifacts
 
-bench: $(PY_STAMP)
+bench: $(PY_STAMP) $(ANVIL_STAMP)
 	$(BIN)/python bench/run.py
 
 lint: $(PY_STAMP)

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, one JSON document on stdout.
 
 Exits non-zero when a gas target is missed (gas is deterministic); the end-to-end overhead
-aim is reported, not enforced (wall-clock time depends on the machine's load).
+aim and the anvil throughput target are reported, not enforced (wall-clock time depends on
+the machine's load).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import anvil_bench  # noqa: E402
 import e2e  # noqa: E402
 import gas  # noqa: E402
 
@@ -22,7 +24,8 @@ from gateway import logs  # noqa: E402
 def main() -> int:
     logs.configure(json=True, level=40)
     gas_result = gas.measure()
-    print(json.dumps({"gas": gas_result, "e2e_in_process": e2e.measure()}, indent=2))
+    print(json.dumps({"gas": gas_result, "e2e_in_process": e2e.measure(),
+                      "anvil": anvil_bench.measure()}, indent=2))
     return 0 if all(gas_result["within_targets"].values()) else 1
 
 
