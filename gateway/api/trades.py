@@ -110,7 +110,8 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         """The parties, the encrypted secret and the idempotency record commit with the
         trade: a concurrent request with the same key loses on the key's primary key."""
         session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
-                                  seller_id=seller.id, proposer_id=caller.id))
+                                  seller_id=seller.id, proposer_id=caller.id,
+                                  amount=str(amount)))
         if secret is not None:
             assert ctx.cipher is not None
             session.add(SecretRow(trade_id=trade_id.hex(),
@@ -165,10 +166,11 @@ def _check_deadlines(ctx: ApiContext, deadlines: Deadlines) -> None:
 
 
 def _open_exposure(session: Session, buyer_id: str) -> int:
-    rows = session.scalars(select(TradeRow.state).join(
-        TradePartyRow, TradePartyRow.trade_id == TradeRow.id).where(
+    """Payment units of the buyer's open trades (exact: summed as Python integers)."""
+    rows = session.scalars(select(TradePartyRow.amount).join(
+        TradeRow, TradePartyRow.trade_id == TradeRow.id).where(
         TradePartyRow.buyer_id == buyer_id, TradeRow.active.is_(True)))
-    return sum(int(r["terms"]["amount"]) for r in rows)
+    return sum(int(amount or 0) for amount in rows)
 
 
 # --- read --------------------------------------------------------------------------------------

@@ -250,6 +250,7 @@ class TradePartyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
                                                  default=utcnow, server_default=func.now(),
                                                  index=True)
+    amount: Mapped[str | None] = mapped_column(String(78))  # base units, for the exposure cap
 
 
 class SecretRow(Base):

@@ -37,3 +37,27 @@ def test_constraint_names_follow_the_naming_convention(database_url) -> None:
     migrate.upgrade(engine)
     uniques = {u["name"] for u in inspect(engine).get_unique_constraints("inputs")}
     assert "uq_inputs_chain_id_tx_hash_log_index" in uniques
+
+
+def test_0004_fills_trade_amounts_from_stored_states(database_url) -> None:
+    """Trades made before 0004 get their amount beside the parties (the exposure cap reads
+    it there), exactly, however large."""
+    from sqlalchemy import text
+
+    engine = make_engine(database_url)
+    migrate.upgrade(engine, "0003")
+    amount = 2**200 + 7  # above any float's exact range
+    with engine.begin() as c:
+        for n in (1, 2):
+            c.execute(text("INSERT INTO enterprises (id, name, managed, payment_address, "
+                           "business_address) VALUES (:id, :id, false, :a, :a)"),
+                      {"id": f"e{n}", "a": f"0x{n:040x}"})
+        c.execute(text("INSERT INTO trades (id, hashlock, phase, active, state) VALUES "
+                       "(:id, :h, 'proposed', true, :state)"),
+                  {"id": "ab" * 32, "h": "cd" * 32,
+                   "state": f'{{"terms": {{"amount": {amount}}}}}'})
+        c.execute(text("INSERT INTO trade_parties (trade_id, buyer_id, seller_id, proposer_id) "
+                       "VALUES (:id, 'e1', 'e2', 'e2')"), {"id": "ab" * 32})
+    migrate.upgrade(engine)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT amount FROM trade_parties")).scalar_one() == str(amount)
