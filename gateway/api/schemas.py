@@ -83,11 +83,16 @@ class Party(BaseModel):
 
 
 class Leg(BaseModel):
+    """One lock on chain: where it was made and, once it exited, where it was claimed or
+    refunded."""
+
     lock_id: str
-    status: str
-    tx_hash: str | None = None
+    status: str = Field(description="open, claimed or refunded")
+    tx_hash: str | None = Field(None, description="The transaction that made the lock.")
     block_number: int | None = None
     timelock: int
+    exit_tx_hash: str | None = Field(None, description="The claim or refund transaction.")
+    exit_block_number: int | None = None
 
 
 class TimelineEvent(BaseModel):

@@ -211,19 +211,23 @@ def _views(session: Session, ctx: ApiContext, rows: list[tuple[TradeRow, TradePa
     ids = {e for _, p in rows for e in (p.buyer_id, p.seller_id)}
     enterprises = {e.id: e for e in session.scalars(
         select(EnterpriseRow).where(EnterpriseRow.id.in_(ids)))}
-    locks: dict[str, dict[str, InputRow]] = {}
+    locks: dict[str, dict[tuple[str, str], InputRow]] = {}
     for r in session.scalars(select(InputRow).where(
             InputRow.trade_id.in_([t.id for t, _ in rows]), InputRow.orphaned.is_(False),
-            InputRow.kind.in_(("ContractReceivePaymentLocked",
-                               "ContractReceiveDeliveryLocked")))):
-        locks.setdefault(r.trade_id, {})[r.payload["lock_id"]] = r
+            InputRow.kind.in_(LEG_INPUTS)).order_by(InputRow.id)):
+        step = "lock" if r.kind.endswith("Locked") else "exit"
+        locks.setdefault(r.trade_id, {}).setdefault((step, r.payload["lock_id"]), r)
     return [_to_trade(session, ctx, row, parties, caller, timeline, enterprises, locks)
             for row, parties in rows]
 
 
+LEG_INPUTS = ("ContractReceivePaymentLocked", "ContractReceiveDeliveryLocked",
+              "ContractReceiveClaimed", "ContractReceiveRefunded")
+
+
 def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePartyRow,
               caller: Enterprise, timeline: bool, enterprises: dict[str, EnterpriseRow],
-              all_locks: dict[str, dict[str, InputRow]]) -> Trade:
+              all_locks: dict[str, dict[tuple[str, str], InputRow]]) -> Trade:
     state = decode(TradeState, row.state)
     t = state.terms
     buyer = enterprises.get(parties.buyer_id)
@@ -233,11 +237,14 @@ def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePa
     def leg(leg_state) -> Leg | None:  # noqa: ANN001
         if leg_state is None:
             return None
-        seen = locks.get("0x" + leg_state.lock_id.hex())
-        return Leg(lock_id="0x" + leg_state.lock_id.hex(), status=leg_state.status.value,
+        lock_id = "0x" + leg_state.lock_id.hex()
+        seen, exit_ = locks.get(("lock", lock_id)), locks.get(("exit", lock_id))
+        return Leg(lock_id=lock_id, status=leg_state.status.value,
                    tx_hash="0x" + seen.tx_hash if seen and seen.tx_hash else None,
                    block_number=seen.block_number if seen else None,
-                   timelock=leg_state.lock.timelock)
+                   timelock=leg_state.lock.timelock,
+                   exit_tx_hash="0x" + exit_.tx_hash if exit_ and exit_.tx_hash else None,
+                   exit_block_number=exit_.block_number if exit_ else None)
 
     events = None
     if timeline:

@@ -55,6 +55,14 @@ def test_managed_buyer_and_seller_settle_through_the_api(system, client) -> None
     view = client.get(f"/v1/trades/{trade_id}", headers=auth(seller["api_key"])).json()
     assert view["legs"]["payment"]["status"] == "claimed"
     assert view["legs"]["delivery"]["status"] == "claimed"
+    # each leg names the transactions that made and exited it, as the chains recorded them
+    for name, chain in (("payment", system.devnet.payment), ("delivery", system.devnet.business)):
+        leg = view["legs"][name]
+        for tx, block in ((leg["tx_hash"], leg["block_number"]),
+                          (leg["exit_tx_hash"], leg["exit_block_number"])):
+            receipt = chain.client.receipt(bytes.fromhex(tx[2:]))
+            assert receipt is not None and receipt.succeeded and receipt.block_number == block
+        assert leg["exit_block_number"] > leg["block_number"]
     assert any(e["kind"] == "EventPhaseChanged" and e["detail"]["new"] == "settled"
                for e in view["timeline"])
 
