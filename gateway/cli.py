@@ -140,8 +140,13 @@ def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
     system.start_relayer(poll_interval)
     system.start_webhooks()
     system.start_block_producer(1.0)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the
+    # handler found before it: exit 0 there, after the threads and the database are closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(system.app, host=host, port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
     finally:
         system.close()
 
