@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -165,6 +166,15 @@ class Repository:
         if chain is not None:
             query = query.where(OutboxRow.chain == chain)
         return [(row, decode(ContractSend, row.payload)) for row in self.session.scalars(query)]
+
+    def outbox_pending_by_chain(self) -> dict[str, tuple[int, datetime]]:
+        """Per chain: how many effects wait to be done on chain, and since when the oldest."""
+        from sqlalchemy import func
+
+        rows = self.session.execute(select(
+            OutboxRow.chain, func.count(), func.min(OutboxRow.created_at)).where(
+            OutboxRow.status == "pending").group_by(OutboxRow.chain))
+        return {chain: (count, oldest) for chain, count, oldest in rows}  # min() keeps UTC
 
     def outbox_depth(self) -> int:
         from sqlalchemy import func

@@ -141,6 +141,21 @@ def is_active(state: TradeState) -> bool:
             or any(leg is not None and leg.status is LegStatus.OPEN for leg in legs))
 
 
+def deadline_without_progress(state: TradeState, horizon: int) -> str | None:
+    """Which deadline an open trade is within `horizon` seconds of (by its own chain's time)
+    without having done what is due before it: "delivery" (the title is not yet taken before
+    T_deliver) or "payment" (the secret is public, the payment not yet claimed before T_pay).
+    An operator alert, not a decision: the machine's rules do not read it."""
+    t = state.terms
+    if state.phase in (Phase.AGREED, Phase.PAYMENT_LOCKED, Phase.DELIVERY_LOCKED) and \
+            state.business_time >= t.t_deliver - horizon:
+        return "delivery"
+    if state.phase is Phase.DELIVERED and state.payment is not None and \
+            state.payment.status is LegStatus.OPEN and state.payment_time >= t.t_pay - horizon:
+        return "payment"
+    return None
+
+
 # --- inputs ---------------------------------------------------------------------------------
 
 

@@ -4,6 +4,9 @@ time, so every process that serves /metrics reports the same truth."""
 
 from __future__ import annotations
 
+import collections
+from datetime import UTC, datetime
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -26,6 +29,8 @@ SETTLEMENT_SECONDS = Histogram(
     "dvp_settlement_latency_seconds",
     "From the batch that saw the secret revealed to the payment claim being broadcast",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
+DEADLINE_HORIZON = 300  # seconds of chain time before a deadline that the alert looks ahead
+
 HTTP_REQUESTS = Counter("dvp_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_SECONDS = Histogram("dvp_http_request_seconds", "HTTP request latency", ["route"])
 
@@ -33,22 +38,48 @@ HTTP_SECONDS = Histogram("dvp_http_request_seconds", "HTTP request latency", ["r
 class _StoredState:
     def __init__(self) -> None:
         self.session_factory: sessionmaker[Session] | None = None
+        self.deadline_horizon = DEADLINE_HORIZON
 
     def collect(self):  # noqa: ANN201
         if self.session_factory is None:
             return
         from gateway.db.repository import Repository
+        from gateway.domain.trade import deadline_without_progress
 
         with self.session_factory() as session:
             repo = Repository(session)
             phases = repo.trade_counts_by_phase()
             depth = repo.outbox_depth()
+            pending = repo.outbox_pending_by_chain()
+            near = collections.Counter(deadline_without_progress(s, self.deadline_horizon)
+                           for s in repo.active_trades())
         trades = GaugeMetricFamily("dvp_trades", "Trades by phase", labels=["phase"])
         for phase, count in sorted(phases.items()):
             trades.add_metric([phase], count)
         yield trades
         yield GaugeMetricFamily("dvp_outbox_depth", "Effects waiting to be done on chain",
                                 value=depth)
+        by_chain = GaugeMetricFamily("dvp_outbox_pending", "Effects waiting, per chain",
+                                     labels=["chain"])
+        age = GaugeMetricFamily("dvp_outbox_oldest_pending_seconds",
+                                "Age of the oldest effect still waiting, per chain",
+                                labels=["chain"])
+        now = datetime.now(UTC)
+        for chain in ("payment", "business"):
+            count, oldest = pending.get(chain, (0, None))
+            by_chain.add_metric([chain], count)
+            age.add_metric([chain], (now - oldest).total_seconds() if oldest else 0.0)
+        yield by_chain
+        yield age
+        alert = GaugeMetricFamily(
+            "dvp_trades_near_deadline_without_progress",
+            f"ALERT: open trades within {self.deadline_horizon} s (chain time) of a deadline "
+            "with what is due before it not done: delivery (title not taken before T_deliver) "
+            "or payment (secret public, payment not claimed before T_pay)",
+            labels=["deadline"])
+        for deadline in ("delivery", "payment"):
+            alert.add_metric([deadline], near.get(deadline, 0))
+        yield alert
 
 
 _stored = _StoredState()

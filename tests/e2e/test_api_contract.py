@@ -922,8 +922,34 @@ def test_metrics(make_system) -> None:
     assert 'dvp_trades{phase="proposed"} 1.0' in lines
     assert 'dvp_trades{phase="cancelled"} 1.0' in lines
     assert any(line.startswith("dvp_outbox_depth ") for line in lines)
+    assert 'dvp_trades_near_deadline_without_progress{deadline="delivery"} 0.0' in lines
+    assert 'dvp_outbox_pending{chain="payment"} 0.0' in lines
     assert any(line.startswith("dvp_http_requests_total{") and 'route="/v1/trades"' in line
                for line in lines)
     # what the metric says is what the database holds
     with system.gateway.session_factory() as session:
         assert len(session.scalars(select(TradeRow.id)).all()) == 2
+
+
+def test_metrics_show_pending_effects_and_their_age(make_system) -> None:
+    """An accepted trade of a managed buyer waits for its payment lock: the outbox gauge per
+    chain counts it and the age of the oldest pending effect grows until the relayer acts."""
+    import re
+
+    system, client = fresh(make_system)
+    buyer, seller = demo(system)
+    tid = propose(client, system, seller, buyer)["id"]
+    assert client.post(f"/v1/trades/{tid}/accept", headers=buyer.h).status_code == 200
+
+    def gauge(name: str, chain: str) -> float:
+        line = next(line for line in client.get("/metrics").text.splitlines()
+                    if line.startswith(f'{name}{{chain="{chain}"}}'))
+        return float(re.split(r"\s+", line)[-1])
+
+    assert gauge("dvp_outbox_pending", "payment") >= 1  # the approval-backed payment lock
+    assert gauge("dvp_outbox_pending", "business") == 0
+    first = gauge("dvp_outbox_oldest_pending_seconds", "payment")
+    assert first > 0
+    system.gateway.relayer.run_until(
+        lambda: gauge("dvp_outbox_pending", "payment") == 0, max_steps=10)
+    assert gauge("dvp_outbox_oldest_pending_seconds", "payment") == 0

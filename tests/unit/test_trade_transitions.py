@@ -61,6 +61,7 @@ from gateway.domain.trade import (
     Terms,
     TradeState,
     check_invariants,
+    deadline_without_progress,
     is_active,
     new_trade,
     state_transition,
@@ -1382,3 +1383,23 @@ def test_decoded_inputs_drive_the_machine_like_the_originals() -> None:
         assert step(state, roundtrip(Input, inp)) == expected
         state = expected[0]
     assert state.phase is Phase.SETTLED
+
+
+# --- operator alert ---------------------------------------------------------------------------
+
+
+def test_deadline_without_progress_names_the_deadline_at_stake() -> None:
+    horizon = 100
+    locked = trade_in("delivery_locked")
+    assert deadline_without_progress(locked, horizon) is None  # chains at T0, far from T_deliver
+    near = run(locked, Block(BUSINESS, 5, T_DELIVER - horizon))
+    assert deadline_without_progress(near, horizon) == "delivery"
+    assert deadline_without_progress(run(locked, Block(BUSINESS, 5, T_DELIVER - horizon - 1)),
+                                     horizon) is None
+    delivered = run(locked, CLAIM_DLV)
+    assert delivered.phase is Phase.DELIVERED
+    assert deadline_without_progress(delivered, horizon) is None
+    late = replace(delivered, payment_time=T_PAY - horizon)  # claim still not seen on chain
+    assert deadline_without_progress(late, horizon) == "payment"
+    settled = run(delivered, CLAIM_PAY)
+    assert deadline_without_progress(replace(settled, payment_time=T_PAY - 1), horizon) is None
