@@ -121,6 +121,7 @@ class Dispatcher:
         state, effects = new_trade(action, self.policy)
         with self.session_factory.begin() as session:
             repo = Repository(session)
+            repo.lock_trade_writes()
             repo.add_trade(state)
             repo.record_input(state.trade_id, action)
             self._store_effects(repo, state, effects, None)
@@ -135,6 +136,7 @@ class Dispatcher:
         trade_id: bytes = action.trade_id  # type: ignore[union-attr]
         with self.session_factory.begin() as session:
             work = _Work(Repository(session))
+            work.repo.lock_trade_writes()
             state = work.load(trade_id)
             if state is None:
                 raise UnknownTrade(trade_id.hex())
@@ -153,6 +155,7 @@ class Dispatcher:
         # against one prefetch), so everything goes to the database in one flush at commit.
         with self.session_factory.begin() as session, session.no_autoflush:
             work = _Work(Repository(session))
+            work.repo.lock_trade_writes()
             effects: dict[bytes, list[Effect]] = {}
             refs: dict[bytes, object] = {}
             if batch.rewind_to is not None:
@@ -287,7 +290,9 @@ class Dispatcher:
     def _store_effects(self, repo: Repository, state: TradeState, effects: list[Effect],
                        ref: object, before: TradeState | None = None) -> None:
         for effect in effects:
-            if isinstance(effect, ContractSend):
+            # Only what the final state still wants: a later input of the same batch (its
+            # Block, say) may have withdrawn an effect an earlier one asked for.
+            if isinstance(effect, ContractSend) and effect.key in state.pending:
                 repo.enqueue(state.trade_id, effect, effect_chain(effect).value)
         if before is not None:
             dropped = before.pending - state.pending

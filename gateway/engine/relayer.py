@@ -2,6 +2,16 @@
 
 `step()` is one full pass and is what tests drive directly (deterministic, no threads, no
 sleeps); the daemon (`run_forever`) is `step()` in a loop with a stop event.
+
+Several relayers may share one PostgreSQL database (and the same chains and keys). Each step
+polls a chain only while holding that chain's poll lock and runs a chain's outbox only while
+holding its execute lock (PostgreSQL session advisory locks, `gateway.db.locks`, never waited
+for: a chain whose lock another relayer holds is skipped this step); every dispatcher
+transaction holds the trade-writes lock. So each chain's logs are applied by one relayer at a
+time, each signing key's nonces on a chain are handed out by one relayer at a time, and a
+relayer that dies releases its chains to the others with its connections. On SQLite (a single
+relayer) the locks are no-ops. A relayer that cannot reach the database or a node backs off
+(`run_forever`) and resumes where the database says it was.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.chain.poller import ChainPoller, Cursor, DeepReorgError
+from gateway.db.locks import AdvisoryLocks, execute_lock, poll_lock
 from gateway.db.repository import Repository
 from gateway.domain.trade import Chain
 from gateway.engine import metrics
@@ -42,6 +53,7 @@ class Relayer:
         self.pollers = pollers
         self.executor = executor
         self.halted: dict[Chain, str] = {}
+        self.locks = AdvisoryLocks(session_factory.kw["bind"])
 
     def poll(self) -> StepResult:
         """Apply every batch the chains have, up to their confirmed heads."""
@@ -49,36 +61,50 @@ class Relayer:
         for chain, poller in self.pollers.items():
             if chain in self.halted:
                 continue
-            while True:
-                with self.session_factory() as session:
-                    repo = Repository(session)
-                    row = repo.cursor(poller.client.chain_id)
-                    cursor = (Cursor(row.block_number, bytes.fromhex(row.block_hash))
-                              if row else None)
-                    recent = repo.recent_block_hashes(poller.client.chain_id)
-                try:
-                    batch = poller.next_batch(cursor, recent)
-                except DeepReorgError as exc:
-                    self.halted[chain] = str(exc)
-                    log.critical("chain_halted", chain=chain.value, reason=str(exc))
-                    break
-                if batch is None:
-                    metrics.RELAYER_LAG.labels(chain.value).set(
-                        max(0, poller.head() - (cursor.number if cursor else 0)))
-                    break
-                if batch.rewind_to is not None:
-                    metrics.REORGS.labels(chain.value).inc()
-                self.dispatcher.apply_chain_batch(batch)
-                result.batches += 1
-                result.inputs += len(batch.inputs)
-                if batch.inputs:
-                    log.info("batch_applied", chain=chain.value, to_block=batch.block.number,
-                             inputs=len(batch.inputs), rewound_to=batch.rewind_to)
+            with self.locks.hold(poll_lock(poller.client.chain_id)) as held:
+                if held:
+                    self._poll_chain(chain, poller, result)
         return result
+
+    def _poll_chain(self, chain: Chain, poller: ChainPoller, result: StepResult) -> None:
+        while True:
+            with self.session_factory() as session:
+                repo = Repository(session)
+                row = repo.cursor(poller.client.chain_id)
+                cursor = (Cursor(row.block_number, bytes.fromhex(row.block_hash))
+                          if row else None)
+                recent = repo.recent_block_hashes(poller.client.chain_id)
+            try:
+                batch = poller.next_batch(cursor, recent)
+            except DeepReorgError as exc:
+                self.halted[chain] = str(exc)
+                log.critical("chain_halted", chain=chain.value, reason=str(exc))
+                break
+            if batch is None:
+                metrics.RELAYER_LAG.labels(chain.value).set(
+                    max(0, poller.head() - (cursor.number if cursor else 0)))
+                break
+            if batch.rewind_to is not None:
+                metrics.REORGS.labels(chain.value).inc()
+            self.dispatcher.apply_chain_batch(batch)
+            result.batches += 1
+            result.inputs += len(batch.inputs)
+            if batch.inputs:
+                log.info("batch_applied", chain=chain.value, to_block=batch.block.number,
+                         inputs=len(batch.inputs), rewound_to=batch.rewind_to)
+
+    def execute(self) -> int:
+        """Run the outbox of every chain whose execute lock this relayer gets."""
+        sent = 0
+        for chain, endpoint in self.executor.endpoints.items():
+            with self.locks.hold(execute_lock(endpoint.chain_id)) as held:
+                if held:
+                    sent += self.executor.run_chain(chain)
+        return sent
 
     def step(self) -> StepResult:
         result = self.poll()
-        result.sent = self.executor.run_once()
+        result.sent = self.execute()
         return result
 
     def run_until(self, done, max_steps: int = 50) -> int:  # noqa: ANN001

@@ -1,0 +1,93 @@
+"""Coordination of several relayers on one PostgreSQL database: advisory locks.
+
+Three kinds of work must not run twice at the same time:
+
+* **writing trade state** (the dispatcher: API actions and chain batches). Every dispatcher
+  transaction first takes one transaction-level advisory lock (`Repository.lock_trade_writes`,
+  `pg_advisory_xact_lock`), so trade states are read and written by one transaction at a time,
+  across processes, as SQLite's single writer does by itself. It is released by the commit or
+  rollback, and so by a crash or a lost connection.
+* **polling a chain** (cursor -> fetch logs -> apply): one relayer per chain at a time, or two
+  would apply the same batch and could move the cursor backwards.
+* **executing a chain's outbox** (settle attempts, sign with each key at its next nonce,
+  record, broadcast): one relayer per chain at a time, which covers every signing key used on
+  that chain, so no nonce is handed out twice and no effect is sent by two relayers.
+
+The last two are session-level `pg_try_advisory_lock`s held on a connection of their own for
+one pass over one chain (`AdvisoryLocks.hold`): a relayer that does not get a chain's lock
+skips that chain for this step, because another relayer is doing it. The server releases a
+session lock when its connection ends, so a relayer that is killed or cut off mid-pass frees
+its chains for the others at once; what it had recorded is picked up by whoever runs next (the
+executor's recorded-before-broadcast rule). A holder whose lock connection alone was dropped
+while its other connections kept working could overlap one pass with a new holder; the
+contracts make such a duplicate harmless to funds (a second claim or refund of a lock is
+skipped or reverts, a second identical lock reverts), at the price of its gas.
+
+On SQLite (one relayer: the embedded default) the locks are no-ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+from sqlalchemy import Engine, func, select
+
+log = structlog.get_logger("gateway.locks")
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for a name (`dvp:` namespaced)."""
+    digest = hashlib.sha256(f"dvp:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+TRADE_WRITES = lock_key("trade-writes")
+
+
+def poll_lock(chain_id: int) -> str:
+    return f"poll:{chain_id}"
+
+
+def execute_lock(chain_id: int) -> str:
+    return f"execute:{chain_id}"
+
+
+class AdvisoryLocks:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.enabled = engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def hold(self, name: str) -> Iterator[bool]:
+        """Try to take the session lock `name` for the duration of the block; yields whether
+        it was taken (never waits). Always True where locks are not needed (SQLite)."""
+        if not self.enabled:
+            yield True
+            return
+        key = lock_key(name)
+        connection = self.engine.connect()
+        try:
+            got = bool(connection.execute(select(func.pg_try_advisory_lock(key))).scalar())
+            connection.commit()  # hold the lock, not an open transaction
+        except Exception:
+            connection.invalidate()
+            connection.close()
+            raise
+        if not got:
+            connection.close()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                connection.execute(select(func.pg_advisory_unlock(key)))
+                connection.commit()
+            except Exception as exc:  # noqa: BLE001 - the session is gone, and its lock with it
+                log.warning("advisory_unlock_failed", lock=name, error=str(exc)[:200])
+                connection.invalidate()
+            finally:
+                connection.close()
