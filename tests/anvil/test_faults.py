@@ -77,6 +77,50 @@ def test_reorg_removes_the_business_claim_the_relayer_acted_on(anvil_devnet,
                                                       DEFAULT_BUSINESS_CHAIN_ID]
 
 
+def test_nothing_is_acted_on_before_its_confirmation_depth(anvil_devnet,
+                                                          database_url) -> None:
+    """Business confirmations 2: a claim reorged away while still shallower than that was
+    never seen, so nothing was sent on it; the buyer's claim mined again settles as usual."""
+    from dataclasses import replace
+
+    from tests.integration.harness import TEST_POLICY
+
+    policy = replace(TEST_POLICY, business_confirmations=2)
+    world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, policy=policy,
+                                             business_confirmations=2, max_reorg_depth=8))
+    business = anvil_devnet.business
+    before = _balances(world)
+    trade = _locked_deep(world, business)
+    world.take_delivery(trade)
+    business.mine()  # one confirmation: not enough
+    world.gateway.relayer.step()
+    assert world.phase(trade) == "delivery_locked" and _attempts(world) == []
+
+    business.reorg(2)  # the claim's block and the one on top are replaced: no claim
+    business.mine(3)
+    for _ in range(2):
+        world.gateway.relayer.step()
+    assert world.phase(trade) == "delivery_locked" and _attempts(world) == []
+    assert world.title_owner(trade) == anvil_devnet.delivery_htlc.address
+
+    business.forget_nonces()  # the buyer's wallet resyncs its nonce after the reorg
+    world.take_delivery(trade)
+    business.mine(2)
+    world.run_until_phase(trade, "settled")
+    _assert_settled(world, trade, before)
+    assert [a.status for a in _attempts(world)] == ["mined"]  # one payment claim
+
+
+def _locked_deep(world: World, business) -> Trade:  # noqa: ANN001
+    """Both legs locked and confirmed two blocks deep on the business chain."""
+    trade = world.agree()
+    world.lock_payment(trade)
+    world.lock_delivery(trade)
+    business.mine(2)
+    world.run_until_phase(trade, "delivery_locked")
+    return trade
+
+
 def test_reorg_while_the_relayer_is_down_is_found_from_stored_block_hashes(
         anvil_devnet, database_url) -> None:
     world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, max_reorg_depth=8))
