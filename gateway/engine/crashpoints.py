@@ -16,6 +16,7 @@ POINTS = (
     "executor.before_record",  # transactions planned and signed, not recorded
     "executor.after_record",  # recorded and committed, not broadcast
     "executor.after_broadcast",  # broadcast, its status not yet updated
+    "executor.after_replace_record",  # a fee-bumped replacement recorded, not broadcast
 )
 
 _armed: dict[str, int] = {}

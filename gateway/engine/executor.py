@@ -236,7 +236,8 @@ class Executor:
                     if replacement is not None:
                         to_send.append(replacement.id)
             to_send += [a.id for a in self._fill_gaps(ep, repo, latest)]
-        for attempt_id in to_send:
+        for attempt_id in to_send:  # recorded and committed: a crash here is healed next pass
+            reach("executor.after_replace_record")
             self._broadcast(ep, attempt_id)
         return sent + len(to_send)
 

@@ -190,3 +190,35 @@ def test_underpriced_rebroadcast_against_a_richer_foreign_transaction_is_bounded
     _assert_settled(world, trade, before)
     statuses = [a.status for a in _attempts(world)]
     assert statuses[-1] == "mined" and statuses.count("mined") == 1
+
+
+def test_crash_after_recording_a_replacement_it_is_sent_on_restart(anvil_devnet,
+                                                                  database_url) -> None:
+    from gateway.engine import crashpoints
+    from gateway.engine.crashpoints import SimulatedCrash
+
+    world = _world(anvil_devnet, database_url, BUMP)
+    payment = anvil_devnet.payment
+    trade, before = _delivered(world)
+    world.gateway.relayer.step()  # the claim, pending
+    crashpoints.arm("executor.after_replace_record")
+    try:
+        try:
+            world.gateway.relayer.step()
+            raise AssertionError("the crash point was not reached")
+        except SimulatedCrash:
+            pass
+    finally:
+        crashpoints.disarm()
+    first, replacement = _attempts(world)
+    assert (first.status, replacement.status) == ("replaced", "signed")  # recorded, unsent
+    assert payment.pending_transactions() == [bytes.fromhex(first.tx_hash)]
+
+    world.gateway.engine.dispose()
+    world.gateway = make_gateway(anvil_devnet, database_url, send_policy=BUMP)  # restart
+    world.gateway.relayer.step()  # the recorded replacement goes out
+    assert payment.pending_transactions() == [bytes.fromhex(replacement.tx_hash)]
+    payment.mine()
+    _assert_settled(world, trade, before)
+    statuses = [a.status for a in _attempts(world)]
+    assert statuses.count("mined") == 1 and statuses[1] == "mined"
