@@ -572,6 +572,7 @@ def api(host: str, port: int) -> None:
     from gateway.api.context import ApiContext, ChainView
     from gateway.contracts import load_artifact
     from gateway.db.session import make_engine, make_session_factory
+    from gateway.domain.trade import Chain
     from gateway.engine.dispatcher import Dispatcher
 
     settings = _settings()
@@ -584,7 +585,9 @@ def api(host: str, port: int) -> None:
     factory = make_session_factory(engine)
     policy = settings.timing_policy()
     ctx = ApiContext(
-        session_factory=factory, dispatcher=Dispatcher(factory, policy), policy=policy,
+        session_factory=factory, dispatcher=Dispatcher(factory, policy, chain_ids={
+            Chain.PAYMENT: clients["payment"].chain_id,
+            Chain.BUSINESS: clients["business"].chain_id}), policy=policy,
         payment=ChainView(clients["payment"], pay_htlc.address,
                           pay_htlc.functions.token().call()),
         business=ChainView(clients["business"], dlv_htlc.address,

@@ -50,7 +50,8 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
                                     business_confirmations=business_confirmations)
     engine, session_factory = open_database(database_url)
-    dispatcher = Dispatcher(session_factory, policy)
+    dispatcher = Dispatcher(session_factory, policy, chain_ids={
+        Chain.PAYMENT: payment.chain_id, Chain.BUSINESS: business.chain_id})
     pay_proxy = PaymentHTLCProxy(payment, payment.contract(payment_htlc,
                                                            load_artifact("PaymentHTLC")))
     dlv_proxy = DeliveryHTLCProxy(business, business.contract(delivery_htlc,

@@ -108,10 +108,39 @@ class _Work:
 
 class Dispatcher:
     def __init__(self, session_factory: sessionmaker[Session], policy: TimingPolicy,
-                 on_effects: Callable[[TradeState, list[Effect]], None] | None = None) -> None:
+                 on_effects: Callable[[TradeState, list[Effect]], None] | None = None,
+                 chain_ids: dict[Chain, int] | None = None) -> None:
         self.session_factory = session_factory
         self.policy = policy
         self.on_effects = on_effects
+        self.chain_ids = chain_ids or {}
+
+    # --- chain time -------------------------------------------------------------------------
+
+    def _clocks(self, repo: Repository, chains: tuple[Chain, ...]) -> list[Block]:
+        """Each chain's time as of the relayer's last applied block (its cursor)."""
+        blocks = []
+        for chain in chains:
+            row = repo.cursor(self.chain_ids[chain]) if chain in self.chain_ids else None
+            if row is not None:
+                blocks.append(Block(chain, row.block_number, row.block_timestamp))
+        return blocks
+
+    def _catch_up(self, state: TradeState, clocks: list[Block]) -> tuple[TradeState,
+                                                                          list[Effect]]:
+        """Bring a trade's chain times up to the cursors before it decides anything.
+
+        A trade's stored times are saved only when something else about it changes, so a
+        decision that weighs both chains' clocks (a managed seller's lock, taking delivery)
+        would otherwise read one chain's time from long ago. Time still arrives only as
+        `Block` inputs."""
+        out: list[Effect] = []
+        for block in clocks:
+            known = state.payment_time if block.chain is Chain.PAYMENT else state.business_time
+            if block.timestamp > known:
+                state, more = self._transition(state, block)
+                out.extend(more)
+        return state, out
 
     # --- actions (API) --------------------------------------------------------------------
 
@@ -122,6 +151,9 @@ class Dispatcher:
         with self.session_factory.begin() as session:
             repo = Repository(session)
             repo.lock_trade_writes()
+            state, more = self._catch_up(state, self._clocks(repo, (Chain.PAYMENT,
+                                                                     Chain.BUSINESS)))
+            effects.extend(more)
             repo.add_trade(state)
             repo.record_input(state.trade_id, action)
             self._store_effects(repo, state, effects, None)
@@ -142,7 +174,10 @@ class Dispatcher:
                 raise UnknownTrade(trade_id.hex())
             if check is not None:
                 check(state)
+            state, early = self._catch_up(state, self._clocks(work.repo, (Chain.PAYMENT,
+                                                                          Chain.BUSINESS)))
             new_state, effects = state_transition(state, action, self.policy)
+            effects = early + effects
             work.repo.record_input(trade_id, action)
             work.states[trade_id] = new_state
             self._finish(work, {trade_id: effects}, None)
@@ -163,6 +198,8 @@ class Dispatcher:
             for state in work.repo.active_trades():  # one query; they all need the Block
                 if state.trade_id not in work.states:
                     work.states[state.trade_id] = work.before[state.trade_id] = state
+            other = self._clocks(work.repo, (Chain.BUSINESS if batch.chain is Chain.PAYMENT
+                                             else Chain.PAYMENT,))
             index = _RoutingIndex(work.states.values())
             logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
             for inp in batch.inputs:
@@ -182,14 +219,17 @@ class Dispatcher:
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
                     work.repo.link_lock(batch.chain.value, inp.lock_id, trade_id)
                     index.add_lock(batch.chain, inp.lock_id, trade_id)
+                state, early = self._catch_up(state, other)
                 new_state, out = self._transition(state, inp)
                 work.states[trade_id] = new_state
-                effects.setdefault(trade_id, []).extend(out)
+                effects.setdefault(trade_id, []).extend(early + out)
                 refs[trade_id] = inp.ref
             for trade_id, state in list(work.states.items()):
                 if not is_active(state) and trade_id not in effects:
                     continue
+                state, early = self._catch_up(state, other)
                 new_state, out = self._transition(state, batch.block)
+                out = early + out
                 work.states[trade_id] = new_state
                 if out:
                     effects.setdefault(trade_id, []).extend(out)
