@@ -78,11 +78,17 @@ def install(app: FastAPI) -> None:
 
         structlog.get_logger("gateway.api").error(
             "unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DataError, OperationalError
 
         if isinstance(exc, OperationalError):
             return problem_response(503, "the database is unavailable; retry later",
                                     headers={"Retry-After": "5"}, instance=request.url.path)
+        if isinstance(exc, DataError):
+            # A value the database cannot hold or compare (PostgreSQL refuses NUL characters
+            # in text, for one): the request's data, not the server, is at fault.
+            return problem_response(422, "a value in the request cannot be stored or "
+                                    "searched for (control characters?)",
+                                    instance=request.url.path)
         return problem_response(500, "internal error; it has been logged",
                                 instance=request.url.path)
 
