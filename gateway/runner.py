@@ -85,15 +85,17 @@ def _cipher(settings: Settings, workdir: Path) -> Cipher:
 
 def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
                  policy: TimingPolicy | None = None, limits: Limits | None = None,
-                 database_url: str | None = None) -> System:
+                 database_url: str | None = None, devnet: Devnet | None = None) -> System:
     """`database_url`: an empty database to use instead of a new SQLite file in `workdir`
-    (the chains are new, so the database must be too)."""
+    (the chains are new, so the database must be too). `devnet`: chains already started
+    and deployed (two anvil nodes, say) instead of new in-process ones; the caller stops
+    them."""
     workdir.mkdir(parents=True, exist_ok=True)
     database = workdir / "gateway.db"
     for stale in (database, workdir / "gateway.db-wal", workdir / "gateway.db-shm"):
         stale.unlink(missing_ok=True)  # the in-process chains are new: so is their history
     cipher = _cipher(settings, workdir)
-    devnet = start_devnet(settings.payment_chain_id, settings.business_chain_id)
+    devnet = devnet or start_devnet(settings.payment_chain_id, settings.business_chain_id)
     policy = policy or TimingPolicy(payment_confirmations=0, business_confirmations=0,
                                     payment_block_time=1, business_block_time=1,
                                     reaction_budget=30, drift_allowance=0)

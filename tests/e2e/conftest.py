@@ -14,6 +14,33 @@ def system(tmp_path, database_url) -> System:
     system.close()
 
 
+BACKENDS = ["eth-tester", "anvil"]
+
+
+@pytest.fixture(params=BACKENDS)
+def system_on_both_backends(request, tmp_path, database_url) -> System:
+    """The whole gateway (API, relayer, database) on in-process chains, or on two real anvil
+    nodes over JSON-RPC: the flows that move money run on both."""
+    if request.param == "eth-tester":
+        system = build_system(Settings(_env_file=None), tmp_path / "run",
+                              database_url=database_url)
+        yield system
+        system.close()
+        return
+    from gateway.chain.anvil import start_anvil_devnet
+
+    settings = Settings(_env_file=None)
+    net = start_anvil_devnet(settings.payment_chain_id, settings.business_chain_id)
+    try:
+        system = build_system(settings, tmp_path / "run", database_url=database_url,
+                              devnet=net)
+        yield system
+        system.close()
+    finally:
+        net.payment.close()
+        net.business.close()
+
+
 @pytest.fixture
 def client(system: System) -> TestClient:
     return TestClient(system.app, raise_server_exceptions=False)

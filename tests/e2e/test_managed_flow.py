@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.e2e.conftest import auth
+
+
+@pytest.fixture
+def system(system_on_both_backends):  # noqa: ANN001, ANN201 - every test here, both backends
+    return system_on_both_backends
 
 
 def _balance(system, address: str) -> int:

@@ -6,10 +6,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import pytest
+
 from gateway.api.enterprises import create_enterprise
 from gateway.chain.devnet import BUYER, ISSUER, SELLER
 from gateway.domain.locks import hashlock_of, new_secret
 from tests.e2e.conftest import auth
+
+
+@pytest.fixture
+def system(system_on_both_backends):  # noqa: ANN001, ANN201 - every test here, both backends
+    return system_on_both_backends
 
 
 def _sign_and_send(system, account, txs) -> None:  # noqa: ANN001
