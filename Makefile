@@ -32,7 +32,7 @@ $(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
 	touch $@
 
 test: $(PY_STAMP) $(ANVIL_STAMP)
-	$(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
+	$(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider --durations=15
 
 # The same suite on PostgreSQL: a throwaway cluster on loopback (scripts/pg-cluster), one new
 # database per test. Needs PostgreSQL's server binaries (Debian: apt-get install postgresql).
