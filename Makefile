@@ -37,7 +37,7 @@ test: $(PY_STAMP) $(ANVIL_STAMP)
 # The same suite on PostgreSQL: a throwaway cluster on loopback (scripts/pg-cluster), one new
 # database per test. Needs PostgreSQL's server binaries (Debian: apt-get install postgresql).
 test-postgres: $(PY_STAMP) $(ANVIL_STAMP)
-	scripts/pg-cluster run -- $(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider
+	scripts/pg-cluster run -- $(BIN)/python -m pytest -n $(XDIST) -p no:cacheprovider --durations=15
 
 # Recompile solidity/ into the committed artifacts.
 contracts: $(NPM_STAMP)
