@@ -46,3 +46,14 @@ def test_a_holder_whose_connection_dies_frees_the_lock(database_url) -> None:
     finally:
         one.dispose()
         two.dispose()
+
+
+def test_sessions_ask_the_server_for_tcp_keepalives(database_url) -> None:
+    """So the server ends a vanished relayer's session, and frees its locks, in seconds."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW tcp_keepalives_idle")).scalar() == "10"
+            assert connection.execute(text("SHOW tcp_keepalives_count")).scalar() == "3"
+    finally:
+        engine.dispose()
