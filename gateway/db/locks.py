@@ -16,12 +16,13 @@ Three kinds of work must not run twice at the same time:
 The last two are session-level `pg_try_advisory_lock`s held on a connection of their own for
 one pass over one chain (`AdvisoryLocks.hold`): a relayer that does not get a chain's lock
 skips that chain for this step, because another relayer is doing it. The server releases a
-session lock when its connection ends, so a relayer that is killed or cut off mid-pass frees
-its chains for the others at once; what it had recorded is picked up by whoever runs next (the
-executor's recorded-before-broadcast rule). A holder whose lock connection alone was dropped
-while its other connections kept working could overlap one pass with a new holder; the
-contracts make such a duplicate harmless to funds (a second claim or refund of a lock is
-skipped or reverts, a second identical lock reverts), at the price of its gas.
+session lock when its connection ends, so a relayer that is killed mid-pass frees its chains
+for the others at once (one whose host vanishes, within about half a minute: the sessions ask
+for TCP keep-alives, `gateway.db.session`); what it had recorded is picked up by whoever
+runs next (the executor's recorded-before-broadcast rule). A holder whose lock connection
+alone was dropped while its other connections kept working could overlap one pass with a new
+holder; the contracts make such a duplicate harmless to funds (a second claim or refund of a
+lock is skipped or reverts, a second identical lock reverts), at the price of its gas.
 
 On SQLite (one relayer: the embedded default) the locks are no-ops.
 """
