@@ -172,12 +172,15 @@ class AnvilNode:
 
     def _read_output(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            self.output.append(line)
-            if line.startswith("Listening on "):
-                self.port = int(line.rsplit(":", 1)[1])
-                self._listening.set()
+        try:
+            for line in process.stdout:
+                line = line.rstrip()
+                self.output.append(line)
+                if line.startswith("Listening on "):
+                    self.port = int(line.rsplit(":", 1)[1])
+                    self._listening.set()
+        except (ValueError, OSError):
+            pass  # the pipe was closed by stop() while a line was being read
         self._listening.set()  # exited: let start() see it
 
     def _wait_rpc(self) -> None:
