@@ -17,12 +17,12 @@ underpriced, unavailable) for eth-tester's and JSON-RPC nodes' wording alike.
 from __future__ import annotations
 
 import ast
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
@@ -315,8 +315,19 @@ class ChainClient:
             return getattr(contract.functions, fn)(*args).call(
                 {"from": sender} if sender else {}, block_identifier=block
             )
-        except (ContractLogicError, TransactionFailed) as exc:
+        except _call_errors() as exc:
             raise decode_revert(_revert_data(exc), contract.abi) from exc
+
+
+def _tester_failed() -> tuple[type[BaseException], ...]:
+    """eth-tester's TransactionFailed, if eth-tester is loaded (only then can it be raised):
+    a relayer on JSON-RPC nodes never imports eth-tester and py-evm."""
+    module = sys.modules.get("eth_tester.exceptions")
+    return (module.TransactionFailed,) if module is not None else ()
+
+
+def _call_errors() -> tuple[type[BaseException], ...]:
+    return (ContractLogicError, *_tester_failed())
 
 
 def _revert_data(exc: BaseException) -> bytes:
@@ -329,7 +340,7 @@ def _revert_data(exc: BaseException) -> bytes:
     while seen is not None:
         if isinstance(seen, ContractLogicError) and isinstance(seen.data, str):
             return bytes.fromhex(seen.data.removeprefix("0x"))
-        if isinstance(seen, TransactionFailed) and seen.args:
+        if isinstance(seen, _tester_failed()) and seen.args:
             message = seen.args[0]
             if isinstance(message, bytes):
                 return message

@@ -12,12 +12,10 @@ from typing import Protocol
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_tester import EthereumTester
 from web3.contract import Contract
 
 from gateway.chain.client import ChainClient
 from gateway.chain.htlc import DeliveryHTLCProxy, PaymentHTLCProxy
-from gateway.chain.tester import start_tester_chain
 from gateway.contracts import load_artifact
 
 DEFAULT_PAYMENT_CHAIN_ID = 71_001
@@ -67,7 +65,8 @@ class InProcessChain:
     def __init__(self, name: str, chain_id: int) -> None:
         self.name = name
         self.chain_id = chain_id
-        self.tester: EthereumTester
+        from gateway.chain.tester import start_tester_chain  # eth-tester + py-evm, on use
+
         self.tester, w3 = start_tester_chain(chain_id, num_accounts=DEV_ACCOUNTS)
         self.client = ChainClient(w3, chain_id, name)
         self.accounts: list[LocalAccount] = [
