@@ -221,6 +221,10 @@ class Repository:
     def cursor(self, chain_id: int) -> CursorRow | None:
         return self.session.get(CursorRow, chain_id)
 
+    def cursors(self, chain_ids: list[int]) -> list[CursorRow]:
+        return list(self.session.scalars(select(CursorRow).where(
+            CursorRow.chain_id.in_(chain_ids))))
+
     def set_cursor(self, chain_id: int, number: int, block_hash: bytes, timestamp: int) -> None:
         row = self.session.get(CursorRow, chain_id)
         if row is None:

@@ -119,12 +119,9 @@ class Dispatcher:
 
     def _clocks(self, repo: Repository, chains: tuple[Chain, ...]) -> list[Block]:
         """Each chain's time as of the relayer's last applied block (its cursor)."""
-        blocks = []
-        for chain in chains:
-            row = repo.cursor(self.chain_ids[chain]) if chain in self.chain_ids else None
-            if row is not None:
-                blocks.append(Block(chain, row.block_number, row.block_timestamp))
-        return blocks
+        ids = {self.chain_ids[c]: c for c in chains if c in self.chain_ids}
+        return [Block(ids[row.chain_id], row.block_number, row.block_timestamp)
+                for row in repo.cursors(list(ids))] if ids else []
 
     def _catch_up(self, state: TradeState, clocks: list[Block]) -> tuple[TradeState,
                                                                           list[Effect]]:
