@@ -29,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +349,18 @@ def start_anvil_devnet(payment_chain_id: int, business_chain_id: int, *,
             if chain is not None:
                 chain.close()
         raise
+
+
+@contextmanager
+def running_anvil_devnet(payment_chain_id: int, business_chain_id: int,
+                         **kwargs: Any) -> Iterator[Any]:
+    """`start_anvil_devnet`, with both nodes stopped (and their directories removed) on exit."""
+    devnet = start_anvil_devnet(payment_chain_id, business_chain_id, **kwargs)
+    try:
+        yield devnet
+    finally:
+        devnet.payment.close()
+        devnet.business.close()
 
 
 def devnet_env(devnet, relayer_key: bytes, block_time: float | None) -> list[str]:  # noqa: ANN001

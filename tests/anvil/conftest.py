@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.chain.anvil import start_anvil_devnet
+from gateway.chain.anvil import running_anvil_devnet
 from gateway.chain.devnet import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
 
-
-@pytest.fixture
-def database_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
+# The database is tests/conftest.py's `database_url`: SQLite, or PostgreSQL in the
+# PostgreSQL run, like every other suite.
 
 
 @pytest.fixture
 def anvil_devnet():  # noqa: ANN201
-    net = start_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID)
-    try:
+    with running_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID) as net:
         yield net
-    finally:
-        net.payment.close()
-        net.business.close()
 
 
 @pytest.fixture
 def stateful_anvil_devnet():  # noqa: ANN201
     """Nodes that keep their state in a file across a restart (`--state`)."""
-    net = start_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID,
-                             keep_state=True)
-    try:
+    with running_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID,
+                              keep_state=True) as net:
         yield net
-    finally:
-        net.payment.close()
-        net.business.close()

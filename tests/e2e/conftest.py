@@ -27,18 +27,14 @@ def system_on_both_backends(request, tmp_path, database_url) -> System:
         yield system
         system.close()
         return
-    from gateway.chain.anvil import start_anvil_devnet
+    from gateway.chain.anvil import running_anvil_devnet
 
     settings = Settings(_env_file=None)
-    net = start_anvil_devnet(settings.payment_chain_id, settings.business_chain_id)
-    try:
+    with running_anvil_devnet(settings.payment_chain_id, settings.business_chain_id) as net:
         system = build_system(settings, tmp_path / "run", database_url=database_url,
                               devnet=net)
         yield system
         system.close()
-    finally:
-        net.payment.close()
-        net.business.close()
 
 
 @pytest.fixture

@@ -15,14 +15,10 @@ def devnet(request):  # noqa: ANN201
     if request.param == "eth-tester":
         yield start_devnet()
         return
-    from gateway.chain.anvil import start_anvil_devnet
+    from gateway.chain.anvil import running_anvil_devnet
 
-    net = start_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID)
-    try:
+    with running_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID) as net:
         yield net
-    finally:
-        net.payment.close()
-        net.business.close()
 
 
 @pytest.fixture
