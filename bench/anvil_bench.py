@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from e2e import make_gateway, settled  # noqa: E402 - bench/ is the script's own folder
+
 from gateway import logs  # noqa: E402
 from gateway.chain.anvil import start_anvil_devnet  # noqa: E402
 from gateway.chain.devnet import (  # noqa: E402
@@ -33,7 +35,6 @@ from gateway.chain.devnet import (  # noqa: E402
     DEFAULT_BUSINESS_CHAIN_ID,
     DEFAULT_PAYMENT_CHAIN_ID,
     ISSUER,
-    RELAYER,
     SELLER,
     Devnet,
 )
@@ -41,7 +42,7 @@ from gateway.chain.htlc import GAS_DELIVERY_EXIT, GAS_DELIVERY_LOCK, GAS_LOCK  #
 from gateway.domain.locks import DeliveryLock, hashlock_of  # noqa: E402
 from gateway.domain.policy import TimingPolicy  # noqa: E402
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Terms  # noqa: E402
-from gateway.engine.build import Gateway, build_gateway  # noqa: E402
+from gateway.engine.build import Gateway  # noqa: E402
 
 POLICY = TimingPolicy(payment_confirmations=0, business_confirmations=0, payment_block_time=1,
                       business_block_time=1, reaction_budget=30, drift_allowance=0)
@@ -111,24 +112,6 @@ class Parties:
             for i in indices])
 
 
-def _gateway(devnet: Devnet, tmp: str, max_batch: int) -> Gateway:
-    return build_gateway(database_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
-                         payment=devnet.payment.client, business=devnet.business.client,
-                         payment_htlc=devnet.info.payment.htlc,
-                         delivery_htlc=devnet.info.business.htlc,
-                         relayer_key=devnet.account(RELAYER), policy=POLICY, max_batch=max_batch)
-
-
-def _settled(gw: Gateway, n: int) -> bool:
-    from sqlalchemy import func, select
-
-    from gateway.db.models import TradeRow
-
-    with gw.session_factory() as session:
-        return session.scalar(select(func.count()).select_from(TradeRow).where(
-            TradeRow.phase == "settled")) == n
-
-
 def _devnet() -> Devnet:
     return start_anvil_devnet(DEFAULT_PAYMENT_CHAIN_ID, DEFAULT_BUSINESS_CHAIN_ID)
 
@@ -143,7 +126,7 @@ def settle_run(n: int, max_batch: int) -> dict:
     try:
         parties = Parties(devnet, n)
         with tempfile.TemporaryDirectory() as tmp:
-            gw = _gateway(devnet, tmp, max_batch)
+            gw = make_gateway(devnet, tmp, max_batch)
             everything = range(n)
             started = time.perf_counter()
             for i in everything:
@@ -155,7 +138,7 @@ def settle_run(n: int, max_batch: int) -> dict:
             gw.relayer.step()
             revealed = time.perf_counter()
             parties.take_deliveries(everything)
-            gw.relayer.run_until(lambda: _settled(gw, n), max_steps=200)
+            gw.relayer.run_until(lambda: settled(gw, n), max_steps=200)
             done = time.perf_counter()
             claims = _payment_claim_transactions(gw)
             gw.engine.dispose()
@@ -185,7 +168,7 @@ def latency_run(m: int) -> list[float]:
     try:
         parties = Parties(devnet, m)
         with tempfile.TemporaryDirectory() as tmp:
-            gw = _gateway(devnet, tmp, 50)
+            gw = make_gateway(devnet, tmp, 50)
             for i in range(m):
                 gw.dispatcher.propose(ActionProposeTrade(parties.trade_ids[i], parties.terms[i]))
                 gw.dispatcher.apply_action(ActionAcceptTrade(parties.trade_ids[i]))

@@ -108,12 +108,14 @@ def raw_run(n: int) -> float:
     return time.perf_counter() - started
 
 
-def make_gateway(devnet: Devnet, tmp: str) -> Gateway:
+def make_gateway(devnet: Devnet, tmp: str, max_batch: int = BATCH) -> Gateway:
+    """The gateway the benchmarks measure (SQLite in `tmp`); also bench/anvil_bench.py's."""
     return build_gateway(database_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
                          payment=devnet.payment.client, business=devnet.business.client,
                          payment_htlc=devnet.info.payment.htlc,
                          delivery_htlc=devnet.info.business.htlc,
-                         relayer_key=devnet.account(RELAYER), policy=POLICY, max_batch=BATCH)
+                         relayer_key=devnet.account(RELAYER), policy=POLICY,
+                         max_batch=max_batch)
 
 
 def settled(gw: Gateway, n: int) -> bool:
