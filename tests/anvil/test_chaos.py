@@ -34,6 +34,7 @@ NEVER_PERFORMED = 20  # the buyer never takes delivery: both legs are refunded
 SEED = int(os.environ.get("DVP_CHAOS_SEED", time.time_ns() % 10**6))
 CLAIMED_TOPIC = keccak(text="Claimed(bytes32,bytes32)")
 MAX_KILLS = 25
+CHUNK = 20  # trades the parties lock and perform between two kills
 
 
 class Relayers:
@@ -45,6 +46,7 @@ class Relayers:
         self.started_at = [0] * count  # log offset of each process's own lines
         self.kills = 0
         self.error: BaseException | None = None
+        self.killed = threading.Condition()
         self.stop = threading.Event()
         for n in range(count):
             self._start(n)
@@ -55,6 +57,11 @@ class Relayers:
             self.procs[n] = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "relayer", "run", "--json-logs"],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def wait_for_kills(self, count: int, timeout: float) -> None:
+        with self.killed:
+            assert self.killed.wait_for(lambda: self.kills >= count or self.error, timeout), \
+                f"no kill in {timeout} s: " + self.tail(0)
 
     def up(self, n: int) -> bool:
         """Relayer `n` (its current process) has started working."""
@@ -84,7 +91,9 @@ class Relayers:
                                      + self.tail(n))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            self.kills += 1
+            with self.killed:
+                self.kills += 1
+                self.killed.notify_all()
             self._start(n)
 
     def tail(self, n: int) -> str:
@@ -138,13 +147,18 @@ def test_relayers_killed_at_random_settle_every_trade_exactly_once(anvil_devnet,
     killer = threading.Thread(target=relayers.chaos, name="chaos", daemon=True)
     killer.start()
     try:
-        # The parties act on chain with their own keys while the relayers are being killed.
-        for trade in trades:
-            world.lock_payment(trade)
-            world.lock_delivery(trade)
+        # The parties act on chain in chunks, and each chunk waits for one more kill: the
+        # relayers are killed while they work, however fast a machine settles everything.
         performed, idle = trades[NEVER_PERFORMED:], trades[:NEVER_PERFORMED]
-        for trade in performed:
-            world.take_delivery(trade)
+        for start in range(0, TRADES, CHUNK):
+            chunk = trades[start:start + CHUNK]
+            for trade in chunk:
+                world.lock_payment(trade)
+                world.lock_delivery(trade)
+            for trade in chunk:
+                if trade in performed:
+                    world.take_delivery(trade)
+            relayers.wait_for_kills(min(relayers.kills + 1, MAX_KILLS), timeout=60)
 
         def phases() -> Counter:
             with world.gateway.session_factory() as session:
@@ -163,7 +177,7 @@ def test_relayers_killed_at_random_settle_every_trade_exactly_once(anvil_devnet,
         codes = relayers.shutdown()
         killer.join(10)
     assert relayers.error is None, relayers.error
-    assert relayers.kills >= 5, f"only {relayers.kills} kills (seed {SEED}): not much chaos"
+    assert relayers.kills >= min(TRADES // CHUNK, MAX_KILLS), relayers.kills
     assert all(code == 0 for code in codes), (codes, relayers.tail(0))
 
     # Money: the buyer paid exactly the performed trades, once each; nothing is left locked.
