@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from e2e import make_gateway, settled  # noqa: E402 - bench/ is the script's own folder
+from e2e import AMOUNT, make_gateway, settled  # noqa: E402 - bench/ is the script's own folder
 
 from gateway import logs  # noqa: E402
 from gateway.chain.anvil import start_anvil_devnet  # noqa: E402
@@ -40,13 +40,8 @@ from gateway.chain.devnet import (  # noqa: E402
 )
 from gateway.chain.htlc import GAS_DELIVERY_EXIT, GAS_DELIVERY_LOCK, GAS_LOCK  # noqa: E402
 from gateway.domain.locks import DeliveryLock, hashlock_of  # noqa: E402
-from gateway.domain.policy import TimingPolicy  # noqa: E402
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Terms  # noqa: E402
 from gateway.engine.build import Gateway  # noqa: E402
-
-POLICY = TimingPolicy(payment_confirmations=0, business_confirmations=0, payment_block_time=1,
-                      business_block_time=1, reaction_budget=30, drift_allowance=0)
-AMOUNT = 1_000_00
 
 
 class Parties:
