@@ -2,15 +2,20 @@
 nodes (JSON-RPC over HTTP); prints JSON.
 
 - settlements per second through the gateway, payment claims batched (`claimMany`, up to 50 a
-  transaction) vs one `claim` per transaction: N trades proposed and accepted, both legs
-  locked by the parties, the relayer verifying them, the buyer revealing every secret, until
-  the relayer has every trade settled. `end_to_end` times all of it; `reveal_to_settled` only
-  the relayer's part from the first secret revealed.
+  transaction) vs one `claim` per transaction: N trades proposed and accepted through the
+  dispatcher, both legs locked by the parties, the relayer verifying them, the buyer revealing
+  every secret, until the relayer has every trade settled. `end_to_end` times all of it;
+  `reveal_to_settled` only the relayer's part from the first secret revealed.
+- the same N trades' transactions (the parties' and the payment claims as `claimMany`) sent
+  straight to the nodes with no gateway (`raw_chain`): the bound the nodes set, in the same run,
+  and the gateway's time over it.
 - latency from one secret revealed (the buyer's delivery claim mined) to the relayer's payment
   claim mined, the relayer stepping continuously.
-The parties' transactions are signed locally and sent as JSON-RPC batches of 100 (anvil
-automines each on arrival); the last receipt of every phase is awaited. The relayer sends its
-own transactions one request each, as in production.
+
+The parties are other systems with their own machines: their transactions are signed before the
+clock starts (`parties_signing_s` says how long that took here) and sent as JSON-RPC batches of
+100 (anvil automines each on arrival); the last receipt of every phase is awaited. The relayer
+signs its own transactions inside the clock and sends them one request each, as in production.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,11 +41,19 @@ from gateway.chain.devnet import (  # noqa: E402
     DEFAULT_BUSINESS_CHAIN_ID,
     DEFAULT_PAYMENT_CHAIN_ID,
     ISSUER,
+    RELAYER,
     SELLER,
     Devnet,
 )
-from gateway.chain.htlc import GAS_DELIVERY_EXIT, GAS_DELIVERY_LOCK, GAS_LOCK  # noqa: E402
-from gateway.domain.locks import DeliveryLock, hashlock_of  # noqa: E402
+from gateway.chain.htlc import (  # noqa: E402
+    GAS_BATCH_BASE,
+    GAS_BATCH_PER_LOCK,
+    GAS_DELIVERY_EXIT,
+    GAS_DELIVERY_LOCK,
+    GAS_LOCK,
+    claim_many_calldata,
+)
+from gateway.domain.locks import DeliveryLock, PaymentLock, hashlock_of  # noqa: E402
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Terms  # noqa: E402
 from gateway.engine.build import Gateway  # noqa: E402
 
@@ -69,42 +83,59 @@ class Parties:
 
     @staticmethod
     def _send(client, txs, chunk: int = 100) -> None:  # noqa: ANN001
-        """Sign locally, send as JSON-RPC batches of `chunk` (in nonce order), then wait for
-        the last one's receipt; every transaction must have been accepted."""
-        raws = [client.sign(sender, to=to, data=data, gas=gas) for sender, to, data, gas in txs]
-        provider = client.w3.provider
-        for start in range(0, len(raws), chunk):
-            responses = provider.make_batch_request(
-                [("eth_sendRawTransaction", ["0x" + raw.hex()])
-                 for raw in raws[start:start + chunk]])
-            errors = [r["error"] for r in responses if "error" in r]
-            assert not errors, errors[:3]
-        if raws:
-            assert client.wait(client.tx_hash(raws[-1])).succeeded
+        send_signed(client, [client.sign(sender, to=to, data=data, gas=gas)
+                             for sender, to, data, gas in txs], chunk)
+
+    def presign(self) -> PartyTransactions:
+        """Every transaction the parties make, signed in nonce order."""
+        started = time.perf_counter()
+        d, terms = self.d, self.terms
+        pay, dlv = d.payment_htlc.htlc, d.delivery_htlc.htlc
+        signed = PartyTransactions(
+            payment_locks=[d.payment.client.sign(self.buyer, to=pay.address, gas=GAS_LOCK,
+                                                 data=pay.encode_abi("lock", [
+                                                     t.seller_payment, t.amount, t.hashlock,
+                                                     t.t_pay])) for t in terms],
+            delivery_locks=[d.business.client.sign(
+                self.seller, to=dlv.address, gas=GAS_DELIVERY_LOCK, data=dlv.encode_abi("lock", [
+                    t.buyer_business, t.token_id, t.document_hash, self.trade_ids[i],
+                    t.hashlock, t.t_deliver])) for i, t in enumerate(terms)],
+            delivery_claims=[d.business.client.sign(
+                self.buyer, to=dlv.address, gas=GAS_DELIVERY_EXIT, data=dlv.encode_abi(
+                    "claim", [self.delivery_lock(i).as_tuple(), self.secrets[i]]))
+                for i in range(len(terms))])
+        signed.signing_s = time.perf_counter() - started
+        return signed
+
+    def payment_lock(self, i: int) -> PaymentLock:
+        t = self.terms[i]
+        return PaymentLock(self.buyer.address, t.seller_payment, t.amount, t.hashlock, t.t_pay)
 
     def delivery_lock(self, i: int) -> DeliveryLock:
         t = self.terms[i]
         return DeliveryLock(self.seller.address, t.buyer_business, t.token_id, t.document_hash,
                             self.trade_ids[i], t.hashlock, t.t_deliver)
 
-    def lock_payments(self, indices) -> None:  # noqa: ANN001
-        htlc = self.d.payment_htlc.htlc
-        self._send(self.d.payment.client, [(self.buyer, htlc.address, htlc.encode_abi(
-            "lock", [t.seller_payment, t.amount, t.hashlock, t.t_pay]), GAS_LOCK)
-            for t in (self.terms[i] for i in indices)])
 
-    def lock_deliveries(self, indices) -> None:  # noqa: ANN001
-        htlc = self.d.delivery_htlc.htlc
-        self._send(self.d.business.client, [(self.seller, htlc.address, htlc.encode_abi(
-            "lock", [t.buyer_business, t.token_id, t.document_hash, self.trade_ids[i],
-                     t.hashlock, t.t_deliver]), GAS_DELIVERY_LOCK)
-            for i, t in ((i, self.terms[i]) for i in indices)])
+@dataclass
+class PartyTransactions:
+    payment_locks: list[bytes]
+    delivery_locks: list[bytes]
+    delivery_claims: list[bytes]
+    signing_s: float = 0.0
 
-    def take_deliveries(self, indices) -> None:  # noqa: ANN001
-        htlc = self.d.delivery_htlc.htlc
-        self._send(self.d.business.client, [(self.buyer, htlc.address, htlc.encode_abi(
-            "claim", [self.delivery_lock(i).as_tuple(), self.secrets[i]]), GAS_DELIVERY_EXIT)
-            for i in indices])
+
+def send_signed(client, raws: list[bytes], chunk: int = 100) -> None:  # noqa: ANN001
+    """Send as JSON-RPC batches of `chunk` (in nonce order), then wait for the last one's
+    receipt; every transaction must have been accepted."""
+    provider = client.w3.provider
+    for start in range(0, len(raws), chunk):
+        responses = provider.make_batch_request(
+            [("eth_sendRawTransaction", ["0x" + raw.hex()]) for raw in raws[start:start + chunk]])
+        errors = [r["error"] for r in responses if "error" in r]
+        assert not errors, errors[:3]
+    if raws:
+        assert client.wait(client.tx_hash(raws[-1])).succeeded
 
 
 def _devnet() -> Devnet:
@@ -120,19 +151,20 @@ def settle_run(n: int, max_batch: int) -> dict:
     devnet = _devnet()
     try:
         parties = Parties(devnet, n)
+        signed = parties.presign()
+        pay, biz = devnet.payment.client, devnet.business.client
         with tempfile.TemporaryDirectory() as tmp:
             gw = make_gateway(devnet, tmp, max_batch)
-            everything = range(n)
             started = time.perf_counter()
-            for i in everything:
+            for i in range(n):
                 gw.dispatcher.propose(ActionProposeTrade(parties.trade_ids[i], parties.terms[i]))
                 gw.dispatcher.apply_action(ActionAcceptTrade(parties.trade_ids[i]))
-            parties.lock_payments(everything)
+            send_signed(pay, signed.payment_locks)
             gw.relayer.step()
-            parties.lock_deliveries(everything)
+            send_signed(biz, signed.delivery_locks)
             gw.relayer.step()
             revealed = time.perf_counter()
-            parties.take_deliveries(everything)
+            send_signed(biz, signed.delivery_claims)
             gw.relayer.run_until(lambda: settled(gw, n), max_steps=200)
             done = time.perf_counter()
             claims = _payment_claim_transactions(gw)
@@ -142,10 +174,42 @@ def settle_run(n: int, max_batch: int) -> dict:
     finally:
         _close(devnet)
     return {"trades": n, "claim_transactions": claims,
+            "parties_signing_s": round(signed.signing_s, 3),
             "end_to_end_s": round(done - started, 3),
             "end_to_end_settlements_per_s": round(n / (done - started), 1),
             "reveal_to_settled_s": round(done - revealed, 3),
             "reveal_to_settled_settlements_per_s": round(n / (done - revealed), 1)}
+
+
+def raw_run(n: int, max_batch: int = 50) -> dict:
+    """The same trades' transactions straight to the nodes: the parties' (pre-signed), then
+    the payment claims as `claimMany` from the relayer's key, signed inside the clock."""
+    devnet = _devnet()
+    try:
+        parties = Parties(devnet, n)
+        signed = parties.presign()
+        pay, biz = devnet.payment.client, devnet.business.client
+        relayer, htlc = devnet.account(RELAYER), devnet.payment_htlc
+        started = time.perf_counter()
+        send_signed(pay, signed.payment_locks)
+        send_signed(biz, signed.delivery_locks)
+        send_signed(biz, signed.delivery_claims)
+        claims = []
+        for start in range(0, n, max_batch):
+            chunk = range(start, min(n, start + max_batch))
+            data = claim_many_calldata([parties.payment_lock(i) for i in chunk],
+                                       [parties.secrets[i] for i in chunk])
+            claims.append(pay.sign(relayer, to=htlc.address, data=data,
+                                   gas=GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(chunk)))
+        send_signed(pay, claims)
+        done = time.perf_counter()
+        seller = devnet.payment_token.functions.balanceOf(parties.seller.address).call()
+        assert seller >= n * AMOUNT
+    finally:
+        _close(devnet)
+    return {"trades": n, "claim_transactions": len(claims),
+            "seconds": round(done - started, 3),
+            "settlements_per_s": round(n / (done - started), 1)}
 
 
 def _payment_claim_transactions(gw: Gateway) -> int:
@@ -167,14 +231,15 @@ def latency_run(m: int) -> list[float]:
             for i in range(m):
                 gw.dispatcher.propose(ActionProposeTrade(parties.trade_ids[i], parties.terms[i]))
                 gw.dispatcher.apply_action(ActionAcceptTrade(parties.trade_ids[i]))
-            parties.lock_payments(range(m))
-            parties.lock_deliveries(range(m))
+            signed = parties.presign()
+            send_signed(devnet.payment.client, signed.payment_locks)
+            send_signed(devnet.business.client, signed.delivery_locks)
             gw.relayer.step()
             token, seller = devnet.payment_token, parties.seller.address
             latencies = []
             for i in range(m):
                 before = token.functions.balanceOf(seller).call()
-                parties.take_deliveries([i])
+                send_signed(devnet.business.client, [signed.delivery_claims[i]])
                 revealed = time.perf_counter()
                 while token.functions.balanceOf(seller).call() == before:
                     gw.relayer.step()
@@ -186,14 +251,18 @@ def latency_run(m: int) -> list[float]:
 
 
 def measure(n: int = 200, latency_samples: int = 30) -> dict:
+    raw = raw_run(n)
     batched = settle_run(n, 50)
     single = settle_run(n, 1)
     lat = sorted(latency_run(latency_samples))
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return {
         "node": "anvil 1.7.1, two nodes on loopback, automine",
+        "raw_chain": raw,
         "claim_many": batched,
         "one_claim_per_tx": single,
+        "claim_many_gateway_over_raw_time_ratio": round(
+            batched["end_to_end_s"] / raw["seconds"], 3),
         "reveal_to_claim_mined_ms": {
             "samples": len(lat), "p50": round(1000 * statistics.median(lat), 1),
             "p99": round(1000 * p99, 1), "max": round(1000 * lat[-1], 1)},

@@ -7,6 +7,7 @@ the measured costs (`make bench`), never estimates made per transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
@@ -66,8 +67,8 @@ def delivery_lock_id(chain_id: int, htlc: str, lock: DeliveryLock) -> bytes:
                              [chain_id, htlc, *lock.as_tuple()]))
 
 
-def _address(topic_or_word: bytes) -> str:
-    return to_checksum_address(topic_or_word[-20:])
+# Logs name the same few parties over and over; the checksum (a keccak) is computed once each.
+_checksum = lru_cache(maxsize=65_536)(to_checksum_address)
 
 
 def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
@@ -82,14 +83,14 @@ def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     topic = log.topics[0]
     if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 1:
         sender, beneficiary, amount, hashlock, timelock = abi_decode(PAYMENT_LOCK_TYPES, log.data)
-        lock = PaymentLock(to_checksum_address(sender), to_checksum_address(beneficiary), amount,
-                           hashlock, timelock)
+        lock = PaymentLock(_checksum(sender), _checksum(beneficiary), amount, hashlock,
+                           timelock)
         return PaymentLocked(payment_lock_id(chain_id, log.address, lock), lock)
     if topic == TOPIC_DELIVERY_LOCKED and len(log.topics) == 4:
         seller, buyer, token_id, document_hash, timelock = abi_decode(
             ["address", "address", "uint256", "bytes32", "uint64"], log.data)
-        lock = DeliveryLock(to_checksum_address(seller), to_checksum_address(buyer), token_id,
-                            document_hash, log.topics[3], log.topics[2], timelock)
+        lock = DeliveryLock(_checksum(seller), _checksum(buyer), token_id, document_hash,
+                            log.topics[3], log.topics[2], timelock)
         return DeliveryLocked(log.topics[1], lock)
     if topic == TOPIC_CLAIMED and len(log.topics) == 2 and len(log.data) == 32:
         return LockClaimed(log.topics[1], log.data)

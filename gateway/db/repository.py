@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.models import (
@@ -18,6 +18,7 @@ from gateway.db.models import (
     OutboxRow,
     TradeEventRow,
     TradeRow,
+    utcnow,
 )
 from gateway.domain.codec import decode, encode
 from gateway.domain.trade import (
@@ -31,6 +32,28 @@ from gateway.domain.trade import (
 )
 
 RECENT_HASHES = 256  # cursor positions kept per chain for finding a fork point
+
+# The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
+_TRADES, _LOCKS, _INPUTS = TradeRow.__table__, LockRow.__table__, InputRow.__table__
+_OUTBOX, _EVENTS = OutboxRow.__table__, TradeEventRow.__table__
+_CURSORS = CursorRow.__table__
+_CURSOR_TIMES = select(_CURSORS.c.chain_id, _CURSORS.c.block_number,
+                       _CURSORS.c.block_timestamp).where(
+    _CURSORS.c.chain_id.in_(bindparam("ids", expanding=True)))
+_SAVE_TRADE = update(_TRADES).where(_TRADES.c.id == bindparam("b_id"))
+_CLOSE_EFFECT = update(_OUTBOX).where(
+    _OUTBOX.c.trade_id == bindparam("b_trade"), _OUTBOX.c.key == bindparam("b_key"),
+    _OUTBOX.c.status == "pending").values(status=bindparam("b_status"),
+                                          updated_at=bindparam("b_now"))
+
+
+def _trade_values(state: TradeState, updated: bool = False) -> dict[str, object]:
+    values: dict[str, object] = {"id": state.trade_id.hex(), "hashlock": state.terms.hashlock.hex(),
+                                 "phase": state.phase.value, "active": is_active(state),
+                                 "state": encode(state), "updated_at": utcnow()}
+    if not updated:
+        values["created_at"] = values["updated_at"]
+    return values
 
 
 class Repository:
@@ -65,22 +88,29 @@ class Repository:
         row = self.session.get(LockRow, (lock_id.hex(), chain))
         return bytes.fromhex(row.trade_id) if row else None
 
-    def link_lock(self, chain: str, lock_id: bytes, trade_id: bytes) -> None:
-        if self.session.get(LockRow, (lock_id.hex(), chain)) is None:
-            self.session.add(LockRow(lock_id=lock_id.hex(), chain=chain, trade_id=trade_id.hex()))
+    def link_locks(self, chain: str, links: Iterable[tuple[bytes, bytes]]) -> None:
+        """Record (lock id, trade id) pairs seen on `chain`; pairs already known are kept."""
+        wanted = {lock_id.hex(): trade_id.hex() for lock_id, trade_id in links}
+        if not wanted:
+            return
+        known = set(self.session.scalars(select(LockRow.lock_id).where(
+            LockRow.chain == chain, LockRow.lock_id.in_(wanted))))
+        rows = [{"lock_id": lock, "chain": chain, "trade_id": trade}
+                for lock, trade in wanted.items() if lock not in known]
+        if rows:
+            self.session.execute(insert(_LOCKS), rows)
 
     def add_trade(self, state: TradeState) -> None:
-        self.session.add(TradeRow(id=state.trade_id.hex(), hashlock=state.terms.hashlock.hex(),
-                                  phase=state.phase.value, active=is_active(state),
-                                  state=encode(state)))
-        self.session.flush()
+        self.session.execute(insert(_TRADES), [_trade_values(state)])
 
     def save_trades(self, states: Iterable[TradeState]) -> None:
-        """One executemany UPDATE by primary key for all of them."""
-        rows = [{"id": s.trade_id.hex(), "phase": s.phase.value, "active": is_active(s),
-                 "state": encode(s)} for s in states]
+        """One executemany UPDATE by primary key for all of them (Core: the ORM's bulk
+        update costs more than the statement itself)."""
+        rows = [{"b_id": s.trade_id.hex(), **_trade_values(s, updated=True)} for s in states]
+        for row in rows:
+            del row["id"], row["hashlock"]
         if rows:
-            self.session.execute(update(TradeRow), rows)
+            self.session.execute(_SAVE_TRADE, rows)
 
     def active_trades(self) -> list[TradeState]:
         rows = self.session.scalars(select(TradeRow.state).where(TradeRow.active.is_(True)))
@@ -113,16 +143,26 @@ class Repository:
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
                      ) -> None:
-        """Append to the input log. A managed buyer's secret is never logged: the trade's
-        state holds it from take-delivery on, and a replay takes it from there."""
-        if isinstance(inp, ActionTakeDelivery):
-            inp = replace(inp, secret=None)
-        self.session.add(InputRow(
-            trade_id=trade_id.hex() if trade_id else None, kind=type(inp).__name__,
-            payload=encode(inp), chain_id=ref.chain_id if ref else None,
-            block_number=ref.block_number if ref else None,
-            tx_hash=ref.tx_hash.hex() if ref else None,
-            log_index=ref.log_index if ref else None, orphaned=False))
+        self.record_inputs([(trade_id, inp, ref)])
+
+    def record_inputs(self, entries: Iterable[tuple[bytes | None, Input, ChainRef | None]],
+                      ) -> None:
+        """Append to the input log, in order, in one statement. A managed buyer's secret is
+        never logged: the trade's state holds it from take-delivery on, and a replay takes it
+        from there."""
+        rows = []
+        for trade_id, inp, ref in entries:
+            if isinstance(inp, ActionTakeDelivery):
+                inp = replace(inp, secret=None)
+            rows.append({"trade_id": trade_id.hex() if trade_id else None,
+                         "kind": type(inp).__name__, "payload": encode(inp),
+                         "chain_id": ref.chain_id if ref else None,
+                         "block_number": ref.block_number if ref else None,
+                         "tx_hash": ref.tx_hash.hex() if ref else None,
+                         "log_index": ref.log_index if ref else None, "orphaned": False,
+                         "created_at": utcnow()})
+        if rows:
+            self.session.execute(insert(_INPUTS), rows)
 
     def inputs_for_trade(self, trade_id: bytes) -> list[Input]:
         rows = self.session.scalars(select(InputRow).where(
@@ -143,23 +183,44 @@ class Repository:
     # --- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, trade_id: bytes, effect: ContractSend, chain: str) -> None:
-        row = self.session.scalar(select(OutboxRow).where(
-            OutboxRow.trade_id == trade_id.hex(), OutboxRow.key == effect.key))
-        if row is None:
-            self.session.add(OutboxRow(trade_id=trade_id.hex(), key=effect.key,
-                                       kind=type(effect).__name__, chain=chain,
-                                       payload=encode(effect), status="pending"))
-        elif row.status not in ("pending",):
-            # Wanted again (a reorg undid its result): a fresh start.
-            row.status, row.payload, row.attempt_id, row.last_error = (
-                "pending", encode(effect), None, None)
+        self.enqueue_many([(trade_id, effect, chain)])
+
+    def enqueue_many(self, items: Iterable[tuple[bytes, ContractSend, str]],
+                     new_trades: frozenset[bytes] = frozenset()) -> None:
+        """Put effects in the outbox, in order. One already there and pending stays as it is;
+        one there but finished (a reorg undid its result) starts afresh. `new_trades` were
+        created in this transaction: they have no rows to look for."""
+        wanted: dict[tuple[str, str], tuple[ContractSend, str]] = {}
+        for trade_id, effect, chain in items:
+            wanted.setdefault((trade_id.hex(), effect.key), (effect, chain))
+        if not wanted:
+            return
+        look_in = {t for t, _ in wanted} - {t.hex() for t in new_trades}
+        existing = {(r.trade_id, r.key): r for r in self.session.scalars(select(OutboxRow).where(
+            OutboxRow.trade_id.in_(look_in)))} if look_in else {}
+        rows = []
+        for (trade_hex, key), (effect, chain) in wanted.items():
+            row = existing.get((trade_hex, key))
+            if row is None:
+                now = utcnow()
+                rows.append({"trade_id": trade_hex, "key": key, "kind": type(effect).__name__,
+                             "chain": chain, "payload": encode(effect), "status": "pending",
+                             "created_at": now, "updated_at": now})
+            elif row.status != "pending":
+                row.status, row.payload, row.attempt_id, row.last_error = (
+                    "pending", encode(effect), None, None)
+        if rows:
+            self.session.execute(insert(_OUTBOX), rows)
 
     def close_effects(self, trade_id: bytes, keys: Iterable[str], status: str) -> None:
-        keys = list(keys)
-        if keys:
-            self.session.execute(update(OutboxRow).where(
-                OutboxRow.trade_id == trade_id.hex(), OutboxRow.key.in_(keys),
-                OutboxRow.status == "pending").values(status=status))
+        self.close_effects_many([(trade_id, key, status) for key in keys])
+
+    def close_effects_many(self, items: Iterable[tuple[bytes, str, str]]) -> None:
+        """Mark pending effects (trade id, key) finished with a status, in one statement."""
+        rows = [{"b_trade": t.hex(), "b_key": k, "b_status": s, "b_now": utcnow()}
+                for t, k, s in items]
+        if rows:
+            self.session.execute(_CLOSE_EFFECT, rows)
 
     def pending_effects(self, chain: str | None = None) -> list[tuple[OutboxRow, ContractSend]]:
         query = select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id)
@@ -221,9 +282,9 @@ class Repository:
     def cursor(self, chain_id: int) -> CursorRow | None:
         return self.session.get(CursorRow, chain_id)
 
-    def cursors(self, chain_ids: list[int]) -> list[CursorRow]:
-        return list(self.session.scalars(select(CursorRow).where(
-            CursorRow.chain_id.in_(chain_ids))))
+    def cursors(self, chain_ids: list[int]):  # noqa: ANN201 - rows of the three columns
+        """(chain_id, block_number, block_timestamp) of these chains' cursors."""
+        return list(self.session.execute(_CURSOR_TIMES, {"ids": chain_ids}))
 
     def set_cursor(self, chain_id: int, number: int, block_hash: bytes, timestamp: int) -> None:
         row = self.session.get(CursorRow, chain_id)
@@ -253,24 +314,37 @@ class Repository:
 
     def add_events(self, trade_id: bytes, events: Iterable[Effect],
                    ref: ChainRef | None = None) -> None:
-        for event in events:
-            self.session.add(TradeEventRow(
-                trade_id=trade_id.hex(), kind=type(event).__name__, payload=encode(event),
-                chain_id=ref.chain_id if ref else None,
-                block_number=ref.block_number if ref else None,
-                tx_hash=ref.tx_hash.hex() if ref else None))
+        self.add_events_many([(trade_id, event, ref) for event in events])
 
-    def phase_reached_at(self, trade_id: bytes, phase: str):  # noqa: ANN201
+    def add_events_many(self, items: Iterable[tuple[bytes, Effect, ChainRef | None]]) -> None:
+        """Append to the trades' timelines, in order, in one statement."""
+        rows = [{"trade_id": trade_id.hex(), "kind": type(event).__name__,
+                 "payload": encode(event), "chain_id": ref.chain_id if ref else None,
+                 "block_number": ref.block_number if ref else None,
+                 "tx_hash": ref.tx_hash.hex() if ref else None, "created_at": utcnow()}
+                for trade_id, event, ref in items]
+        if rows:
+            self.session.execute(insert(_EVENTS), rows)
+
+    def phase_reached_at(self, trade_id: bytes, phase: str) -> datetime | None:
         """When the trade first entered `phase` (its EventPhaseChanged row), if it did."""
-        from datetime import UTC
+        return self.phases_reached_at([trade_id], phase).get(trade_id)
 
-        for row in self.session.scalars(select(TradeEventRow).where(
-                TradeEventRow.trade_id == trade_id.hex(),
-                TradeEventRow.kind == "EventPhaseChanged").order_by(TradeEventRow.id)):
-            if row.payload.get("new") == phase:
-                at = row.created_at
-                return at if at.tzinfo else at.replace(tzinfo=UTC)
-        return None
+    def phases_reached_at(self, trade_ids: Iterable[bytes], phase: str,
+                          ) -> dict[bytes, datetime]:
+        """For each trade that entered `phase`: when it first did (one query for all)."""
+        ids = {t.hex() for t in trade_ids}
+        if not ids:
+            return {}
+        found: dict[bytes, datetime] = {}
+        for trade_hex, payload, at in self.session.execute(
+                select(TradeEventRow.trade_id, TradeEventRow.payload, TradeEventRow.created_at)
+                .where(TradeEventRow.trade_id.in_(ids),
+                       TradeEventRow.kind == "EventPhaseChanged")
+                .order_by(TradeEventRow.id)):
+            if payload.get("new") == phase:
+                found.setdefault(bytes.fromhex(trade_hex), at)
+        return found
 
     def events_for_trade(self, trade_id: bytes) -> list[TradeEventRow]:
         return list(self.session.scalars(select(TradeEventRow).where(

@@ -24,6 +24,7 @@ from gateway.domain.trade import (
     Block,
     Chain,
     ChainBatch,
+    ChainRef,
     ContractReceive,
     ContractReceiveClaimed,
     ContractReceiveDeliveryLocked,
@@ -153,7 +154,9 @@ class Dispatcher:
             effects.extend(more)
             repo.add_trade(state)
             repo.record_input(state.trade_id, action)
-            self._store_effects(repo, state, effects, None)
+            writes = _Writes(new_trades=frozenset({state.trade_id}))
+            self._store_effects(writes, state, effects, None)
+            writes.flush(repo)
             if also is not None:
                 also(session)
         return state
@@ -199,6 +202,8 @@ class Dispatcher:
                                              else Chain.PAYMENT,))
             index = _RoutingIndex(work.states.values())
             logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
+            new_inputs: list[tuple[bytes | None, Input, ChainRef]] = []
+            links: list[tuple[bytes, bytes]] = []
             for inp in batch.inputs:
                 row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
                 if row is not None and not row.orphaned:
@@ -208,13 +213,13 @@ class Dispatcher:
                 if row is not None:
                     work.repo.revive_input(row, trade_id, inp, inp.ref)
                 else:
-                    work.repo.record_input(trade_id, inp, inp.ref)
+                    new_inputs.append((trade_id, inp, inp.ref))
                 if trade_id is None or (state := work.load(trade_id)) is None:
                     log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
                              lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
                     continue
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
-                    work.repo.link_lock(batch.chain.value, inp.lock_id, trade_id)
+                    links.append((inp.lock_id, trade_id))
                     index.add_lock(batch.chain, inp.lock_id, trade_id)
                 state, early = self._catch_up(state, other)
                 new_state, out = self._transition(state, inp)
@@ -230,6 +235,8 @@ class Dispatcher:
                 work.states[trade_id] = new_state
                 if out:
                     effects.setdefault(trade_id, []).extend(out)
+            work.repo.record_inputs(new_inputs)
+            work.repo.link_locks(batch.chain.value, links)
             work.repo.set_cursor(batch.chain_id, batch.block.number, batch.block_hash,
                                  batch.block.timestamp)
             self._finish(work, effects, refs)
@@ -313,6 +320,7 @@ class Dispatcher:
     def _finish(self, work: _Work, effects: dict[bytes, list[Effect]],
                 refs: dict[bytes, object] | None) -> None:
         changed = []
+        writes = _Writes()
         for trade_id, state in work.states.items():
             before = work.before.get(trade_id)
             if before is not None and not effects.get(trade_id) and replace(
@@ -320,36 +328,55 @@ class Dispatcher:
                     business_time=before.business_time) == before:
                 continue  # only chain time moved: the next batch brings it again
             changed.append(state)
-            self._store_effects(work.repo, state, effects.get(trade_id, []),
+            self._store_effects(writes, state, effects.get(trade_id, []),
                                 refs.get(trade_id) if refs else None, before)
         work.repo.save_trades(changed)
+        writes.flush(work.repo)
 
-    def _store_effects(self, repo: Repository, state: TradeState, effects: list[Effect],
+    def _store_effects(self, writes: _Writes, state: TradeState, effects: list[Effect],
                        ref: object, before: TradeState | None = None) -> None:
         for effect in effects:
             # Only what the final state still wants: a later input of the same batch (its
             # Block, say) may have withdrawn an effect an earlier one asked for.
             if isinstance(effect, ContractSend) and effect.key in state.pending:
-                repo.enqueue(state.trade_id, effect, effect_chain(effect).value)
+                writes.enqueue.append((state.trade_id, effect, effect_chain(effect).value))
         if before is not None:
-            dropped = before.pending - state.pending
-            done = {k for k in dropped if _result_seen(state, k)}
-            repo.close_effects(state.trade_id, done, "done")
-            repo.close_effects(state.trade_id, dropped - done, "cancelled")
+            for key in before.pending - state.pending:
+                writes.close.append((state.trade_id, key,
+                                     "done" if _result_seen(state, key) else "cancelled"))
         notes = [e for e in effects if not isinstance(e, ContractSend)]
         if before is not None and before.phase is not state.phase and \
                 state.phase is Phase.SETTLED:
-            revealed_at = repo.phase_reached_at(state.trade_id, Phase.DELIVERED.value)
-            if revealed_at is not None:
-                metrics.SETTLEMENT_SECONDS.observe(
-                    max(0.0, (datetime.now(UTC) - revealed_at).total_seconds()))
-        repo.add_events(state.trade_id, notes, ref)  # type: ignore[arg-type]
+            writes.settled.append(state.trade_id)
+        writes.events.extend((state.trade_id, note, ref) for note in notes)  # type: ignore[misc]
         if notes:
             for note in notes:
                 log.info("trade_event", trade=state.trade_id.hex()[:16],
                          kind=type(note).__name__, phase=state.phase.value)
         if self.on_effects and effects:
             self.on_effects(state, effects)
+
+
+@dataclass
+class _Writes:
+    """What one dispatcher transaction writes besides trade states, gathered over all its
+    trades and written in a few statements (one per kind) instead of a few per trade."""
+
+    new_trades: frozenset[bytes] = frozenset()
+    enqueue: list[tuple[bytes, ContractSend, str]] = field(default_factory=list)
+    close: list[tuple[bytes, str, str]] = field(default_factory=list)
+    events: list[tuple[bytes, Effect, ChainRef | None]] = field(default_factory=list)
+    settled: list[bytes] = field(default_factory=list)
+
+    def flush(self, repo: Repository) -> None:
+        repo.enqueue_many(self.enqueue, self.new_trades)
+        repo.close_effects_many(self.close)
+        repo.add_events_many(self.events)
+        if self.settled:
+            now = datetime.now(UTC)
+            for revealed_at in repo.phases_reached_at(self.settled,
+                                                      Phase.DELIVERED.value).values():
+                metrics.SETTLEMENT_SECONDS.observe(max(0.0, (now - revealed_at).total_seconds()))
 
 
 def _result_seen(state: TradeState, key: str) -> bool:
