@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -104,12 +105,48 @@ def classify_send_error(exc: BaseException) -> str:
     return SEND_REJECTED
 
 
+# The same few addresses come back in log after log; each checksum (a keccak) is made once.
+checksum = lru_cache(maxsize=65_536)(to_checksum_address)
+
+
 @dataclass(frozen=True)
 class Log:
     address: str
     topics: tuple[bytes, ...]
     data: bytes
     log_index: int
+
+
+@dataclass(frozen=True)
+class ChainLog:
+    """A log as `eth_getLogs` returns it: where it was mined, and what it says."""
+
+    log: Log
+    block_number: int
+    tx_hash: bytes
+    removed: bool = False
+
+
+def _hex_bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:] if value.startswith("0x") else value)
+
+
+def _log_from_json(j: dict[str, Any]) -> Log:
+    return Log(address=checksum(j["address"]), topics=tuple(_hex_bytes(t) for t in j["topics"]),
+               data=_hex_bytes(j["data"]), log_index=int(j["logIndex"], 16))
+
+
+def _receipt_from_json(j: dict[str, Any]) -> Receipt:
+    return Receipt(
+        tx_hash=_hex_bytes(j["transactionHash"]), block_number=int(j["blockNumber"], 16),
+        block_hash=_hex_bytes(j["blockHash"]), status=int(j["status"], 16),
+        gas_used=int(j["gasUsed"], 16),
+        contract_address=checksum(j["contractAddress"]) if j.get("contractAddress") else None,
+        logs=tuple(_log_from_json(log) for log in j["logs"]))
+
+
+class RPCError(RuntimeError):
+    """A JSON-RPC node answered a request with an error."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +266,34 @@ class ChainClient:
         fees = Fees(max_fee, priority)
         return fees if fees.at_least(MIN_BUMP_PERCENT, previous) else None
 
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        """One request straight to a JSON-RPC node, its result as the node sent it (hex
+        strings): web3's result formatters cost more than the request itself on a receipt or
+        a page of logs. Only for JSON-RPC endpoints (`_json_rpc`); eth-tester goes via web3."""
+        response = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        if "error" in response:
+            raise RPCError(f"{method}: {response['error']}")
+        return response.get("result")
+
+    @property
+    def _json_rpc(self) -> bool:
+        return getattr(self.w3.provider, "endpoint_uri", None) is not None
+
+    def get_logs(self, from_block: int, to_block: int, address: str) -> list[ChainLog]:
+        """The logs of one contract in a block range, in the node's order."""
+        if self._json_rpc:
+            return [ChainLog(_log_from_json(j), int(j["blockNumber"], 16),
+                             _hex_bytes(j["transactionHash"]), bool(j.get("removed")))
+                    for j in self._rpc("eth_getLogs", [{"fromBlock": hex(from_block),
+                                                        "toBlock": hex(to_block),
+                                                        "address": address}])]
+        return [ChainLog(Log(address=raw["address"], topics=tuple(bytes(t) for t in raw["topics"]),
+                             data=bytes(raw["data"]), log_index=raw["logIndex"]),
+                         raw["blockNumber"], bytes(raw["transactionHash"]),
+                         bool(raw.get("removed")))
+                for raw in self.w3.eth.get_logs({"fromBlock": from_block, "toBlock": to_block,
+                                                 "address": address})]
+
     def is_known(self, tx_hash: bytes) -> bool:
         """Does the node know the transaction (pending in its pool, or mined)?"""
         try:
@@ -282,6 +347,9 @@ class ChainClient:
         return keccak(raw)
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
+        if self._json_rpc:
+            found = self._rpc("eth_getTransactionReceipt", ["0x" + tx_hash.hex()])
+            return _receipt_from_json(found) if found else None
         try:
             return _to_receipt(self.w3.eth.get_transaction_receipt(tx_hash))
         except TransactionNotFound:

@@ -7,7 +7,6 @@ the measured costs (`make bench`), never estimates made per transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
@@ -15,7 +14,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3.contract import Contract
 
-from gateway.chain.client import ChainClient, Log, Receipt
+from gateway.chain.client import ChainClient, Log, Receipt, checksum
 from gateway.domain.locks import (
     DeliveryLock,
     DeliveryLocked,
@@ -67,10 +66,6 @@ def delivery_lock_id(chain_id: int, htlc: str, lock: DeliveryLock) -> bytes:
                              [chain_id, htlc, *lock.as_tuple()]))
 
 
-# Logs name the same few parties over and over; the checksum (a keccak) is computed once each.
-_checksum = lru_cache(maxsize=65_536)(to_checksum_address)
-
-
 def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
 
@@ -83,13 +78,13 @@ def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     topic = log.topics[0]
     if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 1:
         sender, beneficiary, amount, hashlock, timelock = abi_decode(PAYMENT_LOCK_TYPES, log.data)
-        lock = PaymentLock(_checksum(sender), _checksum(beneficiary), amount, hashlock,
+        lock = PaymentLock(checksum(sender), checksum(beneficiary), amount, hashlock,
                            timelock)
         return PaymentLocked(payment_lock_id(chain_id, log.address, lock), lock)
     if topic == TOPIC_DELIVERY_LOCKED and len(log.topics) == 4:
         seller, buyer, token_id, document_hash, timelock = abi_decode(
             ["address", "address", "uint256", "bytes32", "uint64"], log.data)
-        lock = DeliveryLock(_checksum(seller), _checksum(buyer), token_id, document_hash,
+        lock = DeliveryLock(checksum(seller), checksum(buyer), token_id, document_hash,
                             log.topics[3], log.topics[2], timelock)
         return DeliveryLocked(log.topics[1], lock)
     if topic == TOPIC_CLAIMED and len(log.topics) == 2 and len(log.data) == 32:

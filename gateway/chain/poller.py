@@ -154,16 +154,12 @@ class ChainPoller:
                           block_hash=bytes(block["hash"]), rewind_to=rewind_to)
 
     def _inputs(self, start: int, end: int) -> list[ContractReceive]:
-        raw_logs = self.client.w3.eth.get_logs(
-            {"fromBlock": start, "toBlock": end, "address": self.htlc_address})
         inputs = []
-        for raw in raw_logs:
-            if raw.get("removed"):
+        for found in self.client.get_logs(start, end, self.htlc_address):
+            if found.removed:
                 continue
-            log = Log(address=raw["address"], topics=tuple(bytes(t) for t in raw["topics"]),
-                      data=bytes(raw["data"]), log_index=raw["logIndex"])
-            inp = to_input(self.chain, log, self.client.chain_id, raw["blockNumber"],
-                           bytes(raw["transactionHash"]))
+            inp = to_input(self.chain, found.log, self.client.chain_id, found.block_number,
+                           found.tx_hash)
             if inp is not None:
                 inputs.append(inp)
         inputs.sort(key=lambda i: (i.ref.block_number, i.ref.log_index))
