@@ -202,7 +202,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def metrics() -> Response:
         from gateway.engine.metrics import render
 
-        body, content_type = await run_in_threadpool(render, ctx.session_factory)
+        body, content_type = await run_in_threadpool(
+            render, ctx.session_factory,
+            {chain.value: chain_id for chain, chain_id in ctx.dispatcher.chain_ids.items()})
         return Response(body, media_type=content_type)
 
     document_security(app)

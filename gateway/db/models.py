@@ -72,12 +72,18 @@ class Base(DeclarativeBase):
 
 class TradeRow(Base):
     __tablename__ = "trades"
+    __table_args__ = (Index("ix_trades_active_wake_payment", "active", "wake_payment"),
+                      Index("ix_trades_active_wake_business", "active", "wake_business"))
 
     id: Mapped[str] = mapped_column(HEX32, primary_key=True)
     hashlock: Mapped[str] = mapped_column(HEX32, unique=True)
     phase: Mapped[str] = mapped_column(String(32), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending
     state: Mapped[dict] = mapped_column(JSON)
+    # The earliest block timestamp per chain at which a block could change the trade beyond
+    # its clock (`gateway.domain.trade.wake_times`); NULL: never. Chain batches read by them.
+    wake_payment: Mapped[int | None] = mapped_column(BigInteger)
+    wake_business: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
                                                  default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(),

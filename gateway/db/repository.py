@@ -47,10 +47,14 @@ _CLOSE_EFFECT = update(_OUTBOX).where(
                                           updated_at=bindparam("b_now"))
 
 
-def _trade_values(state: TradeState, updated: bool = False) -> dict[str, object]:
+Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
+
+
+def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
     values: dict[str, object] = {"id": state.trade_id.hex(), "hashlock": state.terms.hashlock.hex(),
                                  "phase": state.phase.value, "active": is_active(state),
-                                 "state": encode(state), "updated_at": utcnow()}
+                                 "state": encode(state), "updated_at": utcnow(),
+                                 "wake_payment": wakes[0], "wake_business": wakes[1]}
     if not updated:
         values["created_at"] = values["updated_at"]
     return values
@@ -80,6 +84,40 @@ class Repository:
         row = self.session.get(TradeRow, trade_id.hex())
         return decode(TradeState, row.state) if row else None
 
+    def get_trade_for_update(self, trade_id: bytes) -> tuple[TradeState, Wakes] | None:
+        """The trade and its stored wake times (the dispatcher saves them when they change)."""
+        found = self._trades_with_wakes(_TRADES.c.id == trade_id.hex())
+        return found[0] if found else None
+
+    def due_trades(self, chain: str, timestamp: int) -> list[tuple[TradeState, Wakes]]:
+        """Open trades that a `chain` block at `timestamp` may change (see `wake_times`)."""
+        column = _TRADES.c.wake_payment if chain == "payment" else _TRADES.c.wake_business
+        return self._trades_with_wakes(_TRADES.c.active.is_(True), column <= timestamp)
+
+    def trades_for_logs(self, chain: str, hashlocks: Iterable[bytes],
+                        lock_ids: Iterable[bytes]) -> list[tuple[TradeState, Wakes]]:
+        """The trades that logs name, by their hashlock or by a lock of theirs on `chain`:
+        two queries for a whole batch instead of one per log."""
+        hashlocks, lock_ids = {h.hex() for h in hashlocks}, {i.hex() for i in lock_ids}
+        found = self._trades_with_wakes(_TRADES.c.hashlock.in_(hashlocks)) if hashlocks else []
+        if lock_ids:
+            found += self._trades_with_wakes(_TRADES.c.id.in_(
+                select(_LOCKS.c.trade_id).where(_LOCKS.c.chain == chain,
+                                                _LOCKS.c.lock_id.in_(lock_ids))))
+        return found
+
+    def _trades_with_wakes(self, *where) -> list[tuple[TradeState, Wakes]]:  # noqa: ANN002
+        rows = self.session.execute(select(_TRADES.c.state, _TRADES.c.wake_payment,
+                                           _TRADES.c.wake_business).where(*where))
+        return [(decode(TradeState, state), (wp, wb)) for state, wp, wb in rows]
+
+    def wake_all_active(self) -> None:
+        """Every open trade woken by the next block of each chain, which stores its real wake
+        times: a relayer does this when it starts, so that wake times computed under another
+        timing policy (or another version of the rules) are never trusted."""
+        self.session.execute(update(_TRADES).where(_TRADES.c.active.is_(True)).values(
+            wake_payment=0, wake_business=0))
+
     def trade_id_by_hashlock(self, hashlock: bytes) -> bytes | None:
         found = self.session.scalar(select(TradeRow.id).where(TradeRow.hashlock == hashlock.hex()))
         return bytes.fromhex(found) if found else None
@@ -100,13 +138,14 @@ class Repository:
         if rows:
             self.session.execute(insert(_LOCKS), rows)
 
-    def add_trade(self, state: TradeState) -> None:
-        self.session.execute(insert(_TRADES), [_trade_values(state)])
+    def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
+        self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
 
-    def save_trades(self, states: Iterable[TradeState]) -> None:
+    def save_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
         """One executemany UPDATE by primary key for all of them (Core: the ORM's bulk
         update costs more than the statement itself)."""
-        rows = [{"b_id": s.trade_id.hex(), **_trade_values(s, updated=True)} for s in states]
+        rows = [{"b_id": s.trade_id.hex(), **_trade_values(s, wakes, updated=True)}
+                for s, wakes in trades]
         for row in rows:
             del row["id"], row["hashlock"]
         if rows:

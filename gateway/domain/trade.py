@@ -141,6 +141,32 @@ def is_active(state: TradeState) -> bool:
             or any(leg is not None and leg.status is LegStatus.OPEN for leg in legs))
 
 
+def wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | None]:
+    """The earliest payment-chain and business-chain block timestamps at which a `Block` could
+    change the trade beyond its clock; None: no block of that chain ever can.
+
+    A block before its chain's wake time leaves the trade as it is but for that clock (the
+    trade machine's tests check this on every state they reach), so the dispatcher gives each
+    batch's block only to the trades it wakes, and to those its logs concern, instead of to
+    every open trade. Each value is the lowest deadline threshold still ahead of the trade's
+    clock among every time comparison the rules make; a stale (earlier) clock only makes it
+    earlier. A managed seller about to lock weighs both clocks against each other: woken by
+    every block."""
+    if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and s.delivery is None:
+        return 0, 0
+    t, lead, delivery_lead = s.terms, policy.claim_lead_time, policy.delivery_claim_lead_time
+    payment = [t.t_pay, t.t_deliver - lead]
+    business = [t.t_deliver - delivery_lead]
+    if s.payment is not None:
+        timelock = s.payment.lock.timelock
+        payment += [timelock, timelock - lead, timelock - 1]
+    payment += [leg.lock.timelock for leg in s.rejected_payments]
+    if s.delivery is not None:
+        business += [s.delivery.lock.timelock, s.delivery.lock.timelock - delivery_lead]
+    return (min((x for x in payment if x > s.payment_time), default=None),
+            min((x for x in business if x > s.business_time), default=None))
+
+
 def deadline_without_progress(state: TradeState, horizon: int) -> str | None:
     """Which deadline an open trade is within `horizon` seconds of (by its own chain's time)
     without having done what is due before it: "delivery" (the title is not yet taken before

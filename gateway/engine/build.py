@@ -13,6 +13,7 @@ from gateway.chain.htlc import DeliveryHTLCProxy, PaymentHTLCProxy
 from gateway.chain.poller import ChainPoller
 from gateway.contracts import load_artifact
 from gateway.db import migrate
+from gateway.db.repository import Repository
 from gateway.db.session import make_engine, make_session_factory
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import Chain
@@ -50,6 +51,10 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
                                     business_confirmations=business_confirmations)
     engine, session_factory = open_database(database_url)
+    with session_factory.begin() as session:  # wake times are never trusted across starts
+        repo = Repository(session)
+        repo.lock_trade_writes()
+        repo.wake_all_active()
     dispatcher = Dispatcher(session_factory, policy, chain_ids={
         Chain.PAYMENT: payment.chain_id, Chain.BUSINESS: business.chain_id})
     pay_proxy = PaymentHTLCProxy(payment, payment.contract(payment_htlc,

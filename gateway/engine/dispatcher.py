@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.db.repository import Repository
+from gateway.db.repository import Repository, Wakes
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
     ActionProposeTrade,
@@ -45,6 +45,7 @@ from gateway.domain.trade import (
     is_active,
     new_trade,
     state_transition,
+    wake_times,
 )
 from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
@@ -97,14 +98,20 @@ class _Work:
     repo: Repository
     states: dict[bytes, TradeState] = field(default_factory=dict)
     before: dict[bytes, TradeState] = field(default_factory=dict)
+    wakes: dict[bytes, Wakes] = field(default_factory=dict)  # as stored
 
     def load(self, trade_id: bytes) -> TradeState | None:
         if trade_id not in self.states:
-            state = self.repo.get_trade(trade_id)
-            if state is None:
+            found = self.repo.get_trade_for_update(trade_id)
+            if found is None:
                 return None
-            self.states[trade_id] = self.before[trade_id] = state
+            self.add(*found)
         return self.states[trade_id]
+
+    def add(self, state: TradeState, wakes: Wakes) -> None:
+        if state.trade_id not in self.states:
+            self.states[state.trade_id] = self.before[state.trade_id] = state
+            self.wakes[state.trade_id] = wakes
 
 
 class Dispatcher:
@@ -152,7 +159,7 @@ class Dispatcher:
             state, more = self._catch_up(state, self._clocks(repo, (Chain.PAYMENT,
                                                                      Chain.BUSINESS)))
             effects.extend(more)
-            repo.add_trade(state)
+            repo.add_trade(state, wake_times(state, self.policy))
             repo.record_input(state.trade_id, action)
             writes = _Writes(new_trades=frozenset({state.trade_id}))
             self._store_effects(writes, state, effects, None)
@@ -186,6 +193,9 @@ class Dispatcher:
     # --- chain batches (poller) -----------------------------------------------------------
 
     def apply_chain_batch(self, batch: ChainBatch) -> None:
+        """The batch's logs to the trades they name, then its block to those and to the trades
+        it wakes (`wake_times`): work in proportion to what the batch concerns, however many
+        trades are open."""
         # No autoflush: nothing this batch writes is read back by it (inputs are checked
         # against one prefetch), so everything goes to the database in one flush at commit.
         with self.session_factory.begin() as session, session.no_autoflush:
@@ -193,13 +203,18 @@ class Dispatcher:
             work.repo.lock_trade_writes()
             effects: dict[bytes, list[Effect]] = {}
             refs: dict[bytes, object] = {}
+            clocks = self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
+            other = [c for c in clocks if c.chain is not batch.chain]
+            if batch.rewind_to is None:
+                # The cursor's time: no log of this batch is older (unknown after a reorg).
+                other += [c for c in clocks if c.chain is batch.chain]
             if batch.rewind_to is not None:
                 self._rewind(work, batch, effects)
-            for state in work.repo.active_trades():  # one query; they all need the Block
-                if state.trade_id not in work.states:
-                    work.states[state.trade_id] = work.before[state.trade_id] = state
-            other = self._clocks(work.repo, (Chain.BUSINESS if batch.chain is Chain.PAYMENT
-                                             else Chain.PAYMENT,))
+            for state, wakes in work.repo.trades_for_logs(batch.chain.value,
+                                                          *_names(batch.inputs)):
+                work.add(state, wakes)
+            for state, wakes in work.repo.due_trades(batch.chain.value, batch.block.timestamp):
+                work.add(state, wakes)
             index = _RoutingIndex(work.states.values())
             logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
             new_inputs: list[tuple[bytes | None, Input, ChainRef]] = []
@@ -323,11 +338,13 @@ class Dispatcher:
         writes = _Writes()
         for trade_id, state in work.states.items():
             before = work.before.get(trade_id)
-            if before is not None and not effects.get(trade_id) and replace(
+            wakes = wake_times(state, self.policy)
+            if before is not None and not effects.get(trade_id) and \
+                    wakes == work.wakes.get(trade_id) and replace(
                     state, payment_time=before.payment_time,
                     business_time=before.business_time) == before:
-                continue  # only chain time moved: the next batch brings it again
-            changed.append(state)
+                continue  # only chain time moved: the next batch that wakes it brings it again
+            changed.append((state, wakes))
             self._store_effects(writes, state, effects.get(trade_id, []),
                                 refs.get(trade_id) if refs else None, before)
         work.repo.save_trades(changed)
@@ -377,6 +394,22 @@ class _Writes:
             for revealed_at in repo.phases_reached_at(self.settled,
                                                       Phase.DELIVERED.value).values():
                 metrics.SETTLEMENT_SECONDS.observe(max(0.0, (now - revealed_at).total_seconds()))
+
+
+def _names(inputs: list[ContractReceive]) -> tuple[list[bytes], list[bytes]]:
+    """The hashlocks and lock ids a batch's logs route by (see `_RoutingIndex.route`)."""
+    hashlocks: list[bytes] = []
+    lock_ids: list[bytes] = []
+    for inp in inputs:
+        match inp:
+            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
+                hashlocks.append(inp.lock.hashlock)
+            case ContractReceiveClaimed():
+                lock_ids.append(inp.lock_id)
+                hashlocks.append(hashlib.sha256(inp.preimage).digest())
+            case ContractReceiveRefunded():
+                lock_ids.append(inp.lock_id)
+    return hashlocks, lock_ids
 
 
 def _result_seen(state: TradeState, key: str) -> bool:

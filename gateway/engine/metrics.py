@@ -5,6 +5,7 @@ time, so every process that serves /metrics reports the same truth."""
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from prometheus_client import (
@@ -38,6 +39,7 @@ HTTP_SECONDS = Histogram("dvp_http_request_seconds", "HTTP request latency", ["r
 class _StoredState:
     def __init__(self) -> None:
         self.session_factory: sessionmaker[Session] | None = None
+        self.chain_ids: dict[str, int] = {}  # "payment"/"business" -> chain id
         self.deadline_horizon = DEADLINE_HORIZON
 
     def collect(self):  # noqa: ANN201
@@ -51,8 +53,16 @@ class _StoredState:
             phases = repo.trade_counts_by_phase()
             depth = repo.outbox_depth()
             pending = repo.outbox_pending_by_chain()
-            near = collections.Counter(deadline_without_progress(s, self.deadline_horizon)
-                           for s in repo.active_trades())
+            # A trade's stored clocks move only when something else about it changes: judge
+            # it by the chains' times as of the relayer's last applied blocks.
+            times = {row.chain_id: row.block_timestamp
+                     for row in repo.cursors(list(self.chain_ids.values()))}
+            pay = times.get(self.chain_ids.get("payment", -1), 0)
+            biz = times.get(self.chain_ids.get("business", -1), 0)
+            near = collections.Counter(deadline_without_progress(
+                replace(s, payment_time=max(s.payment_time, pay),
+                        business_time=max(s.business_time, biz)), self.deadline_horizon)
+                for s in repo.active_trades())
         trades = GaugeMetricFamily("dvp_trades", "Trades by phase", labels=["phase"])
         for phase, count in sorted(phases.items()):
             trades.add_metric([phase], count)
@@ -86,6 +96,8 @@ _stored = _StoredState()
 REGISTRY.register(_stored)
 
 
-def render(session_factory: sessionmaker[Session]) -> tuple[bytes, str]:
+def render(session_factory: sessionmaker[Session],
+           chain_ids: dict[str, int] | None = None) -> tuple[bytes, str]:
     _stored.session_factory = session_factory
+    _stored.chain_ids = chain_ids or {}
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

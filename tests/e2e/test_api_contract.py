@@ -931,6 +931,31 @@ def test_metrics(make_system) -> None:
         assert len(session.scalars(select(TradeRow.id)).all()) == 2
 
 
+def test_deadline_alert_counts_an_idle_trade_by_the_chains_time(make_system) -> None:
+    """An agreed trade whose buyer never locks: nothing about it changes as time passes, so
+    its stored clocks stay where they were. The alert still fires once the business chain is
+    within the horizon of T_deliver, because it is judged by the chains' times."""
+    system, client = fresh(make_system)
+    _, seller = demo(system)
+    buyer = self_custody(system, "Idle buyer")
+    t = propose(client, system, seller, buyer, hashlock="ab" * 32)
+    assert client.post(f"/v1/trades/{t['id']}/accept", headers=buyer.h).status_code == 200
+
+    def alert() -> str:
+        return next(line for line in client.get("/metrics").text.splitlines()
+                    if line.startswith('dvp_trades_near_deadline_without_progress{'
+                                       'deadline="delivery"}'))
+
+    system.gateway.relayer.step()
+    assert alert().endswith(" 0.0")
+    business = system.devnet.business
+    business.set_next_block_timestamp(t["deadlines"]["delivery"] - 100)
+    business.mine()
+    system.gateway.relayer.step()
+    assert alert().endswith(" 1.0")
+    assert client.get(f"/v1/trades/{t['id']}", headers=buyer.h).json()["phase"] == "agreed"
+
+
 def test_metrics_show_pending_effects_and_their_age(make_system) -> None:
     """An accepted trade of a managed buyer waits for its payment lock: the outbox gauge per
     chain counts it and the age of the oldest pending effect grows until the relayer acts."""

@@ -75,6 +75,7 @@ from gateway.domain.trade import (
     is_active,
     new_trade,
     state_transition,
+    wake_times,
 )
 
 PAYMENT, BUSINESS = Chain.PAYMENT, Chain.BUSINESS
@@ -572,6 +573,23 @@ class TradeMachine(RuleBasedStateMachine):
                 assert leg.status is self.locks[leg.lock_id].status
         assert (s.preimage is not None) == self.revealed
         assert s.preimage in (None, SECRET)
+
+    @invariant()
+    def blocks_before_the_wake_time_change_only_the_clock(self) -> None:
+        """What lets the dispatcher give a batch's block only to the trades it wakes: any
+        block earlier than a chain's wake time moves that clock and nothing else."""
+        s = self.state
+        for chain, now, wake in zip((PAYMENT, BUSINESS), (s.payment_time, s.business_time),
+                                    wake_times(s, POLICY), strict=True):
+            if wake == 0:
+                continue  # woken by every block
+            assert wake is None or wake > now
+            last = wake - 1 if wake is not None else now + 10**7
+            clock = "payment_time" if chain is PAYMENT else "business_time"
+            for t in sorted({now + 1, (now + 1 + last) // 2, last}):
+                if now < t <= last:
+                    after, effects = state_transition(s, Block(chain, 0, t), POLICY)
+                    assert (after, effects) == (replace(s, **{clock: t}), []), (chain, t, wake)
 
     @invariant()
     def legs_exit_once(self) -> None:
