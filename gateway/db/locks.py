@@ -1,6 +1,6 @@
 """Coordination of several relayers on one PostgreSQL database: advisory locks.
 
-Three kinds of work must not run twice at the same time:
+Four kinds of work must not run twice at the same time:
 
 * **writing trade state** (the dispatcher: API actions and chain batches). Every dispatcher
   transaction first takes one transaction-level advisory lock (`Repository.lock_trade_writes`,
@@ -19,10 +19,15 @@ skips that chain for this step, because another relayer is doing it. The server 
 session lock when its connection ends, so a relayer that is killed mid-pass frees its chains
 for the others at once (one whose host vanishes, within about half a minute: the sessions ask
 for TCP keep-alives, `gateway.db.session`); what it had recorded is picked up by whoever
-runs next (the executor's recorded-before-broadcast rule). A holder whose lock connection
-alone was dropped while its other connections kept working could overlap one pass with a new
-holder; the contracts make such a duplicate harmless to funds (a second claim or refund of a
-lock is skipped or reverts, a second identical lock reverts), at the price of its gas.
+runs next (the executor's recorded-before-broadcast rule).
+
+The session lock decides who does a pass; it is not what keeps nonces unique. A holder whose
+lock connection alone was dropped while its other connections kept working would overlap its
+pass with a new holder's. So every executor transaction that plans and records transactions on
+a chain first takes that chain's **send lock** (`send_lock`, transaction-level, waited for):
+such transactions run one at a time per chain, and each one reads the outbox and the recorded
+nonces only after the previous one committed. Two overlapping passes then find each other's
+attempts recorded and send nothing twice.
 
 On SQLite (one relayer: the embedded default) the locks are no-ops.
 """
@@ -54,6 +59,11 @@ def poll_lock(chain_id: int) -> str:
 
 def execute_lock(chain_id: int) -> str:
     return f"execute:{chain_id}"
+
+
+def send_lock(chain_id: int) -> int:
+    """The transaction-level lock of a chain's planning and recording of transactions."""
+    return lock_key(f"send:{chain_id}")
 
 
 class AdvisoryLocks:

@@ -78,6 +78,16 @@ class Repository:
 
             self.session.execute(select(func.pg_advisory_xact_lock(TRADE_WRITES)))
 
+    def lock_chain_sends(self, chain_id: int) -> None:
+        """Serialise the executor transactions that plan and record transactions on one chain,
+        across processes (PostgreSQL; SQLite has a single writer). See `gateway.db.locks`."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy import func
+
+            from gateway.db.locks import send_lock
+
+            self.session.execute(select(func.pg_advisory_xact_lock(send_lock(chain_id))))
+
     # --- trades ---------------------------------------------------------------------------
 
     def get_trade(self, trade_id: bytes) -> TradeState | None:

@@ -203,11 +203,11 @@ class Dispatcher:
             work.repo.lock_trade_writes()
             effects: dict[bytes, list[Effect]] = {}
             refs: dict[bytes, object] = {}
-            clocks = self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
-            other = [c for c in clocks if c.chain is not batch.chain]
-            if batch.rewind_to is None:
-                # The cursor's time: no log of this batch is older (unknown after a reorg).
-                other += [c for c in clocks if c.chain is batch.chain]
+            # Both chains' times as of their cursors, brought to every trade before it
+            # decides: this chain's cursor is older than any log of the batch (but after a
+            # reorg it may be a block that is gone: then only the other chain's).
+            clocks = [c for c in self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
+                      if c.chain is not batch.chain or batch.rewind_to is None]
             if batch.rewind_to is not None:
                 self._rewind(work, batch, effects)
             for state, wakes in work.repo.trades_for_logs(batch.chain.value,
@@ -236,7 +236,7 @@ class Dispatcher:
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
                     links.append((inp.lock_id, trade_id))
                     index.add_lock(batch.chain, inp.lock_id, trade_id)
-                state, early = self._catch_up(state, other)
+                state, early = self._catch_up(state, clocks)
                 new_state, out = self._transition(state, inp)
                 work.states[trade_id] = new_state
                 effects.setdefault(trade_id, []).extend(early + out)
@@ -244,7 +244,7 @@ class Dispatcher:
             for trade_id, state in list(work.states.items()):
                 if not is_active(state) and trade_id not in effects:
                     continue
-                state, early = self._catch_up(state, other)
+                state, early = self._catch_up(state, clocks)
                 new_state, out = self._transition(state, batch.block)
                 out = early + out
                 work.states[trade_id] = new_state

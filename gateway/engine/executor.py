@@ -149,6 +149,7 @@ class Executor:
         broadcast = self._settle_attempts(ep)
         with self.session_factory.begin() as session:
             repo = Repository(session)
+            repo.lock_chain_sends(ep.chain_id)  # first: plan from what others committed
             txs = self._plan(ep, repo)
             nonces: dict[str, int] = {}
             signed: list[AttemptRow] = []
@@ -203,6 +204,7 @@ class Executor:
         to_send: list[int] = []
         with self.session_factory.begin() as session:
             repo = Repository(session)
+            repo.lock_chain_sends(ep.chain_id)
             latest: dict[str, int] = {}
             live = repo.unsettled_attempts(ep.chain_id)
             for attempt in live:

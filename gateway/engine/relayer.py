@@ -7,9 +7,11 @@ Several relayers may share one PostgreSQL database (and the same chains and keys
 polls a chain only while holding that chain's poll lock and runs a chain's outbox only while
 holding its execute lock (PostgreSQL session advisory locks, `gateway.db.locks`, never waited
 for: a chain whose lock another relayer holds is skipped this step); every dispatcher
-transaction holds the trade-writes lock. So each chain's logs are applied by one relayer at a
-time, each signing key's nonces on a chain are handed out by one relayer at a time, and a
-relayer that dies releases its chains to the others with its connections. On SQLite (a single
+transaction holds the trade-writes lock, and every executor transaction that records
+transactions holds its chain's send lock. So each chain's logs are applied by one relayer at a
+time, each signing key's nonces on a chain are handed out by one transaction at a time (even if
+two passes overlap), and a relayer that dies releases its chains to the others with its
+connections. On SQLite (a single
 relayer) the locks are no-ops. A relayer that cannot reach the database or a node backs off
 (`run_forever`) and resumes where the database says it was.
 """

@@ -57,3 +57,79 @@ def test_sessions_ask_the_server_for_tcp_keepalives(database_url) -> None:
             assert connection.execute(text("SHOW tcp_keepalives_count")).scalar() == "3"
     finally:
         engine.dispose()
+
+
+def test_overlapping_executor_passes_send_each_effect_once(devnet, database_url,
+                                                           monkeypatch) -> None:
+    """Two relayers both run a pass over the payment chain's outbox at once (as when the first
+    one's lock connection alone was cut and the second took the execute lock). The chain's send
+    lock makes the second plan only after the first has recorded: one claim transaction, and
+    the seller paid once."""
+    import threading
+
+    from sqlalchemy import select
+
+    from gateway.db.models import AttemptRow, OutboxRow
+    from gateway.domain.trade import Chain
+    from gateway.engine import executor as executor_module
+    from tests.integration.harness import World, make_gateway
+    from tests.postgres.waiting import wait_for
+
+    first, second = make_gateway(devnet, database_url), make_gateway(devnet, database_url)
+    world = World(devnet, first)
+    trades = [world.agree() for _ in range(3)]
+    for trade in trades:
+        world.lock_payment(trade)
+        world.lock_delivery(trade)
+    first.relayer.poll()
+    for trade in trades:
+        world.take_delivery(trade)
+    first.relayer.poll()  # three payment claims wait in the outbox
+    seller_before = world.token_balance(world.seller.address)
+
+    paused, resume = threading.Event(), threading.Event()
+    reach = executor_module.reach
+
+    def pausing(name: str) -> None:
+        if name == "executor.before_record" and threading.current_thread().name == "first":
+            paused.set()  # planned and signed inside its transaction, not yet committed
+            resume.wait(60)
+        reach(name)
+
+    monkeypatch.setattr(executor_module, "reach", pausing)
+    watcher = make_engine(database_url)
+    try:
+        def lock_waits() -> list[str]:
+            with watcher.connect() as connection:
+                return list(connection.execute(text(
+                    "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalars())
+
+        a = threading.Thread(target=first.relayer.executor.run_chain, args=(Chain.PAYMENT,),
+                             name="first")
+        a.start()
+        assert paused.wait(60)
+        b = threading.Thread(target=second.relayer.executor.run_chain, args=(Chain.PAYMENT,),
+                             name="second")
+        b.start()
+        wait_for(lambda: bool(lock_waits()) or not b.is_alive(), timeout=60,
+                 what="the second pass blocked or done")
+        assert b.is_alive(), "the second pass ran while the first had not recorded"
+        assert lock_waits() == ["advisory"]  # the send lock, before it read anything
+        resume.set()
+        a.join(60)
+        b.join(60)
+        assert not a.is_alive() and not b.is_alive()
+    finally:
+        resume.set()
+        watcher.dispose()
+
+    with first.session_factory() as session:
+        attempts = session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == devnet.payment.client.chain_id)).all()
+        claims = session.scalars(select(OutboxRow).where(OutboxRow.chain == "payment")).all()
+    assert len(attempts) == 1, [(a.nonce, a.status) for a in attempts]
+    assert {row.attempt_id for row in claims} == {attempts[0].id}
+    first.relayer.run_until(lambda: all(world.phase(t) == "settled" for t in trades))
+    assert world.token_balance(world.seller.address) == seller_before + sum(
+        t.terms.amount for t in trades)
