@@ -571,8 +571,8 @@ def api(host: str, port: int) -> None:
     from gateway.api.app import create_app
     from gateway.api.context import ApiContext, ChainView
     from gateway.contracts import load_artifact
-    from gateway.db.session import make_engine, make_session_factory
     from gateway.domain.trade import Chain
+    from gateway.engine.build import open_database
     from gateway.engine.dispatcher import Dispatcher
 
     settings = _settings()
@@ -581,8 +581,7 @@ def api(host: str, port: int) -> None:
     pay_htlc = clients["payment"].contract(settings.payment_htlc, load_artifact("PaymentHTLC"))
     dlv_htlc = clients["business"].contract(settings.delivery_htlc,
                                             load_artifact("DeliveryHTLC"))
-    engine = make_engine(settings.database_url)
-    factory = make_session_factory(engine)
+    engine, factory = open_database(settings.database_url)  # migrated, as a relayer's
     policy = settings.timing_policy()
     ctx = ApiContext(
         session_factory=factory, dispatcher=Dispatcher(factory, policy, chain_ids={
@@ -593,8 +592,12 @@ def api(host: str, port: int) -> None:
         business=ChainView(clients["business"], dlv_htlc.address,
                            dlv_htlc.functions.titles().call()),
         cipher=_cipher(settings))
+    # As `run`: uvicorn's graceful shutdown re-raises the signal; exit 0 there instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(ctx), host=host, port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
     finally:
         engine.dispose()
 

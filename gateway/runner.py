@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.api.app import create_app
 from gateway.api.context import ApiContext, ChainView, Limits
@@ -123,24 +124,25 @@ def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
         cipher=cipher, limits=limits or Limits())
     system = System(devnet, gateway, ctx, create_app(ctx), workdir)
     if demo:
-        system.demo = create_demo_enterprises(system)
+        system.demo = create_demo_enterprises(devnet, gateway.session_factory, cipher)
         (workdir / "demo.json").write_text(json.dumps(system.demo, indent=2))
         (workdir / "demo.json").chmod(0o600)
     return system
 
 
-def create_demo_enterprises(system: System) -> dict:
-    """A managed buyer with money and a managed seller with title documents."""
-    devnet = system.devnet
+def create_demo_enterprises(devnet: Devnet, session_factory: sessionmaker[Session],
+                            cipher: Cipher) -> dict:
+    """A managed buyer with money and a managed seller with title documents, in the database
+    and on the chains (in-process or real nodes); what `demo.json` holds."""
     issuer = devnet.account(ISSUER)
     out = {"payment_token": devnet.info.payment.token, "titles": devnet.info.business.titles,
            "payment_chain_id": devnet.info.payment.chain_id,
            "business_chain_id": devnet.info.business.chain_id, "enterprises": {}}
-    with system.gateway.session_factory.begin() as session:
+    with session_factory.begin() as session:
         buyer, buyer_key = create_enterprise(session, "Demo Buyer", managed=True,
-                                             cipher=system.ctx.cipher)
+                                             cipher=cipher)
         seller, seller_key = create_enterprise(session, "Demo Seller", managed=True,
-                                               cipher=system.ctx.cipher)
+                                               cipher=cipher)
     for ent in (buyer, seller):
         for chain in (devnet.payment, devnet.business):
             assert chain.client.transact(issuer, to=ent.payment_address, data=b"", gas=21_000,

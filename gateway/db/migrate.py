@@ -19,8 +19,17 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate in one transaction. Every process that opens the database does this (API and
+    relayers, which may start together): on PostgreSQL they take turns under an advisory
+    lock, and whoever comes second finds the schema already at `revision`."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy import func, select
+
+            from gateway.db.locks import lock_key
+
+            connection.execute(select(func.pg_advisory_xact_lock(lock_key("migrate"))))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -8,6 +8,7 @@ from sqlalchemy import text
 from gateway.db.locks import AdvisoryLocks, lock_key
 from gateway.db.session import make_engine
 from tests.databases import on_postgres
+from tests.postgres.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     not on_postgres(), reason="PostgreSQL only: set DVP_TEST_DATABASE_URL (make test-postgres)")
@@ -41,6 +42,15 @@ def test_a_holder_whose_connection_dies_frees_the_lock(database_url) -> None:
                     "(classid::bigint << 32 | objid::bigint) = :key"),
                     {"key": lock_key("poll:1")}).scalar()
             assert killed == 1
+
+            def released() -> bool:  # pg_terminate_backend only signals the backend
+                with two.connect() as connection:
+                    return not connection.execute(text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                        "(classid::bigint << 32 | objid::bigint) = :key"),
+                        {"key": lock_key("poll:1")}).scalar()
+
+            wait_for(released, timeout=30, what="the killed holder's lock released")
             with b.hold("poll:1") as taken_over:
                 assert taken_over
     finally:
@@ -73,7 +83,6 @@ def test_overlapping_executor_passes_send_each_effect_once(devnet, database_url,
     from gateway.domain.trade import Chain
     from gateway.engine import executor as executor_module
     from tests.integration.harness import World, make_gateway
-    from tests.postgres.waiting import wait_for
 
     first, second = make_gateway(devnet, database_url), make_gateway(devnet, database_url)
     world = World(devnet, first)
@@ -133,3 +142,38 @@ def test_overlapping_executor_passes_send_each_effect_once(devnet, database_url,
     first.relayer.run_until(lambda: all(world.phase(t) == "settled" for t in trades))
     assert world.token_balance(world.seller.address) == seller_before + sum(
         t.terms.amount for t in trades)
+
+
+def test_processes_starting_together_migrate_once(database_url) -> None:
+    """An API and relayers started at once on an empty database each run the migrations:
+    they take turns, and every one of them finds the schema at head."""
+    import threading
+
+    from gateway.db import migrate
+
+    engines = [make_engine(database_url) for _ in range(3)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(engines))
+
+    def upgrade(engine) -> None:  # noqa: ANN001
+        start.wait()
+        try:
+            migrate.upgrade(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(e,)) for e in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        heads = {migrate.current_revision(e) for e in engines}
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(migrate.alembic_config(database_url))
+        assert heads == {script.get_current_head()}
+    finally:
+        for engine in engines:
+            engine.dispose()
