@@ -452,9 +452,23 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    server = None
+    if settings.metrics_port is not None:
+        from gateway.engine import metrics
+
+        try:
+            server = metrics.serve(gateway.session_factory, {
+                chain.value: chain_id for chain, chain_id
+                in gateway.dispatcher.chain_ids.items()}, settings.metrics_host,
+                settings.metrics_port)
+        except OSError as exc:
+            _fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+                  f"(DVP_METRICS_HOST/DVP_METRICS_PORT): {exc}")
     try:
         gateway.relayer.run_forever(stop, settings.poll_interval)
     finally:
+        if server is not None:
+            server.shutdown()
         gateway.engine.dispose()
 
 

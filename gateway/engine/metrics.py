@@ -96,6 +96,17 @@ _stored = _StoredState()
 REGISTRY.register(_stored)
 
 
+def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], host: str,
+          port: int):  # noqa: ANN201 - the server, for shutdown()
+    """Serve every metric over HTTP from a background thread (`dvp-gateway relayer run`): the
+    relayer's own counters (lag, reorgs, fee bumps, transactions sent) live in its process."""
+    from prometheus_client import start_http_server
+
+    _stored.session_factory, _stored.chain_ids = session_factory, chain_ids
+    server, _thread = start_http_server(port, addr=host)
+    return server
+
+
 def render(session_factory: sessionmaker[Session],
            chain_ids: dict[str, int] | None = None) -> tuple[bytes, str]:
     _stored.session_factory = session_factory

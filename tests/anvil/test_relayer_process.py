@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 from gateway.chain.anvil import devnet_env
 from gateway.chain.devnet import RELAYER
+from tests.e2e.test_run_command import _free_port
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 
@@ -26,9 +29,11 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
         anvil_devnet, database_url, tmp_path) -> None:
     net = anvil_devnet
     lines = devnet_env(net, net.account(RELAYER).key, None)
+    port = _free_port()
     env = {**os.environ, **dict(line.split("=", 1) for line in lines),
            "DVP_DATABASE_URL": database_url, "DVP_POLL_INTERVAL": "0.05",
-           "DVP_REACTION_BUDGET": "30", "DVP_DRIFT_ALLOWANCE": "0"}
+           "DVP_REACTION_BUDGET": "30", "DVP_DRIFT_ALLOWANCE": "0",
+           "DVP_METRICS_PORT": str(port)}
     # The parties' side (and the trade's terms, agreed through the dispatcher as the API
     # would) shares the database; this gateway object never steps its relayer.
     world = World(net, make_gateway(net, database_url))
@@ -47,6 +52,13 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
         world.take_delivery(trade)
         _wait_for(lambda: world.phase(trade) == "settled")
         assert proc.poll() is None, log_path.read_text()[-2000:]
+        # The relayer's own metrics, from its process (the API serves the stored ones too).
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        sent = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("dvp_transactions_sent_total{")}
+        assert sent['dvp_transactions_sent_total{chain="payment"}'] >= 1, metrics
+        assert 'dvp_trades{phase="settled"} 1.0' in metrics
+        assert 'dvp_relayer_lag_blocks{chain="business"}' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

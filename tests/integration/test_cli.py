@@ -100,3 +100,16 @@ def test_relayer_daemon_logs_json_and_stops_on_sigterm(database_url) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert '"relayer_stopped"' in rest
+
+
+def test_relayer_metrics_port_taken_is_a_clear_error(database_url) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["relayer", "run", "--devnet", "--database-url",
+                                           database_url], env={"DVP_METRICS_PORT": str(port)})
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output
