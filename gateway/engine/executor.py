@@ -61,6 +61,12 @@ from gateway.chain.htlc import (
     DeliveryHTLCProxy,
     PaymentHTLCProxy,
     claim_many_calldata,
+    delivery_claim_calldata,
+    delivery_lock_calldata,
+    delivery_refund_calldata,
+    payment_claim_calldata,
+    payment_lock_calldata,
+    payment_refund_calldata,
 )
 from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
@@ -444,26 +450,26 @@ class Executor:
             case ContractSendPaymentLock(lock=lk):
                 htlc = ep.payment_htlc
                 assert htlc is not None
-                data = htlc.htlc.encode_abi("lock", [lk.beneficiary, lk.amount, lk.hashlock,
-                                                     lk.timelock])
+                data = payment_lock_calldata(lk.beneficiary, lk.amount, lk.hashlock,
+                                             lk.timelock)
                 return _Tx(self._key(lk.sender), htlc.address, data, GAS_LOCK, [row])
             case ContractSendDeliveryLock(lock=lk):
                 dh = ep.delivery_htlc
                 assert dh is not None
-                data = dh.htlc.encode_abi("lock", [lk.buyer, lk.token_id, lk.document_hash,
-                                                   lk.trade_id, lk.hashlock, lk.timelock])
+                data = delivery_lock_calldata(lk.buyer, lk.token_id, lk.document_hash,
+                                              lk.trade_id, lk.hashlock, lk.timelock)
                 return _Tx(self._key(lk.seller), dh.address, data, GAS_DELIVERY_LOCK, [row])
             case ContractSendPaymentRefund(lock=lk):
                 assert ep.payment_htlc is not None
-                data = ep.payment_htlc.htlc.encode_abi("refund", [lk.as_tuple()])
+                data = payment_refund_calldata(lk)
                 return _Tx(self.relayer, ep.payment_htlc.address, data, GAS_REFUND, [row])
             case ContractSendDeliveryClaim(lock=lk, preimage=preimage):
                 assert ep.delivery_htlc is not None
-                data = ep.delivery_htlc.htlc.encode_abi("claim", [lk.as_tuple(), preimage])
+                data = delivery_claim_calldata(lk, preimage)
                 return _Tx(self.relayer, ep.delivery_htlc.address, data, GAS_DELIVERY_EXIT, [row])
             case ContractSendDeliveryRefund(lock=lk):
                 assert ep.delivery_htlc is not None
-                data = ep.delivery_htlc.htlc.encode_abi("refund", [lk.as_tuple()])
+                data = delivery_refund_calldata(lk)
                 return _Tx(self.relayer, ep.delivery_htlc.address, data, GAS_DELIVERY_EXIT, [row])
         raise TypeError(f"no transaction for {type(effect).__name__}")
 
@@ -474,7 +480,7 @@ class Executor:
         rows = [row for row, _ in claims]
         if len(claims) == 1:
             (_, c), = claims
-            data = htlc.htlc.encode_abi("claim", [c.lock.as_tuple(), c.preimage])
+            data = payment_claim_calldata(c.lock, c.preimage)
             return _Tx(self.relayer, htlc.address, data, GAS_CLAIM, rows)
         data = claim_many_calldata([c.lock for _, c in claims], [c.preimage for _, c in claims])
         gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(claims)

@@ -1,15 +1,43 @@
-"""Hand-encoded calldata equals web3's ABI encoding of the same call."""
+"""Hand-encoded calldata equals web3's ABI encoding of the same call, for every HTLC function
+the gateway and its tools send."""
 
 from __future__ import annotations
 
-from gateway.chain.htlc import claim_many_calldata
-from gateway.domain.locks import PaymentLock
+from gateway.chain import htlc as calls
+from gateway.domain.locks import DeliveryLock, PaymentLock
 
 
-def test_claim_many_calldata_matches_abi_encoder(devnet) -> None:
+def _abi(contract, fn: str, args: list) -> bytes:  # noqa: ANN001
+    return bytes.fromhex(contract.encode_abi(fn, args)[2:])
+
+
+def test_payment_htlc_calldata_matches_abi_encoder(devnet) -> None:
+    pay = devnet.payment_htlc.htlc
     locks = [PaymentLock(devnet.info.buyer, devnet.info.seller, 5 + i, bytes([i + 1]) * 32,
                          10**9 + i) for i in range(3)]
     preimages = [bytes([9 + i]) * 32 for i in range(3)]
-    expected = devnet.payment_htlc.htlc.encode_abi(
-        "claimMany", [[lk.as_tuple() for lk in locks], preimages])
-    assert claim_many_calldata(locks, preimages) == bytes.fromhex(expected[2:])
+    lk = locks[0]
+    assert calls.payment_lock_calldata(lk.beneficiary, 2**256 - 1, lk.hashlock, 2**64 - 1) == \
+        _abi(pay, "lock", [lk.beneficiary, 2**256 - 1, lk.hashlock, 2**64 - 1])
+    assert calls.payment_claim_calldata(lk, preimages[0]) == \
+        _abi(pay, "claim", [lk.as_tuple(), preimages[0]])
+    assert calls.payment_claim_calldata(lk, b"\x01" * 33) == \
+        _abi(pay, "claim", [lk.as_tuple(), b"\x01" * 33])  # `bytes`: any length encodes
+    assert calls.payment_refund_calldata(lk) == _abi(pay, "refund", [lk.as_tuple()])
+    assert calls.claim_many_calldata(locks, preimages) == \
+        _abi(pay, "claimMany", [[x.as_tuple() for x in locks], preimages])
+    assert calls.refund_many_calldata(locks) == \
+        _abi(pay, "refundMany", [[x.as_tuple() for x in locks]])
+
+
+def test_delivery_htlc_calldata_matches_abi_encoder(devnet) -> None:
+    dlv = devnet.delivery_htlc.htlc
+    lk = DeliveryLock(devnet.info.seller, devnet.info.buyer, 7, b"\x0d" * 32, b"\x0e" * 32,
+                      b"\x0f" * 32, 10**9)
+    assert calls.delivery_lock_calldata(lk.buyer, lk.token_id, lk.document_hash, lk.trade_id,
+                                        lk.hashlock, lk.timelock) == \
+        _abi(dlv, "lock", [lk.buyer, lk.token_id, lk.document_hash, lk.trade_id, lk.hashlock,
+                           lk.timelock])
+    assert calls.delivery_claim_calldata(lk, b"\x05" * 32) == \
+        _abi(dlv, "claim", [lk.as_tuple(), b"\x05" * 32])
+    assert calls.delivery_refund_calldata(lk) == _abi(dlv, "refund", [lk.as_tuple()])
