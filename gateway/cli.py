@@ -464,9 +464,16 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
         except OSError as exc:
             _fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
                   f"(DVP_METRICS_HOST/DVP_METRICS_PORT): {exc}")
+    from gateway.chain.heads import HeadWatcher
+
+    watchers = [HeadWatcher(name, url, gateway.relayer.nudge).start()
+                for name, url in (("payment", settings.payment_ws_url),
+                                  ("business", settings.business_ws_url)) if url and not devnet]
     try:
         gateway.relayer.run_forever(stop, settings.poll_interval)
     finally:
+        for watcher in watchers:
+            watcher.stop()
         if server is not None:
             server.shutdown()
         gateway.engine.dispose()

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     business_chain_id: int = Field(DEFAULT_BUSINESS_CHAIN_ID, gt=0, lt=2**64)
     payment_rpc_url: str | None = None
     business_rpc_url: str | None = None
+    # Optional WebSocket endpoints: new blocks wake the relayer at once (gateway.chain.heads).
+    payment_ws_url: str | None = None
+    business_ws_url: str | None = None
     payment_htlc: str | None = None
     delivery_htlc: str | None = None
     payment_start_block: int = Field(0, ge=0)

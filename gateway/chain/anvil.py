@@ -130,6 +130,11 @@ class AnvilNode:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def ws_url(self) -> str:
+        """The same port speaks WebSocket (subscriptions: `gateway.chain.heads`)."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
     def state_path(self) -> Path:
         return self.workdir / "state.json"
 
@@ -368,6 +373,8 @@ def devnet_env(devnet, relayer_key: bytes, block_time: float | None) -> list[str
     lines = [
         f"DVP_PAYMENT_RPC_URL={devnet.payment.node.url}",
         f"DVP_BUSINESS_RPC_URL={devnet.business.node.url}",
+        f"DVP_PAYMENT_WS_URL={devnet.payment.node.ws_url}",
+        f"DVP_BUSINESS_WS_URL={devnet.business.node.ws_url}",
         f"DVP_PAYMENT_CHAIN_ID={devnet.info.payment.chain_id}",
         f"DVP_BUSINESS_CHAIN_ID={devnet.info.business.chain_id}",
         f"DVP_PAYMENT_HTLC={devnet.info.payment.htlc}",

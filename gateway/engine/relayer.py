@@ -56,6 +56,12 @@ class Relayer:
         self.executor = executor
         self.halted: dict[Chain, str] = {}
         self.locks = AdvisoryLocks(session_factory.kw["bind"])
+        self.wake = threading.Event()  # set by nudge(): step now, not at the next interval
+
+    def nudge(self) -> None:
+        """Something happened on a chain (a new block, `gateway.chain.heads`): the daemon
+        steps at once instead of waiting out its poll interval."""
+        self.wake.set()
 
     def poll(self) -> StepResult:
         """Apply every batch the chains have, up to their confirmed heads."""
@@ -120,9 +126,14 @@ class Relayer:
     def run_forever(self, stop: threading.Event, poll_interval: float) -> None:
         log.info("relayer_started", chains=[c.value for c in self.pollers],
                  poll_interval=poll_interval)
+        threading.Thread(target=lambda: (stop.wait(), self.wake.set()), daemon=True,
+                         name="relayer-stop").start()  # a stop ends the pause below too
         backoff = poll_interval
         while not stop.is_set():
             started = time.monotonic()
+            self.wake.clear()  # what happens from here on is seen by this step or wakes the next
+            if stop.is_set():  # (its wake may have just been cleared)
+                break
             try:
                 result = self.step()
                 backoff = poll_interval
@@ -134,5 +145,5 @@ class Relayer:
                           retry_in=backoff)
                 stop.wait(backoff)
                 continue
-            stop.wait(max(0.0, poll_interval - (time.monotonic() - started)))
+            self.wake.wait(max(0.0, poll_interval - (time.monotonic() - started)))
         log.info("relayer_stopped")

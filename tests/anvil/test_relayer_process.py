@@ -1,6 +1,7 @@
 """`dvp-gateway relayer run` as an operator runs it: a separate process configured only by
 the DVP_* lines `dvp-gateway devnet` prints, against two anvil nodes, settling a trade the
-parties drive on chain with their own keys."""
+parties drive on chain with their own keys. The poll interval is a minute: every step after the
+first is woken by a new block announced over WebSocket."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from gateway.chain.devnet import RELAYER
 from tests.e2e.test_run_command import _free_port
 from tests.integration.harness import AMOUNT, World, make_gateway
 
+POLL_INTERVAL = 60.0  # longer than the whole test may take: only new heads wake the relayer
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
@@ -31,9 +34,10 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
     lines = devnet_env(net, net.account(RELAYER).key, None)
     port = _free_port()
     env = {**os.environ, **dict(line.split("=", 1) for line in lines),
-           "DVP_DATABASE_URL": database_url, "DVP_POLL_INTERVAL": "0.05",
+           "DVP_DATABASE_URL": database_url, "DVP_POLL_INTERVAL": str(POLL_INTERVAL),
            "DVP_REACTION_BUDGET": "30", "DVP_DRIFT_ALLOWANCE": "0",
            "DVP_METRICS_PORT": str(port)}
+    assert env["DVP_PAYMENT_WS_URL"].startswith("ws://")
     # The parties' side (and the trade's terms, agreed through the dispatcher as the API
     # would) shares the database; this gateway object never steps its relayer.
     world = World(net, make_gateway(net, database_url))
@@ -45,6 +49,7 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
     try:
         before = {a: world.token_balance(a) for a in (world.buyer.address,
                                                        world.seller.address)}
+        _wait_for(lambda: log_path.read_text().count('"head_watch_connected"') == 2)
         trade = world.agree()
         world.lock_payment(trade)
         world.lock_delivery(trade)
