@@ -1,7 +1,9 @@
-"""Shared test helpers: test-double artifacts, token funding, and revert assertions."""
+"""Shared test helpers: test-double artifacts, token funding, revert assertions, processes."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -76,3 +78,14 @@ def with_errors(client: ChainClient, contract: Contract, *others: Contract) -> C
 def values(err: RevertError) -> tuple[object, ...]:
     """A decoded error's arguments, addresses checksummed (eth-abi decodes them lowercase)."""
     return tuple(to_checksum_address(v) if isinstance(v, str) else v for v in err.values)
+
+
+def terminate(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM, as an operator's service manager sends it; SIGKILL if it is not gone within
+    `timeout`. Returns the exit code (0 is a clean stop)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +20,13 @@ from gateway.chain.devnet import RELAYER
 from gateway.db.session import make_engine, make_session_factory
 from gateway.runner import create_demo_enterprises
 from tests.e2e.test_run_command import _free_port, _wait_healthy
-from tests.helpers import balance_of
+from tests.helpers import balance_of, terminate
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
 
 def _stop(process: subprocess.Popen, log: Path) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    assert process.returncode == 0, log.read_text()[-3000:]
+    assert terminate(process) == 0, log.read_text()[-3000:]
 
 
 def test_api_and_relayer_processes_settle_a_managed_trade_on_anvil(

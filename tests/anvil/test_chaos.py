@@ -27,6 +27,7 @@ from gateway.chain.anvil import devnet_env
 from gateway.chain.devnet import RELAYER
 from gateway.db.models import AttemptRow, TradeRow
 from tests.databases import create_database, drop_database, on_postgres
+from tests.helpers import terminate
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 TRADES = 200
@@ -110,12 +111,7 @@ class Relayers:
                     and not self.up(n):
                 time.sleep(0.05)
             if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                terminate(proc)
             codes.append(proc.returncode if proc else None)
         return codes
 
