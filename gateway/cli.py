@@ -14,6 +14,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from gateway import logs
 from gateway.config import Settings
 
 
@@ -21,12 +22,17 @@ def _settings(**overrides: Any) -> Settings:
     """Settings from DVP_* variables, with command-line options (when given) on top."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"]) or "settings"
             click.echo(f"error: DVP_{field.upper()}: {error['msg']}", err=True)
         sys.exit(2)
+    logs.keep_secret(logs.url_secrets(settings.database_url, path_is_secret=False))
+    for url in (settings.payment_rpc_url, settings.business_rpc_url, settings.payment_ws_url,
+                settings.business_ws_url):
+        logs.keep_secret(logs.url_secrets(url))
+    return settings
 
 
 @click.group()
@@ -480,7 +486,7 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {logs.redact(message)}", err=True)
     sys.exit(2)
 
 

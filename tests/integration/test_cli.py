@@ -113,3 +113,33 @@ def test_relayer_metrics_port_taken_is_a_clear_error(database_url) -> None:
                                            database_url], env={"DVP_METRICS_PORT": str(port)})
     assert result.exit_code == 2, result.output
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output
+
+
+def test_credentials_in_node_and_database_urls_are_never_printed(tmp_path,
+                                                                 monkeypatch) -> None:
+    """Providers put API keys in endpoint paths and queries; databases take passwords. An
+    unreachable node's error names the node without them, and so do the relayer's logs."""
+    from gateway import logs
+
+    monkeypatch.setattr(logs, "_secrets", [])  # this process's other tests keep theirs
+    result = CliRunner().invoke(main, ["relayer", "run"], env={
+        "DVP_PAYMENT_RPC_URL": "http://127.0.0.1:9/v3/PROVIDERKEY1234?token=QUERYTOKEN99",
+        "DVP_BUSINESS_RPC_URL": "http://127.0.0.1:9/BUSINESSKEY55", "DVP_RELAYER_KEY": "0x" + "11" * 32,
+        "DVP_PAYMENT_HTLC": "0x" + "22" * 20, "DVP_DELIVERY_HTLC": "0x" + "33" * 20,
+        "DVP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert result.exit_code == 2
+    assert "payment chain at http://127.0.0.1:9/" in result.output and "unreachable" in \
+        result.output
+    assert "PROVIDERKEY1234" not in result.output and "QUERYTOKEN99" not in result.output
+
+    logs.keep_secret(logs.url_secrets("postgresql+psycopg://dvp:DBPASSWORD77@db/dvp",
+                                      path_is_secret=False))
+    assert logs.redact("connect to postgresql+psycopg://dvp:DBPASSWORD77@db/dvp failed") == \
+        "connect to postgresql+psycopg://dvp:***@db/dvp failed"
+    import structlog
+    from structlog.testing import capture_logs
+
+    with capture_logs(processors=[logs._redact_event]) as seen:  # noqa: SLF001
+        structlog.get_logger("t").error("relayer_step_failed",
+                                        error="HTTPConnectionPool: url: /v3/PROVIDERKEY1234")
+    assert seen[0]["error"] == "HTTPConnectionPool: url: /***"
