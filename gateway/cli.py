@@ -230,13 +230,22 @@ def _start_own_gateway():  # noqa: ANN202
               help="Seconds between blocks (0: a block per transaction, anvil's automine).")
 @click.option("--env-file", type=click.Path(dir_okay=False),
               help="Also write the DVP_* lines to this file.")
-def devnet(block_time: float, env_file: str | None) -> None:
+@click.option("--demo", "demo_dir", type=click.Path(file_okay=False),
+              help="Also create a managed buyer (with test money) and a managed seller (with "
+                   "titles) in DVP_DATABASE_URL, keys encrypted with DVP_SECRETS_KEY, and write "
+                   "their API keys to DIR/demo.json, for `dvp-gateway demo --api URL "
+                   "--workdir DIR`.")
+def devnet(block_time: float, env_file: str | None, demo_dir: str | None) -> None:
     """Two anvil nodes on loopback with every contract deployed; prints the DVP_* settings
     for `dvp-gateway api` and `dvp-gateway relayer run`, and runs until Ctrl-C or SIGTERM."""
     from gateway.chain.anvil import AnvilError, devnet_env, start_anvil_devnet
     from gateway.chain.devnet import BUYER, ISSUER, RELAYER, SELLER
 
     settings = _settings()
+    cipher = _cipher(settings)
+    if demo_dir is not None and cipher is None:
+        _fail("--demo needs DVP_SECRETS_KEY (dvp-gateway secrets-key makes one): the managed "
+              "enterprises' keys are stored encrypted with it")
     try:
         net = start_anvil_devnet(settings.payment_chain_id, settings.business_chain_id,
                                  block_time=block_time or None)
@@ -252,6 +261,9 @@ def devnet(block_time: float, env_file: str | None) -> None:
         click.echo(f"# dvp-gateway devnet: anvil pids {net.payment.node.pid} (payment), "
                    f"{net.business.node.pid} (business); development keys 1..10 ({roles}); "
                    f"token {net.info.payment.token}, titles {net.info.business.titles}")
+        if demo_dir is not None:
+            lines.append(f"DVP_DATABASE_URL={settings.database_url}")
+            _write_demo(net, settings, cipher, Path(demo_dir))
         click.echo("\n".join(lines), nl=True)
         if env_file:
             Path(env_file).write_text("\n".join(lines) + "\n")
@@ -263,6 +275,24 @@ def devnet(block_time: float, env_file: str | None) -> None:
     finally:
         net.payment.close()
         net.business.close()
+
+
+def _write_demo(net, settings: Settings, cipher, workdir: Path) -> None:  # noqa: ANN001
+    from gateway.engine.build import open_database
+    from gateway.runner import create_demo_enterprises
+
+    try:
+        engine, factory = open_database(settings.database_url)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot open the database {settings.database_url!r}: {exc}")
+    try:
+        demo = create_demo_enterprises(net, factory, cipher)
+    finally:
+        engine.dispose()
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "demo.json"
+    path.write_text(json.dumps(demo, indent=2))
+    path.chmod(0o600)  # API keys
 
 
 # --- db ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Production mode as an operator runs it, every part a separate process configured only by
-DVP_* variables: `dvp-gateway db upgrade`, then `dvp-gateway relayer run` and `dvp-gateway api`
-against two anvil nodes (the config lines `dvp-gateway devnet` prints), and an enterprise
-client (`dvp-gateway demo --api URL`) settling a trade over HTTP between two managed
-enterprises. Balances are read back from the nodes."""
+"""Production mode as the README walks an operator through it, every part a separate process
+configured only by DVP_* variables: `dvp-gateway devnet --demo` (two anvil nodes, contracts,
+a funded managed buyer and seller), `dvp-gateway db upgrade`, `dvp-gateway relayer run` and
+`dvp-gateway api` on the printed config, and an enterprise client (`dvp-gateway demo --api
+URL`) settling a trade over HTTP. Balances and the title are read back from the nodes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import httpx
+from web3 import HTTPProvider, Web3
 
 from gateway.api.secrets import Cipher
-from gateway.chain.anvil import devnet_env
-from gateway.chain.devnet import RELAYER
-from gateway.db.session import make_engine, make_session_factory
-from gateway.runner import create_demo_enterprises
+from gateway.chain.client import ChainClient
+from gateway.contracts import load_artifact
 from tests.e2e.test_run_command import _free_port, _wait_healthy
 from tests.helpers import balance_of, terminate
+from tests.postgres.waiting import wait_for
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -29,40 +29,49 @@ def _stop(process: subprocess.Popen, log: Path) -> None:
     assert terminate(process) == 0, log.read_text()[-3000:]
 
 
-def test_api_and_relayer_processes_settle_a_managed_trade_on_anvil(
-        anvil_devnet, database_url, tmp_path) -> None:
-    net = anvil_devnet
-    key = Cipher.generate_key()
-    env = {**os.environ, **dict(line.split("=", 1) for line in devnet_env(
-        net, net.account(RELAYER).key, None)),
-        "DVP_DATABASE_URL": database_url, "DVP_SECRETS_KEY": key, "DVP_POLL_INTERVAL": "0.05",
-        "DVP_REACTION_BUDGET": "30", "DVP_DRIFT_ALLOWANCE": "0", "PYTHONUNBUFFERED": "1"}
-    upgrade = subprocess.run([*CLI, "db", "upgrade"], env=env, capture_output=True, text=True,
-                             timeout=120)
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-
-    engine = make_engine(database_url)
-    try:  # what an operator does with `enterprise create --managed` and a faucet
-        demo = create_demo_enterprises(net, make_session_factory(engine), Cipher(key))
-    finally:
-        engine.dispose()
-    workdir = tmp_path / "client"
-    workdir.mkdir()
-    (workdir / "demo.json").write_text(json.dumps(demo))
-    buyer, seller = demo["enterprises"]["buyer"], demo["enterprises"]["seller"]
-    token = net.payment_token
-    before = {who["id"]: balance_of(token, who["payment_address"]) for who in (buyer, seller)}
-
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    relayer_log, api_log = tmp_path / "relayer.log", tmp_path / "api.log"
-    with relayer_log.open("w") as out:
-        relayer = subprocess.Popen([*CLI, "relayer", "run", "--json-logs"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    with api_log.open("w") as out:
-        api = subprocess.Popen([*CLI, "api", "--port", str(port)], env=env, stdout=out,
-                               stderr=subprocess.STDOUT)
+def test_devnet_relayer_and_api_processes_settle_a_managed_trade(database_url,
+                                                                 tmp_path) -> None:
+    env = {**os.environ, "DVP_DATABASE_URL": database_url,
+           "DVP_SECRETS_KEY": Cipher.generate_key(), "PYTHONUNBUFFERED": "1"}
+    env_file, workdir = tmp_path / "devnet.env", tmp_path / "client"
+    devnet_log, relayer_log, api_log = (tmp_path / f"{n}.log" for n in ("devnet", "relayer",
+                                                                        "api"))
+    with devnet_log.open("w") as out:
+        devnet = subprocess.Popen([*CLI, "devnet", "--block-time", "0", "--env-file",
+                                   str(env_file), "--demo", str(workdir)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    relayer = api = None
     try:
+        wait_for(lambda: env_file.exists() or devnet.poll() is not None, timeout=120,
+                 what="devnet up")
+        assert devnet.poll() is None, devnet_log.read_text()
+        env.update(line.split("=", 1) for line in env_file.read_text().splitlines())
+        env.update({"DVP_POLL_INTERVAL": "5", "DVP_REACTION_BUDGET": "30",
+                    "DVP_DRIFT_ALLOWANCE": "0"})  # new blocks wake the relayer (WebSocket)
+        assert env["DVP_DATABASE_URL"] == database_url
+        upgrade = subprocess.run([*CLI, "db", "upgrade"], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+        demo = json.loads((workdir / "demo.json").read_text())
+        assert (workdir / "demo.json").stat().st_mode & 0o077 == 0
+        buyer, seller = demo["enterprises"]["buyer"], demo["enterprises"]["seller"]
+        payment = ChainClient(Web3(HTTPProvider(env["DVP_PAYMENT_RPC_URL"])),
+                              int(env["DVP_PAYMENT_CHAIN_ID"]))
+        business = ChainClient(Web3(HTTPProvider(env["DVP_BUSINESS_RPC_URL"])),
+                               int(env["DVP_BUSINESS_CHAIN_ID"]))
+        token = payment.contract(demo["payment_token"], load_artifact("PaymentToken"))
+        titles = business.contract(demo["titles"], load_artifact("TitleDocument"))
+        before = {who["id"]: balance_of(token, who["payment_address"])
+                  for who in (buyer, seller)}
+
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        with relayer_log.open("w") as out:
+            relayer = subprocess.Popen([*CLI, "relayer", "run", "--json-logs"], env=env,
+                                       stdout=out, stderr=subprocess.STDOUT)
+        with api_log.open("w") as out:
+            api = subprocess.Popen([*CLI, "api", "--port", str(port)], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
         _wait_healthy(base, api)
         ready = httpx.get(f"{base}/readyz", timeout=10).json()
         assert ready["ready"] is True, ready
@@ -77,18 +86,22 @@ def test_api_and_relayer_processes_settle_a_managed_trade_on_anvil(
         trade = httpx.get(f"{base}/v1/trades/{trades[0]['id']}", headers=headers,
                           timeout=10).json()
         amount = int(trade["payment"]["amount"])
-        for leg, chain in (("payment", net.payment), ("delivery", net.business)):
+        for leg, chain in (("payment", payment), ("delivery", business)):
             exit_tx = trade["legs"][leg]["exit_tx_hash"]
-            assert chain.client.receipt(bytes.fromhex(exit_tx.removeprefix("0x"))).succeeded
+            assert chain.receipt(bytes.fromhex(exit_tx.removeprefix("0x"))).succeeded
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert 'dvp_trades{phase="settled"} 1.0' in metrics
+        assert balance_of(token, buyer["payment_address"]) == before[buyer["id"]] - amount
+        assert balance_of(token, seller["payment_address"]) == before[seller["id"]] + amount
+        htlc = payment.contract(env["DVP_PAYMENT_HTLC"], load_artifact("PaymentHTLC"))
+        assert balance_of(token, htlc.address) == 0
+        token_id = int(trade["delivery"]["token_id"])
+        assert titles.functions.ownerOf(token_id).call() == buyer["business_address"]
     finally:
-        _stop(api, api_log)
-        _stop(relayer, relayer_log)
-    assert balance_of(token, buyer["payment_address"]) == before[buyer["id"]] - amount
-    assert balance_of(token, seller["payment_address"]) == before[seller["id"]] + amount
-    assert balance_of(token, net.payment_htlc.address) == 0
-    token_id = int(trade["delivery"]["token_id"])
-    assert net.titles.functions.ownerOf(token_id).call() == buyer["business_address"]
+        if api is not None:
+            _stop(api, api_log)
+        if relayer is not None:
+            _stop(relayer, relayer_log)
+        _stop(devnet, devnet_log)
     assert '"relayer_stopped"' in relayer_log.read_text()
     assert "Traceback" not in api_log.read_text()

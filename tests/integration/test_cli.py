@@ -124,7 +124,8 @@ def test_credentials_in_node_and_database_urls_are_never_printed(tmp_path,
     monkeypatch.setattr(logs, "_secrets", [])  # this process's other tests keep theirs
     result = CliRunner().invoke(main, ["relayer", "run"], env={
         "DVP_PAYMENT_RPC_URL": "http://127.0.0.1:9/v3/PROVIDERKEY1234?token=QUERYTOKEN99",
-        "DVP_BUSINESS_RPC_URL": "http://127.0.0.1:9/BUSINESSKEY55", "DVP_RELAYER_KEY": "0x" + "11" * 32,
+        "DVP_BUSINESS_RPC_URL": "http://127.0.0.1:9/BUSINESSKEY55",
+        "DVP_RELAYER_KEY": "0x" + "11" * 32,
         "DVP_PAYMENT_HTLC": "0x" + "22" * 20, "DVP_DELIVERY_HTLC": "0x" + "33" * 20,
         "DVP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
     assert result.exit_code == 2
