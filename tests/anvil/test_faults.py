@@ -211,6 +211,36 @@ def test_payment_node_killed_and_restarted_relayer_backs_off_and_settles(
     assert [a.status for a in attempts] == ["mined"]
 
 
+def test_business_node_restarted_without_its_last_blocks_buyer_still_gets_the_title(
+        stateful_anvil_devnet, database_url) -> None:
+    """The node dies before writing the block with the buyer's claim, after the relayer
+    claimed the payment on the secret it revealed: on restart the chain is shorter than the
+    relayer's cursor and the title is locked again. The secret stays public; the relayer
+    finds the fork, claims the title for the buyer, and the trade is settled again."""
+    net = stateful_anvil_devnet
+    world = World(net, make_gateway(net, database_url))
+    before = _balances(world)
+    trade = _locked(world)
+    node = net.business.node
+    node.stop(remove=False)  # SIGTERM: the state file holds both locks
+    node.start()
+    head = net.business.w3.eth.block_number
+    world.take_delivery(trade)
+    world.run_until_phase(trade, "settled")
+    assert world.token_balance(world.seller.address) == before[world.seller.address] + AMOUNT
+
+    node.stop(remove=False, kill=True)  # SIGKILL: the claim's block is never written
+    node.start()
+    assert net.business.w3.eth.block_number == head  # shorter than the relayer's cursor
+    assert world.title_owner(trade) == net.delivery_htlc.address
+    with capture_logs() as logs:
+        world.gateway.relayer.run_until(
+            lambda: world.title_owner(trade) == world.buyer.address and
+            world.phase(trade) == "settled")
+    assert any(e["event"] == "reorg_rewind" and e["chain"] == "business" for e in logs)
+    _assert_settled(world, trade, before)
+
+
 # --- 5. a stalled chain -----------------------------------------------------------------------
 
 
