@@ -241,6 +241,34 @@ def test_business_node_restarted_without_its_last_blocks_buyer_still_gets_the_ti
     _assert_settled(world, trade, before)
 
 
+def test_payment_node_restarted_without_the_relayers_claim_it_is_sent_again_once(
+        stateful_anvil_devnet, database_url) -> None:
+    """The payment node dies before writing the block with the relayer's own claim: the claim
+    is gone from the chain (and from the node's pool) and the relayer's cursor is above the
+    head. The relayer finds the fork and the claim is mined again, once, from its record."""
+    net = stateful_anvil_devnet
+    world = World(net, make_gateway(net, database_url))
+    before = _balances(world)
+    trade = _locked(world)
+    node = net.payment.node
+    node.stop(remove=False)  # SIGTERM: the state file holds the payment lock
+    node.start()
+    head = net.payment.w3.eth.block_number
+    world.take_delivery(trade)
+    world.run_until_phase(trade, "settled")
+
+    node.stop(remove=False, kill=True)  # SIGKILL: the claim's block is never written
+    node.start()
+    assert net.payment.w3.eth.block_number == head
+    assert world.token_balance(world.seller.address) == before[world.seller.address]
+    world.gateway.relayer.run_until(
+        lambda: world.token_balance(world.seller.address) ==
+        before[world.seller.address] + AMOUNT and world.phase(trade) == "settled")
+    _assert_settled(world, trade, before)
+    mined = [a for a in _attempts(world) if a.status == "mined"]
+    assert len(mined) == 1 and not [a for a in _attempts(world) if a.status == "reverted"]
+
+
 # --- 5. a stalled chain -----------------------------------------------------------------------
 
 
