@@ -48,8 +48,9 @@ contracts-check: $(NPM_STAMP)
 	node solidity/compile.mjs >/dev/null
 	git diff --exit-code --stat -- gateway/contracts/artifacts tests/contracts/artifacts
 
+# With PostgreSQL's server binaries at hand, the anvil part runs on PostgreSQL too.
 bench: $(PY_STAMP) $(ANVIL_STAMP)
-	$(BIN)/python bench/run.py
+	if scripts/pg-cluster available 2>/dev/null; then scripts/pg-cluster run -- $(BIN)/python bench/run.py; else $(BIN)/python bench/run.py; fi
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check gateway tests bench

@@ -3,9 +3,10 @@ nodes (JSON-RPC over HTTP); prints JSON.
 
 - settlements per second through the gateway, payment claims batched (`claimMany`, up to 50 a
   transaction) vs one `claim` per transaction: N trades proposed and accepted through the
-  dispatcher, both legs locked by the parties, the relayer verifying them, the buyer revealing
-  every secret, until the relayer has every trade settled. `end_to_end` times all of it;
-  `reveal_to_settled` only the relayer's part from the first secret revealed.
+  dispatcher (`agreement`), then (`settlement`) both legs locked by the parties, the relayer
+  verifying them, the buyer revealing every secret, until the relayer has every trade
+  settled. `end_to_end` times all of it; `reveal_to_settled` only the relayer's part from the
+  first secret revealed. SQLite, and claimMany again on PostgreSQL when a server is at hand.
 - the same N trades' transactions (the parties' and the payment claims as `claimMany`) sent
   straight to the nodes with no gateway (`raw_chain`): the bound the nodes set, in the same run,
   and the gateway's time over it.
@@ -150,18 +151,23 @@ def _close(devnet: Devnet) -> None:
     devnet.business.close()
 
 
-def settle_run(n: int, max_batch: int) -> dict:
+def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
+    """`agreement`: every trade proposed and accepted through the dispatcher (two database
+    transactions each, as the API makes them); `settlement`: from the first payment lock
+    sent to the last trade settled. `end_to_end` is both. SQLite in a temporary directory
+    unless `database_url` (an empty database) is given."""
     devnet = _devnet()
     try:
         parties = Parties(devnet, n)
         signed = parties.presign()
         pay, biz = devnet.payment.client, devnet.business.client
         with tempfile.TemporaryDirectory() as tmp:
-            gw = make_gateway(devnet, tmp, max_batch)
+            gw = make_gateway(devnet, tmp, max_batch, database_url)
             started = time.perf_counter()
             for i in range(n):
                 gw.dispatcher.propose(ActionProposeTrade(parties.trade_ids[i], parties.terms[i]))
                 gw.dispatcher.apply_action(ActionAcceptTrade(parties.trade_ids[i]))
+            agreed = time.perf_counter()
             send_signed(pay, signed.payment_locks)
             gw.relayer.step()
             send_signed(biz, signed.delivery_locks)
@@ -176,14 +182,35 @@ def settle_run(n: int, max_batch: int) -> dict:
         assert seller >= n * AMOUNT
     finally:
         _close(devnet)
+
+    def rate(seconds: float) -> float:
+        return round(n / seconds, 1)
+
     return {"trades": n, "claim_transactions": claims,
             "parties_signing_s": round(signed.signing_s, 3),
+            "agreement_s": round(agreed - started, 3),
+            "settlement_s": round(done - agreed, 3),
+            "settlement_settlements_per_s": rate(done - agreed),
             "end_to_end_s": round(done - started, 3),
-            "end_to_end_settlements_per_s": round(n / (done - started), 1),
-            "with_parties_signing_settlements_per_s": round(
-                n / (done - started + signed.signing_s), 1),
+            "end_to_end_settlements_per_s": rate(done - started),
+            "with_parties_signing_settlements_per_s": rate(done - started + signed.signing_s),
             "reveal_to_settled_s": round(done - revealed, 3),
-            "reveal_to_settled_settlements_per_s": round(n / (done - revealed), 1)}
+            "reveal_to_settled_settlements_per_s": rate(done - revealed)}
+
+
+def postgres_run(n: int) -> dict:
+    """`settle_run` with claimMany on PostgreSQL, when a server is at hand (`make bench` runs
+    under `scripts/pg-cluster` where PostgreSQL is installed): a new database, dropped after."""
+    from tests.databases import ADMIN_URL, create_database, drop_database
+
+    if ADMIN_URL is None:
+        return {"skipped": "no PostgreSQL server (DVP_TEST_DATABASE_URL unset)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = create_database(Path(tmp))
+        try:
+            return settle_run(n, 50, url)
+        finally:
+            drop_database(url)
 
 
 def raw_run(n: int, max_batch: int = 50) -> dict:
@@ -259,6 +286,7 @@ def measure(n: int = 200, latency_samples: int = 30) -> dict:
     raw = raw_run(n)
     batched = settle_run(n, 50)
     single = settle_run(n, 1)
+    postgres = postgres_run(n)
     lat = sorted(latency_run(latency_samples))
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return {
@@ -266,6 +294,7 @@ def measure(n: int = 200, latency_samples: int = 30) -> dict:
         "raw_chain": raw,
         "claim_many": batched,
         "one_claim_per_tx": single,
+        "claim_many_postgresql": postgres,
         "claim_many_gateway_over_raw_time_ratio": round(
             batched["end_to_end_s"] / raw["seconds"], 3),
         "reveal_to_claim_mined_ms": {

@@ -108,9 +108,11 @@ def raw_run(n: int) -> float:
     return time.perf_counter() - started
 
 
-def make_gateway(devnet: Devnet, tmp: str, max_batch: int = BATCH) -> Gateway:
-    """The gateway the benchmarks measure (SQLite in `tmp`); also bench/anvil_bench.py's."""
-    return build_gateway(database_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
+def make_gateway(devnet: Devnet, tmp: str, max_batch: int = BATCH,
+                 database_url: str | None = None) -> Gateway:
+    """The gateway the benchmarks measure (SQLite in `tmp` unless `database_url` is given);
+    also bench/anvil_bench.py's."""
+    return build_gateway(database_url=database_url or f"sqlite:///{Path(tmp) / 'bench.db'}",
                          payment=devnet.payment.client, business=devnet.business.client,
                          payment_htlc=devnet.info.payment.htlc,
                          delivery_htlc=devnet.info.business.htlc,

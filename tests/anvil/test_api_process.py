@@ -25,8 +25,11 @@ from tests.postgres.waiting import wait_for
 CLI = [sys.executable, "-m", "gateway.cli"]
 
 
-def _stop(process: subprocess.Popen, log: Path) -> None:
-    assert terminate(process) == 0, log.read_text()[-3000:]
+def _stop_all(processes: list[tuple[subprocess.Popen | None, Path]]) -> None:
+    """SIGTERM each (every one, whatever the others do), then check each stopped cleanly."""
+    codes = [(terminate(p), log) for p, log in processes if p is not None]
+    for code, log in codes:
+        assert code == 0, log.read_text()[-3000:]
 
 
 def test_devnet_relayer_and_api_processes_settle_a_managed_trade(database_url,
@@ -98,10 +101,6 @@ def test_devnet_relayer_and_api_processes_settle_a_managed_trade(database_url,
         token_id = int(trade["delivery"]["token_id"])
         assert titles.functions.ownerOf(token_id).call() == buyer["business_address"]
     finally:
-        if api is not None:
-            _stop(api, api_log)
-        if relayer is not None:
-            _stop(relayer, relayer_log)
-        _stop(devnet, devnet_log)
+        _stop_all([(api, api_log), (relayer, relayer_log), (devnet, devnet_log)])
     assert '"relayer_stopped"' in relayer_log.read_text()
     assert "Traceback" not in api_log.read_text()
