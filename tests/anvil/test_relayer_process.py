@@ -21,7 +21,7 @@ from tests.integration.harness import AMOUNT, World, make_gateway
 POLL_INTERVAL = 60.0  # longer than the whole test may take: only new heads wake the relayer
 
 
-def _wait_for(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
+def _wait_for(predicate, timeout: float = 40.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
