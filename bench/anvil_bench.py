@@ -7,6 +7,7 @@ nodes (JSON-RPC over HTTP); prints JSON.
   verifying them, the buyer revealing every secret, until the relayer has every trade
   settled. `end_to_end` times all of it; `reveal_to_settled` only the relayer's part from the
   first secret revealed. SQLite, and claimMany again on PostgreSQL when a server is at hand.
+  Raw and claimMany run twice each (`--rounds`), the fastest kept.
 - the same N trades' transactions (the parties' and the payment claims as `claimMany`) sent
   straight to the nodes with no gateway (`raw_chain`): the bound the nodes set, in the same run,
   and the gateway's time over it.
@@ -282,15 +283,22 @@ def latency_run(m: int) -> list[float]:
     return latencies
 
 
-def measure(n: int = 200, latency_samples: int = 30) -> dict:
-    raw = raw_run(n)
-    batched = settle_run(n, 50)
+def _fastest(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r.get("end_to_end_s", float("inf")))
+
+
+def measure(n: int = 200, latency_samples: int = 30, rounds: int = 2) -> dict:
+    """`rounds` runs of raw and claimMany (each on fresh nodes), the fastest of each kept:
+    wall-clock rates on a shared 2-core machine swing with other processes' load."""
+    raw = min((raw_run(n) for _ in range(rounds)), key=lambda r: r["seconds"])
+    batched = _fastest([settle_run(n, 50) for _ in range(rounds)])
     single = settle_run(n, 1)
-    postgres = postgres_run(n)
+    postgres = _fastest([postgres_run(n) for _ in range(rounds)])
     lat = sorted(latency_run(latency_samples))
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return {
         "node": "anvil 1.7.1, two nodes on loopback, automine",
+        "rounds": rounds,
         "raw_chain": raw,
         "claim_many": batched,
         "one_claim_per_tx": single,
@@ -308,9 +316,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trades", type=int, default=200)
     parser.add_argument("--latency-samples", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs of raw and claimMany; the fastest of each is kept")
     args = parser.parse_args()
     logs.configure(json=True, level=40)
-    print(json.dumps({"anvil": measure(args.trades, args.latency_samples)}, indent=2))
+    print(json.dumps({"anvil": measure(args.trades, args.latency_samples, args.rounds)},
+                     indent=2))
 
 
 if __name__ == "__main__":

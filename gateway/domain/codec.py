@@ -17,19 +17,30 @@ from typing import Any
 
 
 def encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        out["__type__"] = type(value).__name__
-        return out
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, tuple | list):
-        return [encode(v) for v in value]
-    if isinstance(value, frozenset | set):
-        return sorted(encode(v) for v in value)
-    return value
+    return _encoder(type(value))(value)
+
+
+@cache
+def _encoder(cls: type) -> Callable[[Any], Any]:
+    """An encoding function per type, built once: every dispatcher transaction encodes each
+    changed trade's whole state, so the type tests are not repeated per value."""
+    if dataclasses.is_dataclass(cls):
+        names, tag = _field_names(cls), cls.__name__
+
+        def instance(value: Any) -> Any:
+            out = {name: encode(getattr(value, name)) for name in names}
+            out["__type__"] = tag
+            return out
+        return instance
+    if issubclass(cls, Enum):
+        return lambda value: value.value
+    if issubclass(cls, bytes):
+        return lambda value: "0x" + value.hex()
+    if issubclass(cls, tuple | list):
+        return lambda value: [encode(v) for v in value]
+    if issubclass(cls, frozenset | set):
+        return lambda value: sorted(encode(v) for v in value)
+    return lambda value: value
 
 
 @cache
