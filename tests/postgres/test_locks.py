@@ -10,6 +10,9 @@ from gateway.db.session import make_engine
 from tests.databases import on_postgres
 from tests.postgres.waiting import wait_for
 
+# pg_locks rows of the advisory lock :key that a session holds.
+HELD = "locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = :key"
+
 pytestmark = pytest.mark.skipif(
     not on_postgres(), reason="PostgreSQL only: set DVP_TEST_DATABASE_URL (make test-postgres)")
 
@@ -37,17 +40,14 @@ def test_a_holder_whose_connection_dies_frees_the_lock(database_url) -> None:
             assert held
             with two.begin() as connection:  # the holder's session ends (a crash, a cut)
                 killed = connection.execute(text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND "
-                    "(classid::bigint << 32 | objid::bigint) = :key"),
+                    f"SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE {HELD}"),
                     {"key": lock_key("poll:1")}).scalar()
             assert killed == 1
 
             def released() -> bool:  # pg_terminate_backend only signals the backend
                 with two.connect() as connection:
                     return not connection.execute(text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                        "(classid::bigint << 32 | objid::bigint) = :key"),
+                        f"SELECT count(*) FROM pg_locks WHERE {HELD}"),
                         {"key": lock_key("poll:1")}).scalar()
 
             wait_for(released, timeout=30, what="the killed holder's lock released")
