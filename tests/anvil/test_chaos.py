@@ -170,8 +170,9 @@ def test_relayers_killed_at_random_settle_every_trade_exactly_once(anvil_devnet,
                                               payment_refunded=len(idle)),
                   "the idle trades refunded", 240, relayers)
     finally:
+        relayers.stop.set()
+        killer.join(30)  # no kill races the shutdown below (it saw a relayer SIGKILLed once)
         codes = relayers.shutdown()
-        killer.join(10)
     assert relayers.error is None, relayers.error
     assert relayers.kills >= min(TRADES // CHUNK, MAX_KILLS), relayers.kills
     assert all(code == 0 for code in codes), (codes, relayers.tail(0))
