@@ -231,9 +231,6 @@ class Repository:
 
     # --- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, trade_id: bytes, effect: ContractSend, chain: str) -> None:
-        self.enqueue_many([(trade_id, effect, chain)])
-
     def enqueue_many(self, items: Iterable[tuple[bytes, ContractSend, str]],
                      new_trades: frozenset[bytes] = frozenset()) -> None:
         """Put effects in the outbox, in order. One already there and pending stays as it is;
@@ -260,9 +257,6 @@ class Repository:
                     "pending", encode(effect), None, None)
         if rows:
             self.session.execute(insert(_OUTBOX), rows)
-
-    def close_effects(self, trade_id: bytes, keys: Iterable[str], status: str) -> None:
-        self.close_effects_many([(trade_id, key, status) for key in keys])
 
     def close_effects_many(self, items: Iterable[tuple[bytes, str, str]]) -> None:
         """Mark pending effects (trade id, key) finished with a status, in one statement."""
@@ -361,10 +355,6 @@ class Repository:
 
     # --- timeline -------------------------------------------------------------------------
 
-    def add_events(self, trade_id: bytes, events: Iterable[Effect],
-                   ref: ChainRef | None = None) -> None:
-        self.add_events_many([(trade_id, event, ref) for event in events])
-
     def add_events_many(self, items: Iterable[tuple[bytes, Effect, ChainRef | None]]) -> None:
         """Append to the trades' timelines, in order, in one statement."""
         rows = [{"trade_id": trade_id.hex(), "kind": type(event).__name__,
@@ -374,10 +364,6 @@ class Repository:
                 for trade_id, event, ref in items]
         if rows:
             self.session.execute(insert(_EVENTS), rows)
-
-    def phase_reached_at(self, trade_id: bytes, phase: str) -> datetime | None:
-        """When the trade first entered `phase` (its EventPhaseChanged row), if it did."""
-        return self.phases_reached_at([trade_id], phase).get(trade_id)
 
     def phases_reached_at(self, trade_ids: Iterable[bytes], phase: str,
                           ) -> dict[bytes, datetime]:

@@ -17,45 +17,45 @@ pytestmark = pytest.mark.skipif(
     not on_postgres(), reason="PostgreSQL only: set DVP_TEST_DATABASE_URL (make test-postgres)")
 
 
-def test_a_chain_lock_has_one_holder_at_a_time(database_url) -> None:
+@pytest.fixture
+def engines(database_url):  # noqa: ANN201
+    """Two engines on one database: two relayer processes' connections."""
     one, two = make_engine(database_url), make_engine(database_url)
-    a, b = AdvisoryLocks(one), AdvisoryLocks(two)
-    try:
-        with a.hold("execute:1") as first:
-            assert first
-            with b.hold("execute:1") as second, b.hold("execute:2") as other_chain:
-                assert not second and other_chain
-        with b.hold("execute:1") as after_release:
-            assert after_release
-    finally:
-        one.dispose()
-        two.dispose()
+    yield one, two
+    one.dispose()
+    two.dispose()
 
 
-def test_a_holder_whose_connection_dies_frees_the_lock(database_url) -> None:
-    one, two = make_engine(database_url), make_engine(database_url)
-    a, b = AdvisoryLocks(one), AdvisoryLocks(two)
-    try:
-        with a.hold("poll:1") as held:
-            assert held
-            with two.begin() as connection:  # the holder's session ends (a crash, a cut)
-                killed = connection.execute(text(
-                    f"SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE {HELD}"),
+def test_a_chain_lock_has_one_holder_at_a_time(engines) -> None:
+    a, b = (AdvisoryLocks(e) for e in engines)
+    with a.hold("execute:1") as first:
+        assert first
+        with b.hold("execute:1") as second, b.hold("execute:2") as other_chain:
+            assert not second and other_chain
+    with b.hold("execute:1") as after_release:
+        assert after_release
+
+
+def test_a_holder_whose_connection_dies_frees_the_lock(engines) -> None:
+    _, two = engines
+    a, b = (AdvisoryLocks(e) for e in engines)
+    with a.hold("poll:1") as held:
+        assert held
+        with two.begin() as connection:  # the holder's session ends (a crash, a cut)
+            killed = connection.execute(text(
+                f"SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE {HELD}"),
+                {"key": lock_key("poll:1")}).scalar()
+        assert killed == 1
+
+        def released() -> bool:  # pg_terminate_backend only signals the backend
+            with two.connect() as connection:
+                return not connection.execute(text(
+                    f"SELECT count(*) FROM pg_locks WHERE {HELD}"),
                     {"key": lock_key("poll:1")}).scalar()
-            assert killed == 1
 
-            def released() -> bool:  # pg_terminate_backend only signals the backend
-                with two.connect() as connection:
-                    return not connection.execute(text(
-                        f"SELECT count(*) FROM pg_locks WHERE {HELD}"),
-                        {"key": lock_key("poll:1")}).scalar()
-
-            wait_for(released, timeout=30, what="the killed holder's lock released")
-            with b.hold("poll:1") as taken_over:
-                assert taken_over
-    finally:
-        one.dispose()
-        two.dispose()
+        wait_for(released, timeout=30, what="the killed holder's lock released")
+        with b.hold("poll:1") as taken_over:
+            assert taken_over
 
 
 def test_sessions_ask_the_server_for_tcp_keepalives(database_url) -> None:
