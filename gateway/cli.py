@@ -370,7 +370,19 @@ def enterprise_create(name: str, managed: bool, payment_address: str | None,
                       business_address: str | None, database_url: str | None) -> None:
     """Create an enterprise; prints its id and its API key (shown once)."""
     from gateway.api.enterprises import EnterpriseError, create_enterprise
+    from gateway.api.schemas import checksum_address
 
+    if not managed:
+        if not payment_address or not business_address:
+            _fail("give --managed, or both --payment-address and --business-address")
+        try:
+            payment_address = checksum_address(payment_address)  # type: ignore[arg-type]
+        except ValueError as exc:
+            _fail(f"--payment-address: {exc}")
+        try:
+            business_address = checksum_address(business_address)  # type: ignore[arg-type]
+        except ValueError as exc:
+            _fail(f"--business-address: {exc}")
     settings = _settings(database_url=database_url)
     engine, factory = _session(settings)
     try:

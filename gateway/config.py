@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # A fork deeper than this many blocks below the processed cursor halts that chain.
     max_reorg_depth: int = Field(64, ge=1, le=10_000)
     stall_alert_after: float = Field(300.0, gt=0)  # head older than this: chain_stalled alert
+    # Relayer steps between two checks of open trades' legs against the contracts; 0: never.
+    reconcile_every: int = Field(10, ge=0, le=1_000_000)
     # `relayer run` serves Prometheus metrics here when a port is set (the API has /metrics).
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

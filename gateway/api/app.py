@@ -5,7 +5,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from gateway.api.schemas import (
     Instructions,
     Me,
     Trade,
+    TradeAccept,
     TradeCreate,
     TradePage,
 )
@@ -159,7 +160,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return act(ctx, who, parse_trade_id(trade_id), action)
         return endpoint
 
-    for action in ("accept", "cancel", "take-delivery"):
+    @app.post("/v1/trades/{trade_id}/accept", response_model=Trade, tags=["trades"],
+              name="accept", responses={404: {"description": "no such trade"},
+                                        409: {"description": "not allowed in this phase"}})
+    def accept(trade_id: str, who: Caller,
+               body: Annotated[TradeAccept | None, Body()] = None) -> Trade:
+        """The counterparty accepts. A self-custody buyer accepting a seller's proposal gives
+        the hashlock of its own secret here: only the buyer sets it."""
+        hashlock = bytes.fromhex(body.hashlock[2:]) if body and body.hashlock else None
+        return act(ctx, who, parse_trade_id(trade_id), "accept", hashlock)
+
+    for action in ("cancel", "take-delivery"):
         app.add_api_route(f"/v1/trades/{{trade_id}}/{action}", action_endpoint(action),
                           methods=["POST"],
                           response_model=Trade, tags=["trades"], name=action,

@@ -77,3 +77,19 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.rate_limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+
+
+def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
+                document_hash: str) -> None:
+    """A proposal's title, read on the business chain: it exists, the seller's business address
+    holds it (a title locked in the DeliveryHTLC is the HTLC's, so it is refused too) and it
+    carries the document hash of the terms. 422 naming delivery.token_id or
+    delivery.document_hash otherwise."""
+    from gateway.api.problems import Problem
+    from gateway.chain.titles import title_problems
+
+    problems = title_problems(ctx.business.client, ctx.business.asset, int(token_id),
+                              seller_business_address, bytes.fromhex(document_hash[2:]))
+    if problems:
+        raise Problem(422, problems[0][1], errors=[
+            {"field": f"delivery.{name}", "message": message} for name, message in problems])

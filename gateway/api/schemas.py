@@ -12,13 +12,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 HEX32 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
+# ASCII digits, one spelling per number: no sign, space, leading zero or other script's digits
+# (str.isdigit and int() take "１２３" and "١٢" as 123 and 12).
+DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
 def _uint256_string(value: str) -> str:
-    if not value.isdigit():
-        raise ValueError("must be a decimal string of integer base units, e.g. \"123456\"")
+    if not DECIMAL.fullmatch(value):
+        raise ValueError("must be a decimal string of ASCII digits 0-9 without leading zeros, "
+                         "e.g. \"123456\"")
     number = int(value)
     if number <= 0 or number >= 2**256:
         raise ValueError("must be a positive integer below 2**256")
-    return str(number)
+    return value
 
 
 def _hex32(value: str) -> str:
@@ -29,18 +35,26 @@ def _hex32(value: str) -> str:
     return "0x" + value.removeprefix("0x").lower()
 
 
-def _address(value: str) -> str:
+def checksum_address(value: str) -> str:
+    """`value` as a checksummed address. A mixed-case spelling is an EIP-55 checksum and must be
+    the right one (a typo in it is refused, never silently "corrected"); all lower- or all
+    upper-case hex carries no checksum and is accepted. ValueError says what is wrong."""
     from eth_utils import is_address, to_checksum_address
 
     if not isinstance(value, str) or not is_address(value):
         raise ValueError("must be a 0x-prefixed 20-byte address")
-    return to_checksum_address(value)
+    checksummed = to_checksum_address(value)
+    digits = value[2:] if value[:2] in ("0x", "0X") else value
+    if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
+        raise ValueError("mixed-case address with a wrong EIP-55 checksum: check it for a "
+                         "typo, or give it all in one case")
+    return checksummed
 
 
 Amount = Annotated[str, Field(max_length=80, examples=["12345600"]),
                    AfterValidator(_uint256_string)]
 Hex32 = Annotated[str, Field(max_length=66, examples=["0x" + "ab" * 32]), AfterValidator(_hex32)]
-Address = Annotated[str, Field(max_length=42), AfterValidator(_address)]
+Address = Annotated[str, Field(max_length=42), AfterValidator(checksum_address)]
 TokenId = Annotated[str, Field(max_length=80, examples=["1"]), AfterValidator(_uint256_string)]
 UnixTime = Annotated[int, Field(ge=0, lt=2**63)]
 
@@ -71,8 +85,16 @@ class TradeCreate(Strict):
     delivery: DeliveryTerms
     deadlines: Deadlines
     hashlock: Hex32 | None = Field(None, description=(
-        "sha256 of the buyer's 32-byte secret. Required when the buyer keeps its own secret "
-        "(self-custody); must be absent when the gateway manages the buyer."))
+        "sha256 of the buyer's 32-byte secret. Only the buyer sets it: required when a buyer "
+        "that keeps its own secret (self-custody) proposes; absent when the seller proposes "
+        "(a self-custody buyer then gives it when it accepts) and when the gateway manages "
+        "the buyer (it draws the secret)."))
+
+
+class TradeAccept(Strict):
+    hashlock: Hex32 | None = Field(None, description=(
+        "sha256 of the buyer's 32-byte secret: required when a self-custody buyer accepts a "
+        "seller's proposal (which carries none), refused otherwise."))
 
 
 class Party(BaseModel):
@@ -112,7 +134,9 @@ class Trade(BaseModel):
     seller: Party
     payment: PaymentTerms
     delivery: DeliveryTerms
-    hashlock: str
+    hashlock: str | None = Field(description=(
+        "sha256 of the buyer's secret; null until a self-custody buyer accepting a seller's "
+        "proposal gives it."))
     deadlines: Deadlines
     margin: int = Field(description="T_pay - T_deliver, seconds.")
     required_margin: int

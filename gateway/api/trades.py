@@ -9,9 +9,10 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
+from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext, check_title
 from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem
 from gateway.api.schemas import (
@@ -37,6 +38,7 @@ from gateway.db.models import (
 from gateway.domain.codec import decode
 from gateway.domain.locks import hashlock_of
 from gateway.domain.trade import (
+    AWAITING_HASHLOCK,
     ActionAcceptTrade,
     ActionCancelTrade,
     ActionProposeTrade,
@@ -85,12 +87,22 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                                "managed buyer's secret", kind="no-secrets-key")
         secret = secrets.token_bytes(32)
         hashlock = hashlock_of(secret)
+    elif body.role == "seller":
+        # Trust rule 1: a seller who chose the hashlock could claim the buyer's payment itself
+        # with a secret of its own, having delivered nothing.
+        if body.hashlock is not None:
+            raise Problem(422, "only the buyer sets the hashlock: a seller's proposal to a buyer "
+                               "that keeps its own secret carries none; the buyer gives it "
+                               "when it accepts", field="hashlock")
+        hashlock = AWAITING_HASHLOCK
     elif body.hashlock is None:
         raise Problem(422, "a self-custody buyer keeps its own secret: give its sha256 hashlock",
                       field="hashlock")
     else:
         hashlock = bytes.fromhex(body.hashlock[2:])
     _check_deadlines(ctx, body.deadlines)
+    check_title(ctx, seller.business_address, body.delivery.token_id,
+                body.delivery.document_hash)
 
     terms = Terms(buyer.payment_address, seller.payment_address, buyer.business_address,
                   seller.business_address, amount, int(body.delivery.token_id),
@@ -121,8 +133,6 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
                                    request_hash=request_hash, status_code=201,
                                    response=response))
-
-    from sqlalchemy.exc import IntegrityError
 
     try:
         ctx.dispatcher.propose(action, also=also)
@@ -268,7 +278,7 @@ def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePa
         payment=PaymentTerms(token=ctx.payment.asset, amount=str(t.amount)),
         delivery=DeliveryTerms(token_id=str(t.token_id),
                                document_hash="0x" + t.document_hash.hex()),
-        hashlock="0x" + t.hashlock.hex(),
+        hashlock="0x" + t.hashlock.hex() if t.hashlock else None,
         deadlines=Deadlines(delivery=t.t_deliver, payment=t.t_pay),
         margin=t.t_pay - t.t_deliver, required_margin=ctx.policy.required_margin,
         legs={"payment": leg(state.payment), "delivery": leg(state.delivery)},
@@ -334,13 +344,18 @@ def count_trades(session: Session) -> int:
 # --- actions -----------------------------------------------------------------------------------
 
 
-def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str) -> Trade:
+def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
+        hashlock: bytes | None = None) -> Trade:
     with ctx.session_factory() as session:
         parties = _parties(session, trade_id, caller)
 
     def check(state: TradeState) -> None:
         if action == "accept" and caller.id == parties.proposer_id:
             raise Problem(409, "only the counterparty can accept a proposal", kind="conflict")
+        if action == "accept" and not hashlock_from_buyer(state, parties):
+            raise Problem(409, "the seller chose this trade's hashlock, and only the buyer may "
+                               "(a seller who knows the secret can take the payment without "
+                               "delivering): cancel it and propose again", kind="conflict")
         if action == "take-delivery":
             if caller.id != parties.buyer_id or not state.managed_buyer:
                 raise Problem(409, "only a managed buyer takes delivery through the gateway; "
@@ -353,7 +368,7 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str) -> Tr
     match action:
         case "accept":
             request: ActionAcceptTrade | ActionCancelTrade | ActionTakeDelivery = \
-                ActionAcceptTrade(trade_id)
+                ActionAcceptTrade(trade_id, hashlock)
         case "cancel":
             request = ActionCancelTrade(trade_id)
         case "take-delivery":
@@ -366,8 +381,22 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str) -> Tr
         raise Problem(409, str(exc), kind="invalid-transition") from None
     except UnknownTrade:
         raise Problem(404, "no such trade", kind="not-found") from None
+    except ValueError as exc:  # the machine refused the request's content (the hashlock)
+        field, _, message = str(exc).partition(": ")
+        raise Problem(422, message or field, field=field if message else None) from None
+    except IntegrityError:
+        raise Problem(409, "this hashlock is already used by another trade: every trade needs "
+                           "its own secret", field="hashlock", kind="hashlock-reused") from None
     with ctx.session_factory() as session:
         return trade_view(session, ctx, trade_id, caller)
+
+
+def hashlock_from_buyer(state: TradeState, parties: TradePartyRow) -> bool:
+    """Trust rule 1: the trade's hashlock came from the buyer (its proposal or its accept), or
+    the gateway drew it for a managed buyer. Trades proposed by a seller with a hashlock of its
+    own choosing (possible before this rule) are refused."""
+    return state.managed_buyer or parties.proposer_id == parties.buyer_id or \
+        state.terms.hashlock == AWAITING_HASHLOCK or "hashlock_from_buyer" in state.flags
 
 
 def _buyer_secret(ctx: ApiContext, trade_id: bytes) -> bytes | None:
@@ -405,6 +434,11 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes):  # noqa:
                           data=data if data.startswith("0x") else "0x" + data,
                           description=description)
 
+    if role == "buyer" and phase == "agreed" and not hashlock_from_buyer(state, parties):
+        return Instructions(step="wait", transactions=[],
+                            note="do not lock a payment: the seller chose this trade's hashlock "
+                                 "and could claim your payment without delivering; cancel the "
+                                 "trade and propose again with a hashlock of your own secret")
     if role == "buyer" and phase == "agreed" and state.payment is None:
         token = pay.contract(ctx.payment.asset, load_artifact("PaymentToken"))
         htlc = pay.contract(ctx.payment.htlc, load_artifact("PaymentHTLC"))

@@ -26,7 +26,7 @@ from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem
 from gateway.api.schemas import Strict
 from gateway.db.models import TradeEventRow, WebhookDeliveryRow, WebhookEndpointRow
-from gateway.engine.webhooks import EVENT_TYPE, utc
+from gateway.engine.webhooks import EVENT_TYPE, EVENT_TYPES, utc
 
 MAX_ACTIVE_ENDPOINTS = 10
 SECRET_PREFIX = "whsec_"
@@ -104,10 +104,13 @@ class WebhookEndpointList(BaseModel):
 
 class WebhookDelivery(BaseModel):
     id: str
-    type: str = EVENT_TYPE
+    type: str = Field(EVENT_TYPE, description="trade.phase_changed (old, new) or "
+                                               "trade.flagged (flag, reason)")
     trade_id: str
-    old: str | None
-    new: str
+    old: str | None = None
+    new: str | None = None
+    flag: str | None = None
+    reason: str | None = None
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     next_attempt_at: datetime | None
@@ -216,7 +219,10 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
                 query.order_by(d.trade_event_id.desc()).limit(limit + 1)).all()
         items = [WebhookDelivery(
             id=r.id, trade_id="0x" + e.trade_id, old=e.payload.get("old"),
-            new=e.payload.get("new"), status=r.status, attempts=r.attempts,
+            new=e.payload.get("new"), flag=e.payload.get("flag"),
+            reason=e.payload.get("reason"),
+            type=EVENT_TYPES[e.payload.get("__type__", "EventPhaseChanged")],
+            status=r.status, attempts=r.attempts,
             next_attempt_at=utc(r.next_attempt_at) if r.next_attempt_at else None,
             last_status_code=r.last_status_code, last_error=r.last_error,
             created_at=utc(r.created_at),

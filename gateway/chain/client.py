@@ -27,7 +27,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractLogicError, TransactionNotFound
+from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFound
 
 from gateway.contracts import Artifact
 
@@ -35,6 +35,7 @@ DEFAULT_MAX_FEE_PER_GAS = 100 * 10**9
 DEFAULT_PRIORITY_FEE_PER_GAS = 10**9
 DEFAULT_FEE_CAP = 500 * 10**9
 MIN_BUMP_PERCENT = 10
+CALL_BATCH = 500  # eth_calls per JSON-RPC batch request (nodes cap a batch's size)
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,40 @@ class ChainClient:
                 for raw in self.w3.eth.get_logs({"fromBlock": from_block, "toBlock": to_block,
                                                  "address": address})]
 
+    def call_many(self, calls: list[tuple[str, bytes]],
+                  block: int) -> tuple[bytes, list[bytes]] | None:
+        """`eth_call` every (to, data) at block number `block`: that block's hash and the
+        results, in order; None when the node cannot read at that block (above its head, its
+        state pruned). On a JSON-RPC node: one batch request per `CALL_BATCH` calls, each with
+        the block's header (one round trip for a few hundred reads); on eth-tester, which
+        takes no batches, one call after another."""
+        number = hex(block)
+        if not self._json_rpc:
+            try:
+                block_hash = bytes(self.w3.eth.get_block(block)["hash"])
+                return block_hash, [bytes(self.w3.eth.call({"to": to, "data": data},
+                                                           block_identifier=block))
+                                    for to, data in calls]
+            except (BlockNotFound, *_tester_missing_block()):
+                return None
+        hashes: set[str] = set()
+        results: list[bytes] = []
+        for start in range(0, max(len(calls), 1), CALL_BATCH):
+            requests: list[tuple[str, list[Any]]] = [("eth_getBlockByNumber", [number, False])]
+            requests += [("eth_call", [{"to": to, "data": "0x" + data.hex()}, number])
+                         for to, data in calls[start:start + CALL_BATCH]]
+            answers = self.w3.provider.make_batch_request(requests)  # type: ignore[arg-type]
+            if not isinstance(answers, list) or len(answers) != len(requests):
+                raise RPCError(f"batch eth_call: {answers!r}"[:500])
+            header = answers[0].get("result")
+            if header is None or any("error" in a for a in answers):
+                return None  # no such block, or no state for it: the caller reads elsewhere
+            hashes.add(header["hash"])
+            results += [_hex_bytes(a["result"]) for a in answers[1:]]
+        if len(hashes) != 1:
+            return None  # the block at that height changed between two requests
+        return _hex_bytes(hashes.pop()), results
+
     def is_known(self, tx_hash: bytes) -> bool:
         """Does the node know the transaction (pending in its pool, or mined)?"""
         try:
@@ -386,12 +421,34 @@ class ChainClient:
         except _call_errors() as exc:
             raise decode_revert(_revert_data(exc), contract.abi) from exc
 
+    def simulate(self, sender: str, to: str, data: bytes, *, gas: int | None = None,
+                 value: int = 0, block: str | int = "latest",
+                 abi: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> RevertError | None:
+        """Run a transaction as `eth_call` at `block` (nothing is signed or sent): None if it
+        would succeed, else why it reverts, decoded with the custom errors of `abi`. Errors
+        other than a revert (a node down) are raised."""
+        tx: dict[str, Any] = {"from": to_checksum_address(sender), "to": to_checksum_address(to),
+                              "data": data, "value": value}
+        if gas is not None:
+            tx["gas"] = gas
+        try:
+            self.w3.eth.call(tx, block_identifier=block)  # type: ignore[arg-type]
+        except _call_errors() as exc:
+            return decode_revert(_revert_data(exc), list(abi))
+        return None
+
 
 def _tester_failed() -> tuple[type[BaseException], ...]:
     """eth-tester's TransactionFailed, if eth-tester is loaded (only then can it be raised):
     a relayer on JSON-RPC nodes never imports eth-tester and py-evm."""
     module = sys.modules.get("eth_tester.exceptions")
     return (module.TransactionFailed,) if module is not None else ()
+
+
+def _tester_missing_block() -> tuple[type[BaseException], ...]:
+    """eth-tester's BlockNotFound (a call at a block above the head), if eth-tester is loaded."""
+    module = sys.modules.get("eth_tester.exceptions")
+    return (module.BlockNotFound,) if module is not None else ()
 
 
 def _call_errors() -> tuple[type[BaseException], ...]:

@@ -6,7 +6,9 @@ the measured costs (`make bench`), never estimates made per transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
@@ -14,7 +16,15 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3.contract import Contract
 
-from gateway.chain.client import ChainClient, Log, Receipt, checksum
+from gateway.chain.client import (
+    ChainClient,
+    Log,
+    Receipt,
+    RevertError,
+    _call_errors,
+    checksum,
+)
+from gateway.contracts import Artifact, load_artifact
 from gateway.domain.locks import (
     DeliveryLock,
     DeliveryLocked,
@@ -25,7 +35,8 @@ from gateway.domain.locks import (
     PaymentLocked,
 )
 
-__all__ = ["DeliveryHTLCProxy", "PaymentHTLCProxy", "decode_htlc_log", "decode_receipt"]
+__all__ = ["DeliveryHTLCProxy", "PaymentHTLCProxy", "decode_htlc_log", "decode_receipt",
+           "revert_abi"]
 
 GAS_LOCK = 150_000
 GAS_CLAIM = 120_000
@@ -116,6 +127,22 @@ def delivery_lock_id(chain_id: int, htlc: str, lock: DeliveryLock) -> bytes:
                              [chain_id, htlc, *lock.as_tuple()]))
 
 
+_STATUS_OF = _Call("statusOf", ["bytes32"])
+STATUS_NAMES = ("none", "open", "claimed", "refunded")  # the contracts' `Status` enum, in order
+
+
+def read_statuses(client: ChainClient, htlc: str, lock_ids: list[bytes],
+                  block: int) -> tuple[bytes, list[int]] | None:
+    """`statusOf` of every lock of a PaymentHTLC or DeliveryHTLC at block number `block` (see
+    STATUS_NAMES), and that block's hash, in one batched read (`ChainClient.call_many`); None
+    when the node cannot read at that block."""
+    found = client.call_many([(htlc, _STATUS_OF(lock_id)) for lock_id in lock_ids], block)
+    if found is None:
+        return None
+    block_hash, results = found
+    return block_hash, [abi_decode(["uint8"], result)[0] for result in results]
+
+
 def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
 
@@ -150,14 +177,54 @@ def decode_receipt(receipt: Receipt, address: str, chain_id: int) -> list[LockEv
     return [event for log in ours if (event := decode_htlc_log(log, chain_id)) is not None]
 
 
+@lru_cache(maxsize=1)
+def revert_abi() -> tuple[dict[str, Any], ...]:
+    """The custom errors of every contract the gateway sends to (the HTLCs, the payment token,
+    the title registry): enough to name the revert of any of its transactions."""
+    return tuple(item for name in ("PaymentHTLC", "PaymentToken", "DeliveryHTLC",
+                                   "TitleDocument")
+                 for item in _artifact(name).abi if item["type"] == "error")
+
+
+@lru_cache(maxsize=8)
+def _artifact(name: str) -> Artifact:
+    return load_artifact(name)
+
+
 @dataclass
 class PaymentHTLCProxy:
     client: ChainClient
     htlc: Contract
+    _token: Contract | None = field(default=None, init=False, repr=False)
 
     @property
     def address(self) -> str:
         return self.htlc.address
+
+    @property
+    def token(self) -> Contract:
+        """The ERC-20 this HTLC locks (fixed at its deployment: read once)."""
+        if self._token is None:
+            self._token = self.client.contract(self.htlc.functions.token().call(),
+                                               _artifact("PaymentToken"))
+        return self._token
+
+    def balance_of(self, owner: str, block: str | int = "latest") -> int:
+        return self.token.functions.balanceOf(owner).call(block_identifier=block)
+
+    def allowance(self, owner: str, block: str | int = "latest") -> int:
+        """What this HTLC may pull from `owner`."""
+        return self.token.functions.allowance(owner, self.address).call(block_identifier=block)
+
+    def approve_calldata(self) -> tuple[str, bytes]:
+        """(token address, calldata) of a standing approval of this HTLC."""
+        return self.token.address, self.token.encode_abi("approve",
+                                                         [self.address, 2**256 - 1])
+
+    def simulate(self, sender: str, data: bytes, gas: int | None = None) -> RevertError | None:
+        """A call of this HTLC by `sender` as eth_call at the latest block (see
+        `ChainClient.simulate`)."""
+        return self.client.simulate(sender, self.address, data, gas=gas, abi=revert_abi())
 
     def lock_id(self, lock: PaymentLock) -> bytes:
         return payment_lock_id(self.client.chain_id, self.address, lock)
@@ -196,10 +263,44 @@ class PaymentHTLCProxy:
 class DeliveryHTLCProxy:
     client: ChainClient
     htlc: Contract
+    _titles: Contract | None = field(default=None, init=False, repr=False)
 
     @property
     def address(self) -> str:
         return self.htlc.address
+
+    @property
+    def titles(self) -> Contract:
+        """The ERC-721 title registry this HTLC locks (fixed at its deployment: read once)."""
+        if self._titles is None:
+            self._titles = self.client.contract(self.htlc.functions.titles().call(),
+                                                _artifact("TitleDocument"))
+        return self._titles
+
+    def owner_of(self, token_id: int, block: str | int = "latest") -> str | None:
+        """The title's owner; None if no such title exists."""
+        try:
+            return checksum(self.titles.functions.ownerOf(token_id).call(block_identifier=block))
+        except _call_errors():  # ERC721NonexistentToken
+            return None
+
+    def document_hash(self, token_id: int, block: str | int = "latest") -> bytes:
+        return bytes(self.titles.functions.documentHash(token_id).call(block_identifier=block))
+
+    def is_approved_for_all(self, owner: str, block: str | int = "latest") -> bool:
+        """May this HTLC take `owner`'s titles?"""
+        return self.titles.functions.isApprovedForAll(owner, self.address).call(
+            block_identifier=block)
+
+    def approve_calldata(self) -> tuple[str, bytes]:
+        """(title registry address, calldata) of a standing approval of this HTLC."""
+        return self.titles.address, self.titles.encode_abi("setApprovalForAll",
+                                                           [self.address, True])
+
+    def simulate(self, sender: str, data: bytes, gas: int | None = None) -> RevertError | None:
+        """A call of this HTLC by `sender` as eth_call at the latest block (see
+        `ChainClient.simulate`)."""
+        return self.client.simulate(sender, self.address, data, gas=gas, abi=revert_abi())
 
     def lock_id(self, lock: DeliveryLock) -> bytes:
         return delivery_lock_id(self.client.chain_id, self.address, lock)

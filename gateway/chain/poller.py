@@ -3,12 +3,22 @@ inputs, with the last block of the batch (time passing) and a reorg check.
 
 Pure reads: it never writes the database; the dispatcher stores what it returns together
 with the new cursor. A reorganisation is noticed when the stored cursor's block hash is no
-longer the chain's block at that height; the poller then finds the fork point among recent
-cursor positions and asks the dispatcher to rewind there. It never skips silently: a fork
-older than every position it remembers is raised as DeepReorgError, and so is one deeper than
-`max_reorg_depth` blocks below the cursor (conservatively: the fork point is known only to the
-precision of the remembered positions, one per batch, so a fork near the limit may be judged
-one batch deeper than it is; halting is the safe side).
+longer the chain's block at that height; the poller then finds the fork point among the
+remembered block positions and asks the dispatcher to rewind to the highest one still on the
+chain (at or below the true fork point: blocks rewound that did not change are only read
+again). It never skips silently: a fork older than every position it remembers is raised as
+DeepReorgError, and so is one deeper than `max_reorg_depth` blocks below the cursor.
+
+Remembered positions are each batch's last block (the cursor) and, with `max_reorg_depth` set,
+for a batch of more than two blocks, every other block of its last `max_reorg_depth` (the
+batch's `checkpoints`, at most 255 blocks down: positions are kept for 256 blocks below the
+cursor, `RECENT_HASHES`). So within `max_reorg_depth` blocks below the cursor they are never
+more than two blocks apart, however large the batches were (a catch-up batch spans up to
+`batch_blocks`): a fork point is found at most one block below where it is, every reorg
+shallower than `max_reorg_depth` is rewound, and one exactly `max_reorg_depth` deep may be
+judged one block deeper and halt (the safe side). A batch of one or two blocks costs no extra
+call; a larger one one `eth_getBlockByNumber` per checkpoint (at most `max_reorg_depth / 2`).
+Without `max_reorg_depth` there are no checkpoints: the fork point is known only to one batch.
 
 Chain time is watched too: when the newest block is older than `stall_after` seconds of wall
 clock, a `chain_stalled` alert is logged (once per stall) and `dvp_chain_head_age_seconds`
@@ -44,6 +54,11 @@ log = structlog.get_logger("gateway.poller")
 
 CHAIN_HEAD_AGE = Gauge("dvp_chain_head_age_seconds",
                        "Wall-clock seconds since the newest block's timestamp", ["chain"])
+
+
+# Block hashes are kept for 256 blocks below the cursor (`gateway.db.repository.RECENT_HASHES`):
+# no fork deeper than that can be rewound, so no checkpoint is fetched further down.
+MAX_CHECKPOINT_DEPTH = 255
 
 
 class DeepReorgError(RuntimeError):
@@ -115,7 +130,8 @@ class ChainPoller:
             return None
 
     def find_fork(self, recent: list[tuple[int, bytes]], cursor: int | None = None) -> int:
-        """Highest remembered position still on the chain (recent is newest first)."""
+        """Highest remembered position still on the chain (recent is newest first), at most
+        `max_reorg_depth` below `cursor`; a position is at or below the true fork point."""
         for number, block_hash in recent:
             if cursor is not None and self.max_reorg_depth is not None and \
                     cursor - number > self.max_reorg_depth:
@@ -148,10 +164,25 @@ class ChainPoller:
         else:
             end = min(target, start + self.batch_blocks - 1)
         inputs = self._inputs(start, end) if start <= end else []
+        # Before the last block: if a reorg lands between the calls, the last block's hash
+        # is the newest thing read, so the checkpoints never come from a newer chain than it.
+        checkpoints = self._checkpoints(start, end)
         block = self.client.w3.eth.get_block(end)
         return ChainBatch(chain=self.chain, chain_id=self.client.chain_id, inputs=inputs,
                           block=Block(self.chain, end, block["timestamp"]),
-                          block_hash=bytes(block["hash"]), rewind_to=rewind_to)
+                          block_hash=bytes(block["hash"]), rewind_to=rewind_to,
+                          checkpoints=checkpoints)
+
+    def _checkpoints(self, start: int, end: int) -> tuple[tuple[int, bytes], ...]:
+        """(number, hash) of every other block below `end` in the batch's last
+        `max_reorg_depth` blocks, so that remembered positions stay two blocks apart near the
+        cursor (with the previous cursor, `start - 1`, a batch of one or two blocks already
+        does: it needs none)."""
+        if self.max_reorg_depth is None or end - start < 2:
+            return ()
+        lowest = max(start, end - min(self.max_reorg_depth, MAX_CHECKPOINT_DEPTH))
+        return tuple((number, bytes(self.client.w3.eth.get_block(number)["hash"]))
+                     for number in range(end - 2, lowest - 1, -2))
 
     def _inputs(self, start: int, end: int) -> list[ContractReceive]:
         inputs = []

@@ -29,7 +29,15 @@ such transactions run one at a time per chain, and each one reads the outbox and
 nonces only after the previous one committed. Two overlapping passes then find each other's
 attempts recorded and send nothing twice.
 
-On SQLite (one relayer: the embedded default) the locks are no-ops.
+On SQLite (the embedded default) there are no advisory locks. The two transaction-level ones
+(`Repository.lock_trade_writes`, `Repository.lock_chain_sends`) take SQLite's single write
+lock as their transaction's first statement instead: pysqlite would take it only at the first
+write, after the reads, so an API process and a relayer process could each write a state
+computed from the same old one. Every dispatcher and executor planning transaction of the
+processes sharing the file thus runs alone, a second one waiting up to the busy timeout
+(30 s, `gateway.db.session`); readers never wait (WAL). The session locks stay no-ops (`hold`
+always says yes): on SQLite run one relayer (two would poll the same chain and could move its
+cursor backwards); the API may be a process of its own.
 """
 
 from __future__ import annotations

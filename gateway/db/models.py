@@ -76,6 +76,7 @@ class TradeRow(Base):
                       Index("ix_trades_active_wake_business", "active", "wake_business"))
 
     id: Mapped[str] = mapped_column(HEX32, primary_key=True)
+    # The trade's id until the buyer gives its hashlock (`Repository._trade_values`).
     hashlock: Mapped[str] = mapped_column(HEX32, unique=True)
     phase: Mapped[str] = mapped_column(String(32), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending

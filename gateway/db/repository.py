@@ -51,7 +51,11 @@ Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
 
 
 def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
-    values: dict[str, object] = {"id": state.trade_id.hex(), "hashlock": state.terms.hashlock.hex(),
+    # A trade awaiting its buyer's hashlock (a seller's proposal to a self-custody buyer) is
+    # stored under its own id in the unique hashlock column until the buyer accepts; a lock
+    # made under that value is routed to it and rejected as off the terms.
+    values: dict[str, object] = {"id": state.trade_id.hex(),
+                                 "hashlock": (state.terms.hashlock or state.trade_id).hex(),
                                  "phase": state.phase.value, "active": is_active(state),
                                  "state": encode(state), "updated_at": utcnow(),
                                  "wake_payment": wakes[0], "wake_business": wakes[1]}
@@ -67,26 +71,46 @@ class Repository:
     # --- coordination ---------------------------------------------------------------------
 
     def lock_trade_writes(self) -> None:
-        """Serialise the writers of trade state (the dispatcher) across processes: the first
-        statement of each of their transactions. PostgreSQL: a transaction-level advisory
-        lock, released at commit or rollback; SQLite has a single writer already. See
-        `gateway.db.locks`."""
-        if self.session.get_bind().dialect.name == "postgresql":
+        """Serialise the writers of trade state (the dispatcher: API actions, chain batches)
+        across processes; the first statement of each of their transactions, which read
+        trade states and write new ones. See `gateway.db.locks`.
+
+        PostgreSQL: a transaction-level advisory lock, released at commit or rollback.
+        SQLite: the database's write lock, taken now. pysqlite begins a transaction only at
+        its first write, so without this two processes (an API and a relayer) would both read
+        a trade and the later commit would erase the earlier change. A write that changes
+        nothing makes pysqlite emit BEGIN and SQLite take its write lock at once (waiting
+        out another writer: the connection's busy timeout); in WAL mode this transaction's
+        reads, all after it, then see everything committed before it. Readers do not wait."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
             from sqlalchemy import func
 
             from gateway.db.locks import TRADE_WRITES
 
             self.session.execute(select(func.pg_advisory_xact_lock(TRADE_WRITES)))
+        elif dialect == "sqlite":
+            from sqlalchemy import text
+
+            self.session.execute(text("UPDATE cursors SET chain_id = chain_id WHERE 0"))
 
     def lock_chain_sends(self, chain_id: int) -> None:
         """Serialise the executor transactions that plan and record transactions on one chain,
-        across processes (PostgreSQL; SQLite has a single writer). See `gateway.db.locks`."""
-        if self.session.get_bind().dialect.name == "postgresql":
+        across processes; the first statement of each. PostgreSQL: that chain's send lock
+        (transaction-level advisory). SQLite: its one write lock, taken at once, as in
+        `lock_trade_writes` (so the plan is read after the previous one committed). See
+        `gateway.db.locks`."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
             from sqlalchemy import func
 
             from gateway.db.locks import send_lock
 
             self.session.execute(select(func.pg_advisory_xact_lock(send_lock(chain_id))))
+        elif dialect == "sqlite":
+            from sqlalchemy import text
+
+            self.session.execute(text("UPDATE cursors SET chain_id = chain_id WHERE 0"))
 
     # --- trades ---------------------------------------------------------------------------
 
@@ -161,8 +185,22 @@ class Repository:
         if rows:
             self.session.execute(_SAVE_TRADE, rows)
 
+    def set_trade_hashlock(self, trade_id: bytes, hashlock: bytes) -> None:
+        """The buyer gave the hashlock when it accepted (unique: a reused one raises
+        IntegrityError, as at proposal)."""
+        self.session.execute(update(_TRADES).where(_TRADES.c.id == trade_id.hex())
+                             .values(hashlock=hashlock.hex()))
+
     def active_trades(self) -> list[TradeState]:
         rows = self.session.scalars(select(TradeRow.state).where(TradeRow.active.is_(True)))
+        return [decode(TradeState, r) for r in rows]
+
+    def active_trades_with_locks(self, chain: str) -> list[TradeState]:
+        """Open trades with a lock seen on `chain` (the reconciler's work): one query, and
+        only those trades decoded."""
+        rows = self.session.scalars(select(_TRADES.c.state).where(
+            _TRADES.c.active.is_(True),
+            _TRADES.c.id.in_(select(_LOCKS.c.trade_id).where(_LOCKS.c.chain == chain))))
         return [decode(TradeState, r) for r in rows]
 
     def trade_counts_by_phase(self) -> dict[str, int]:
@@ -329,7 +367,11 @@ class Repository:
         """(chain_id, block_number, block_timestamp) of these chains' cursors."""
         return list(self.session.execute(_CURSOR_TIMES, {"ids": chain_ids}))
 
-    def set_cursor(self, chain_id: int, number: int, block_hash: bytes, timestamp: int) -> None:
+    def set_cursor(self, chain_id: int, number: int, block_hash: bytes, timestamp: int,
+                   checkpoints: Iterable[tuple[int, bytes]] = ()) -> None:
+        """Move the cursor and remember its block hash, with those of `checkpoints` (blocks
+        below it that its batch covered: `ChainBatch.checkpoints`), for finding a fork point;
+        hashes of blocks `RECENT_HASHES` or more below the cursor are forgotten."""
         row = self.session.get(CursorRow, chain_id)
         if row is None:
             self.session.add(CursorRow(chain_id=chain_id, block_number=number,
@@ -342,6 +384,13 @@ class Repository:
         self.session.execute(delete(BlockHashRow).where(
             BlockHashRow.chain_id == chain_id,
             BlockHashRow.block_number <= number - RECENT_HASHES))
+        rows = [{"chain_id": chain_id, "block_number": n, "block_hash": h.hex()}
+                for n, h in checkpoints if number - RECENT_HASHES < n < number]
+        if rows:  # two statements however many (a catch-up batch brings dozens)
+            self.session.execute(delete(BlockHashRow).where(
+                BlockHashRow.chain_id == chain_id,
+                BlockHashRow.block_number.in_([r["block_number"] for r in rows])))
+            self.session.execute(insert(BlockHashRow), rows)
 
     def recent_block_hashes(self, chain_id: int) -> list[tuple[int, bytes]]:
         rows = self.session.execute(select(BlockHashRow.block_number, BlockHashRow.block_hash)

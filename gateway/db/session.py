@@ -8,6 +8,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        # The busy timeout: a writer waits up to 30 s for another's write lock (processes on
+        # one file take it first thing in every trade-state transaction:
+        # `Repository.lock_trade_writes`) instead of failing with "database is locked".
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

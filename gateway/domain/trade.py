@@ -38,14 +38,25 @@ class Phase(StrEnum):
     SETTLED = "settled"  # both legs claimed
     DELIVERY_REFUNDED = "delivery_refunded"  # title back to the seller, payment refund due
     PAYMENT_REFUNDED = "payment_refunded"  # payment back to the buyer
-    REJECTED = "rejected"  # the buyer's payment lock does not match the agreed terms
+    REJECTED = "rejected"  # T_pay passed; the buyer only ever locked payments off the terms
     CANCELLED = "cancelled"
     EXPIRED = "expired"  # agreed, but nothing was locked before the payment deadline
+    # Alerts: the exchange happened on one side only. Each is final unless the other side
+    # still completes on chain (then the trade moves on to settled).
+    PAID_WITHOUT_DELIVERY = "paid_without_delivery"  # seller paid, buyer has no title
+    DELIVERED_UNPAID = "delivered_unpaid"  # buyer has the title and its money back
 
 
 FINAL_PHASES = frozenset(
-    {Phase.SETTLED, Phase.PAYMENT_REFUNDED, Phase.REJECTED, Phase.CANCELLED, Phase.EXPIRED}
+    {Phase.SETTLED, Phase.PAYMENT_REFUNDED, Phase.REJECTED, Phase.CANCELLED, Phase.EXPIRED,
+     Phase.PAID_WITHOUT_DELIVERY, Phase.DELIVERED_UNPAID}
 )
+ALERT_PHASES = frozenset({Phase.PAID_WITHOUT_DELIVERY, Phase.DELIVERED_UNPAID})
+# Final phases the chains can still overturn: a cancel, a rejection or an expiry never hides an
+# exchange that completed on chain, and an alert phase becomes settled if the missing side
+# completes after all.
+_REOPENABLE = frozenset({Phase.CANCELLED, Phase.REJECTED, Phase.EXPIRED, *ALERT_PHASES})
+_EXCHANGE_PHASES = frozenset({Phase.DELIVERED, Phase.SETTLED, *ALERT_PHASES})
 
 
 class Chain(StrEnum):
@@ -84,12 +95,19 @@ class Terms:
                             self.document_hash, trade_id, self.hashlock, self.t_deliver)
 
 
+AWAITING_HASHLOCK = b""  # a seller's proposal to a self-custody buyer: the buyer gives it
+
+
+def is_hashlock(value: bytes | None) -> bool:
+    return value is not None and len(value) == 32 and value != bytes(32)
+
+
 def terms_problems(terms: Terms, policy: TimingPolicy) -> list[tuple[str, str]]:
     """(field, message) for every rule the terms break; empty when they are acceptable."""
     problems = []
     if terms.amount <= 0 or terms.amount >= 2**256:
         problems.append(("amount", "must be a positive integer below 2**256"))
-    if len(terms.hashlock) != 32 or terms.hashlock == bytes(32):
+    if terms.hashlock != AWAITING_HASHLOCK and not is_hashlock(terms.hashlock):
         problems.append(("hashlock", "must be 32 bytes, not all zero"))
     if len(terms.document_hash) != 32 or terms.document_hash == bytes(32):
         problems.append(("document_hash", "must be 32 bytes, not all zero"))
@@ -126,6 +144,7 @@ class TradeState:
     payment: PaymentLeg | None = None
     delivery: DeliveryLeg | None = None
     rejected_payments: tuple[PaymentLeg, ...] = ()  # buyer's locks not matching the terms
+    other_deliveries: tuple[DeliveryLeg, ...] = ()  # delivery locks of this hashlock, flagged
     preimage: bytes | None = None  # public: seen in a Claimed log on either chain
     buyer_secret: bytes | None = None  # a managed buyer's secret, from take-delivery on
     payment_time: int = 0  # latest payment-chain block timestamp seen
@@ -136,7 +155,7 @@ class TradeState:
 
 def is_active(state: TradeState) -> bool:
     """Still needs chain time: not final, effects pending, or a lock still open on chain."""
-    legs = (state.payment, state.delivery, *state.rejected_payments)
+    legs = (state.payment, state.delivery, *state.rejected_payments, *state.other_deliveries)
     return (state.phase not in FINAL_PHASES or bool(state.pending)
             or any(leg is not None and leg.status is LegStatus.OPEN for leg in legs))
 
@@ -160,9 +179,11 @@ def wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | N
     if s.payment is not None:
         timelock = s.payment.lock.timelock
         payment += [timelock, timelock - lead, timelock - 1]
-    payment += [leg.lock.timelock for leg in s.rejected_payments]
+    for leg in s.rejected_payments:
+        payment += [leg.lock.timelock, leg.lock.timelock - lead, leg.lock.timelock - 1]
     if s.delivery is not None:
         business += [s.delivery.lock.timelock, s.delivery.lock.timelock - delivery_lead]
+    business += [leg.lock.timelock for leg in s.other_deliveries]
     return (min((x for x in payment if x > s.payment_time), default=None),
             min((x for x in business if x > s.business_time), default=None))
 
@@ -205,7 +226,12 @@ class ActionProposeTrade:
 
 @dataclass(frozen=True)
 class ActionAcceptTrade:
+    """The counterparty accepts. A trade proposed without a hashlock (a seller's proposal to a
+    buyer that keeps its own secret) gets it here, from the buyer: trust rule 1, the secret
+    holder alone sets the hashlock."""
+
     trade_id: bytes
+    hashlock: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -267,9 +293,38 @@ class PreimageRevealed:
 
 
 @dataclass(frozen=True)
+class EffectRefused:
+    """The executor checked an effect against the chain before sending it and found that it
+    cannot succeed: sending would only revert (a managed party's balance, allowance or title
+    does not cover a lock) or its lock does not exist on chain. `final`: the effect is given up
+    (the trade is flagged `<kind>_failed`, e.g. `payment_lock_failed`); otherwise it stays
+    pending, is not sent while the chain says no, and the trade is flagged `blocked:<key>`."""
+
+    trade_id: bytes
+    key: str
+    reason: str
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class ChainDisagrees:
+    """The reconciler read a leg's status from its contract and it differs from the trade's
+    record (a reorg or a node that came back short changed the chain under the gateway). The
+    trade is flagged `chain_disagrees:<lock id>`; the chain's own logs still decide the legs."""
+
+    trade_id: bytes
+    chain: Chain
+    lock_id: bytes
+    recorded: str  # the leg's status in the trade: open / claimed / refunded
+    on_chain: str  # the contract's: none / open / claimed / refunded
+
+
+@dataclass(frozen=True)
 class ChainBatch:
     """What a poller hands over: the logs of blocks (cursor, block.number] in order, the last
-    block, and, after a reorganisation, the fork point to rewind to first."""
+    block, and, after a reorganisation, the fork point to rewind to first. `checkpoints` are
+    (number, hash) of blocks inside the batch to remember besides its last one, so that a fork
+    point can be found close to where it is after a batch of many blocks."""
 
     chain: Chain
     chain_id: int
@@ -277,12 +332,14 @@ class ChainBatch:
     block: Block
     block_hash: bytes
     rewind_to: int | None = None
+    checkpoints: tuple[tuple[int, bytes], ...] = ()
 
 
 Action = ActionProposeTrade | ActionAcceptTrade | ActionCancelTrade | ActionTakeDelivery
 ContractReceive = (ContractReceivePaymentLocked | ContractReceiveDeliveryLocked
                    | ContractReceiveClaimed | ContractReceiveRefunded)
-Input = Action | ContractReceive | Block | PreimageRevealed
+Input = (Action | ContractReceive | Block | PreimageRevealed | EffectRefused
+         | ChainDisagrees)
 
 
 # --- effects --------------------------------------------------------------------------------
@@ -379,10 +436,22 @@ class EventClaimAtRisk:
     sent: bool  # False: too late to be mined at all, not attempted
 
 
+@dataclass(frozen=True)
+class EventTradeFlagged:
+    """Something a party or the operator must know about the trade that is not a phase: a lock
+    the gateway could not make for a managed party, a leg the chain disagrees with. Sent as a
+    webhook like a phase change."""
+
+    trade_id: bytes
+    flag: str
+    reason: str
+
+
 ContractSend = (ContractSendPaymentLock | ContractSendDeliveryLock | ContractSendPaymentClaim
                 | ContractSendDeliveryClaim | ContractSendPaymentRefund
                 | ContractSendDeliveryRefund)
-Effect = ContractSend | EventPhaseChanged | EventLockRejected | EventClaimAtRisk
+Effect = (ContractSend | EventPhaseChanged | EventLockRejected | EventClaimAtRisk
+          | EventTradeFlagged)
 
 
 class InvalidTransition(Exception):
@@ -429,7 +498,7 @@ def state_transition(state: TradeState, inp: Input,
         case ActionAcceptTrade():
             if state.phase is not Phase.PROPOSED:
                 raise InvalidTransition(state.phase, "accept")
-            step.state = replace(state, phase=Phase.AGREED)
+            step.state = replace(state, phase=Phase.AGREED, **_hashlock_at_accept(state, inp))
         case ActionCancelTrade():
             if state.phase not in (Phase.PROPOSED, Phase.AGREED) or state.payment or \
                     state.delivery or state.pending:
@@ -463,6 +532,12 @@ def state_transition(state: TradeState, inp: Input,
             _on_exit(step, inp.chain, inp.lock_id, LegStatus.CLAIMED, inp.preimage)
         case ContractReceiveRefunded():
             _on_exit(step, inp.chain, inp.lock_id, LegStatus.REFUNDED, None)
+        case EffectRefused():
+            flag = f"{inp.key.partition(':')[0]}_failed" if inp.final else f"blocked:{inp.key}"
+            _flag(step, flag, inp.reason)
+        case ChainDisagrees():
+            _flag(step, f"chain_disagrees:{inp.lock_id.hex()}",
+                  f"{inp.chain} lock recorded {inp.recorded}, {inp.on_chain} on chain")
         case PreimageRevealed():
             if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
                 step.state = replace(state, preimage=inp.preimage)
@@ -478,6 +553,25 @@ def state_transition(state: TradeState, inp: Input,
         step.events.insert(0, EventPhaseChanged(state.trade_id, state.phase, step.state.phase))
     check_invariants(state, step.state)
     return step.state, step.events + effects
+
+
+def _flag(step: _Step, flag: str, reason: str) -> None:
+    if flag not in step.state.flags:
+        step.state = replace(step.state, flags=(*step.state.flags, flag))
+        step.events.append(EventTradeFlagged(step.state.trade_id, flag, reason))
+
+
+def _hashlock_at_accept(state: TradeState, inp: ActionAcceptTrade) -> dict:
+    """The buyer's hashlock for a trade proposed without one; none may be given otherwise."""
+    if state.terms.hashlock != AWAITING_HASHLOCK:
+        if inp.hashlock is not None:
+            raise ValueError("hashlock: this trade's hashlock was set at proposal")
+        return {}
+    if not is_hashlock(inp.hashlock):
+        raise ValueError("hashlock: the buyer gives the sha256 hashlock of its 32-byte secret "
+                         "when it accepts (32 bytes, not all zero)")
+    return {"terms": replace(state.terms, hashlock=inp.hashlock),
+            "flags": _add(state.flags, "hashlock_from_buyer")}
 
 
 def opens(secret: bytes | None, hashlock: bytes) -> bool:
@@ -550,8 +644,7 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
         return
     problems = payment_lock_problems(e.lock, s.terms, policy)
     leg = PaymentLeg(e.lock_id, e.lock)
-    if problems or s.payment is not None or s.phase in (Phase.CANCELLED, Phase.EXPIRED,
-                                                        Phase.REJECTED):
+    if problems or s.payment is not None or s.phase in FINAL_PHASES:
         reasons = tuple(problems) or (f"trade is {s.phase}"
                                       if s.payment is None else "a payment lock exists",)
         step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id, reasons))
@@ -565,18 +658,21 @@ def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
     seen = (f"mismatched_delivery:{e.lock_id.hex()}", f"extra_delivery_lock:{e.lock_id.hex()}")
     if any(flag in s.flags for flag in seen):
         return
+    other = (*s.other_deliveries, DeliveryLeg(e.lock_id, e.lock))
     if s.delivery is not None:
         if s.delivery.lock_id != e.lock_id:
             step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                                  ("a delivery lock exists",)))
-            step.state = replace(s, flags=_add(s.flags, seen[1]))
+            step.state = replace(s, flags=_add(s.flags, seen[1]), other_deliveries=other)
         return
     problems = delivery_lock_problems(e.lock, s.terms, s.trade_id)
     if problems:
-        # The buyer decides whether to take such a delivery; it is flagged, not matched.
+        # The buyer decides whether to take such a delivery; it is flagged, not matched. If
+        # the buyer takes it, its secret is public and the seller is paid all the same.
         step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                              tuple(problems)))
-        step.state = replace(s, flags=_add(s.flags, f"mismatched_delivery:{e.lock_id.hex()}"))
+        step.state = replace(s, flags=_add(s.flags, f"mismatched_delivery:{e.lock_id.hex()}"),
+                             other_deliveries=other)
         return
     flags = s.flags
     if s.payment is None:
@@ -612,48 +708,109 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
                 s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
         else:
             s = replace(s, delivery=replace(s.delivery, status=status))
+    else:
+        others = tuple(replace(leg, status=status)
+                       if leg.lock_id == lock_id and leg.status is LegStatus.OPEN else leg
+                       for leg in s.other_deliveries)
+        s = replace(s, other_deliveries=others)
     step.state = s
+
+
+def pays_seller(lock: PaymentLock, terms: Terms) -> bool:
+    """A payment lock of this trade's terms but perhaps its timelock: the buyer's money for
+    the seller under this hashlock, the agreed amount. Once the secret is public, one such lock
+    is claimed for the seller whatever else the trade says."""
+    return (lock.sender, lock.beneficiary, lock.hashlock, lock.amount) == (
+        terms.buyer_payment, terms.seller_payment, terms.hashlock, terms.amount)
+
+
+def _seller_legs(s: TradeState) -> list[PaymentLeg]:
+    return [leg for leg in (s.payment, *s.rejected_payments)
+            if leg is not None and pays_seller(leg.lock, s.terms)]
+
+
+def seller_paid(s: TradeState) -> bool:
+    return any(leg.status is LegStatus.CLAIMED for leg in _seller_legs(s))
+
+
+def buyer_took_delivery(s: TradeState) -> bool:
+    """The buyer claimed the agreed delivery lock, or one it chose to take instead."""
+    return any(leg is not None and leg.status is LegStatus.CLAIMED
+               for leg in (s.delivery, *s.other_deliveries))
+
+
+def payment_to_claim(s: TradeState) -> PaymentLeg | None:
+    """The one payment lock to claim for the seller once the secret is public: the agreed lock
+    if it is still claimable, else the claimable seller-paying lock with the most time left
+    (else the open one past its timelock, for the report that its claim was abandoned); None
+    when the seller was paid already or no such lock is open."""
+    legs = _seller_legs(s)
+    if any(leg.status is LegStatus.CLAIMED for leg in legs):
+        return None
+    open_ = [leg for leg in legs if leg.status is LegStatus.OPEN]
+    pool = [leg for leg in open_ if s.payment_time < leg.lock.timelock] or open_
+    if s.payment is not None and s.payment in pool:
+        return s.payment
+    return max(pool, key=lambda leg: leg.lock.timelock, default=None)
+
+
+def _exchange_phase(s: TradeState) -> Phase | None:
+    """What the claims on chain say, whatever was agreed, cancelled or rejected: None while
+    neither side was claimed."""
+    paid, took = seller_paid(s), buyer_took_delivery(s)
+    if paid and took:
+        return Phase.SETTLED
+    if took:
+        # The title went to the buyer: the payment is due, unless no lock can pay any more.
+        leg = payment_to_claim(s)
+        if (leg is not None and s.payment_time < leg.lock.timelock) or \
+                s.payment_time < s.terms.t_pay:
+            return Phase.DELIVERED
+        return Phase.DELIVERED_UNPAID
+    if paid:
+        dlv = s.delivery
+        if dlv is not None and dlv.status is LegStatus.OPEN and \
+                s.business_time < dlv.lock.timelock:
+            return Phase.DELIVERED  # the title is claimed for the buyer with the public secret
+        return Phase.PAID_WITHOUT_DELIVERY
+    return None
 
 
 def _phase_for(s: TradeState) -> Phase:
     """The phase the facts put the trade in (only ever called to move forward)."""
-    pay = s.payment.status if s.payment else None
-    dlv = s.delivery.status if s.delivery else None
+    exchange = _exchange_phase(s)
+    if exchange is not None and (s.phase not in FINAL_PHASES or (
+            s.phase in _REOPENABLE and exchange is not s.phase and (
+                exchange is Phase.SETTLED or s.phase not in ALERT_PHASES))):
+        return exchange
     if s.phase in FINAL_PHASES:
         return s.phase
+    pay = s.payment.status if s.payment else None
+    dlv = s.delivery.status if s.delivery else None
     if s.phase is Phase.PROPOSED:
         # Locks seen before the counterparty accepted do not make an agreement: nothing is
-        # done on anyone's behalf until the trade is accepted, and a lock or a refund does not
-        # move it. Only facts that end or perform the trade do, and the payment deadline.
-        ended = _facts_phase(pay, dlv)
-        if ended in (Phase.SETTLED, Phase.PAYMENT_REFUNDED):
-            return ended
-        if s.payment_time >= s.terms.t_pay:
-            return Phase.SETTLED if pay is LegStatus.CLAIMED else Phase.EXPIRED
-        return Phase.DELIVERED if ended is Phase.DELIVERED else s.phase
+        # done on anyone's behalf until the trade is accepted, and a lock does not move it.
+        # Only facts that end or perform the trade do (above), and the payment deadline.
+        if pay is LegStatus.REFUNDED:
+            return Phase.PAYMENT_REFUNDED
+        return Phase.EXPIRED if s.payment_time >= s.terms.t_pay else s.phase
     facts = _facts_phase(pay, dlv)
     nothing_open = pay is not LegStatus.OPEN and dlv is not LegStatus.OPEN
-    if nothing_open and s.payment_time >= s.terms.t_pay and \
-            facts in (Phase.DELIVERED, Phase.DELIVERY_REFUNDED):
+    if nothing_open and s.payment_time >= s.terms.t_pay and facts is Phase.DELIVERY_REFUNDED:
         # Every lock has exited and no payment lock can be made any more: the trade is over.
-        return Phase.SETTLED if pay is LegStatus.CLAIMED else Phase.EXPIRED
+        return Phase.REJECTED if s.rejected_payments else Phase.EXPIRED
     if facts is not None:
         return facts
-    if s.rejected_payments and s.phase in (Phase.PROPOSED, Phase.AGREED):
-        return Phase.REJECTED
     if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay:
-        return Phase.EXPIRED
+        # A lock off the terms does not end the trade while the right one may still come.
+        return Phase.REJECTED if s.rejected_payments else Phase.EXPIRED
     return s.phase
 
 
 def _facts_phase(pay: LegStatus | None, dlv: LegStatus | None) -> Phase | None:
-    """The phase the two legs' on-chain status imply, if any."""
-    if pay is LegStatus.CLAIMED and dlv is LegStatus.CLAIMED:
-        return Phase.SETTLED
+    """The phase the two legs' on-chain status imply when neither was claimed, if any."""
     if pay is LegStatus.REFUNDED:
         return Phase.PAYMENT_REFUNDED
-    if dlv is LegStatus.CLAIMED or pay is LegStatus.CLAIMED:
-        return Phase.DELIVERED
     if dlv is LegStatus.REFUNDED:
         return Phase.DELIVERY_REFUNDED
     if pay is LegStatus.OPEN and dlv is LegStatus.OPEN:
@@ -672,10 +829,11 @@ def _advance_phase(step: _Step) -> None:
 def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], list[Effect]]:
     """The transactions the facts call for right now, and notifications about them.
 
-    The two claims are tied: the payment is claimed for the seller only while the buyer has
-    the title or can still get it (the delivery claimed, or open before its deadline, in which
-    case it is claimed for the buyer too); the title is claimed for the buyer only while the
-    seller has or can still get the payment. A public preimage never hands one party both.
+    A public secret pays the seller: once the preimage is on chain, one payment lock of the
+    trade's terms (`payment_to_claim`) is claimed for the seller whatever the phase or flags
+    say (only the buyer chose the secret, so only the buyer can have made it public). The
+    title is claimed for the buyer only while the seller has or can still get the payment, so
+    a public preimage never hands one party both.
     """
     wanted: list[ContractSend] = []
     notes: list[Effect] = []
@@ -683,28 +841,30 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
     pay, dlv = s.payment, s.delivery
     pay_open = pay is not None and pay.status is LegStatus.OPEN
     dlv_open = dlv is not None and dlv.status is LegStatus.OPEN
-    buyer_gets_title = dlv is not None and (
-        dlv.status is LegStatus.CLAIMED or (dlv_open and s.business_time < dlv.lock.timelock))
-    seller_gets_paid = pay is not None and (
-        pay.status is LegStatus.CLAIMED or (pay_open and s.payment_time < pay.lock.timelock))
-    if pay is not None and pay_open:
-        if s.payment_time >= pay.lock.timelock:
-            wanted.append(ContractSendPaymentRefund(s.trade_id, pay.lock_id, pay.lock))
-        if s.preimage is not None and buyer_gets_title:
-            claim = ContractSendPaymentClaim(s.trade_id, pay.lock_id, pay.lock, s.preimage)
-            if policy.claim_is_safe(s.payment_time, pay.lock.timelock):
-                wanted.append(claim)
-            elif policy.claim_is_possible(s.payment_time, pay.lock.timelock):
-                wanted.append(claim)
-                if claim.key not in s.pending:
-                    notes.append(EventClaimAtRisk(s.trade_id, s.payment_time, pay.lock.timelock,
-                                                  sent=True))
-            elif f"at_risk:{claim.key}" not in s.flags:
-                notes.append(EventClaimAtRisk(s.trade_id, s.payment_time, pay.lock.timelock,
-                                              sent=False))
+    to_claim = payment_to_claim(s)
+    seller_gets_paid = seller_paid(s) or (
+        to_claim is not None and s.payment_time < to_claim.lock.timelock)
+    if pay is not None and pay_open and s.payment_time >= pay.lock.timelock:
+        wanted.append(ContractSendPaymentRefund(s.trade_id, pay.lock_id, pay.lock))
+    if s.preimage is not None and to_claim is not None:
+        claim = ContractSendPaymentClaim(s.trade_id, to_claim.lock_id, to_claim.lock, s.preimage)
+        if policy.claim_is_safe(s.payment_time, to_claim.lock.timelock):
+            wanted.append(claim)
+        elif policy.claim_is_possible(s.payment_time, to_claim.lock.timelock):
+            wanted.append(claim)
+            if claim.key not in s.pending:
+                notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
+                                              to_claim.lock.timelock, sent=True))
+        elif not any(f.startswith("at_risk:payment_claim:") for f in s.flags):
+            # Reported once per trade: the operator acts on the trade, not on each lock.
+            notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
+                                          to_claim.lock.timelock, sent=False))
     for leg in s.rejected_payments:
         if leg.status is LegStatus.OPEN and s.payment_time >= leg.lock.timelock:
             wanted.append(ContractSendPaymentRefund(s.trade_id, leg.lock_id, leg.lock))
+    for other in s.other_deliveries:
+        if other.status is LegStatus.OPEN and s.business_time >= other.lock.timelock:
+            wanted.append(ContractSendDeliveryRefund(s.trade_id, other.lock_id, other.lock))
     if dlv is not None and dlv_open:
         if s.business_time >= dlv.lock.timelock:
             wanted.append(ContractSendDeliveryRefund(s.trade_id, dlv.lock_id, dlv.lock))
@@ -722,10 +882,11 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
                                                     s.buyer_secret))
     # Acting for managed parties: only while the counterparty still has time to act in turn.
     if s.managed_buyer and s.phase is Phase.AGREED and pay is None and \
+            "payment_lock_failed" not in s.flags and \
             policy.leaves_time(s.payment_time, t.t_deliver):
         wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
-            _seller_is_safe_to_deliver(s, policy):
+            "delivery_lock_failed" not in s.flags and _seller_is_safe_to_deliver(s, policy):
         wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
     return wanted, notes
 
@@ -738,7 +899,9 @@ def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
     flags = s.flags
     for note in notes:
         if isinstance(note, EventClaimAtRisk) and not note.sent:
-            flags = _add(flags, f"at_risk:payment_claim:{s.payment.lock_id.hex()}")  # type: ignore[union-attr]
+            leg = payment_to_claim(s)
+            assert leg is not None
+            flags = _add(flags, f"at_risk:payment_claim:{leg.lock_id.hex()}")
     # Pending effects the facts no longer call for (the chain showed their result, or the
     # moment passed) are dropped; those still wanted stay pending exactly once.
     step.state = replace(s, pending=frozenset(keys), flags=flags)
@@ -746,7 +909,15 @@ def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
 
 
 def check_invariants(before: TradeState, after: TradeState) -> None:
-    if before.phase in FINAL_PHASES and after.phase is not before.phase:
+    if after.terms != before.terms and not (
+            before.terms.hashlock == AWAITING_HASHLOCK and before.phase is Phase.PROPOSED
+            and after.phase is Phase.AGREED
+            and replace(after.terms, hashlock=AWAITING_HASHLOCK) == before.terms):
+        raise InvariantViolated("terms changed other than by the buyer's hashlock at accept")
+    if after.phase is not Phase.PROPOSED and after.terms.hashlock == AWAITING_HASHLOCK:
+        raise InvariantViolated(f"{after.phase} trade without a hashlock")
+    if before.phase in FINAL_PHASES and after.phase is not before.phase and not (
+            before.phase in _REOPENABLE and after.phase in _EXCHANGE_PHASES):
         raise InvariantViolated(f"left final phase {before.phase} for {after.phase}")
     for old, new in ((before.payment, after.payment), (before.delivery, after.delivery)):
         if old is not None and old.status is not LegStatus.OPEN and \

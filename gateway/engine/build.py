@@ -21,6 +21,8 @@ from gateway.engine.dispatcher import Dispatcher
 from gateway.engine.executor import ChainEndpoint, Executor, SendPolicy
 from gateway.engine.relayer import Relayer
 
+RECONCILE_EVERY = 10  # relayer steps between reconciliations (`DVP_RECONCILE_EVERY`)
+
 
 @dataclass
 class Gateway:
@@ -45,7 +47,8 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
                   business_confirmations: int = 0, start_blocks: tuple[int, int] = (0, 0),
                   max_batch: int = 50, key_lookup=None,  # noqa: ANN001
                   send_policy: SendPolicy | None = None, max_reorg_depth: int | None = None,
-                  stall_after: float | None = None) -> Gateway:
+                  stall_after: float | None = None,
+                  reconcile_every: int = RECONCILE_EVERY) -> Gateway:
     if payment.chain_id == business.chain_id:
         raise ValueError(f"both chains report chain id {payment.chain_id}")
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
@@ -75,6 +78,7 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
         Chain.PAYMENT: ChainEndpoint(Chain.PAYMENT, payment, payment_htlc=pay_proxy),
         Chain.BUSINESS: ChainEndpoint(Chain.BUSINESS, business, delivery_htlc=dlv_proxy),
     }, relayer_key, managed_keys, max_batch=max_batch, key_lookup=key_lookup,
-        send_policy=send_policy)
-    relayer = Relayer(session_factory, dispatcher, pollers, executor)
+        send_policy=send_policy, on_refused=dispatcher.apply_action)
+    relayer = Relayer(session_factory, dispatcher, pollers, executor,
+                      reconcile_every=reconcile_every)
     return Gateway(engine, session_factory, dispatcher, relayer, policy)

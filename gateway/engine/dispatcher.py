@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.db.repository import Repository, Wakes
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
+    ALERT_PHASES,
     ActionProposeTrade,
     ActionTakeDelivery,
     Block,
@@ -35,6 +36,8 @@ from gateway.domain.trade import (
     ContractSendDeliveryLock,
     ContractSendDeliveryRefund,
     Effect,
+    EventPhaseChanged,
+    EventTradeFlagged,
     Input,
     InvalidTransition,
     InvariantViolated,
@@ -186,6 +189,8 @@ class Dispatcher:
             new_state, effects = state_transition(state, action, self.policy)
             effects = early + effects
             work.repo.record_input(trade_id, action)
+            if new_state.terms.hashlock != state.terms.hashlock:
+                work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
             work.states[trade_id] = new_state
             self._finish(work, {trade_id: effects}, None)
         return new_state
@@ -253,7 +258,7 @@ class Dispatcher:
             work.repo.record_inputs(new_inputs)
             work.repo.link_locks(batch.chain.value, links)
             work.repo.set_cursor(batch.chain_id, batch.block.number, batch.block_hash,
-                                 batch.block.timestamp)
+                                 batch.block.timestamp, batch.checkpoints)
             self._finish(work, effects, refs)
             reach("dispatcher.before_commit")
         reach("dispatcher.after_commit")
@@ -366,10 +371,10 @@ class Dispatcher:
                 state.phase is Phase.SETTLED:
             writes.settled.append(state.trade_id)
         writes.events.extend((state.trade_id, note, ref) for note in notes)  # type: ignore[misc]
-        if notes:
-            for note in notes:
-                log.info("trade_event", trade=state.trade_id.hex()[:16],
-                         kind=type(note).__name__, phase=state.phase.value)
+        for note in notes:
+            log.info("trade_event", trade="0x" + state.trade_id.hex(),
+                     kind=type(note).__name__, phase=state.phase.value)
+            _alert(note)
         if self.on_effects and effects:
             self.on_effects(state, effects)
 
@@ -394,6 +399,26 @@ class _Writes:
             for revealed_at in repo.phases_reached_at(self.settled,
                                                       Phase.DELIVERED.value).values():
                 metrics.SETTLEMENT_SECONDS.observe(max(0.0, (now - revealed_at).total_seconds()))
+
+
+ALERT_ADVICE = {
+    Phase.PAID_WITHOUT_DELIVERY: "the seller was paid and the buyer has no title: the buyer's "
+                                 "secret was known to the seller; contact both parties",
+    Phase.DELIVERED_UNPAID: "the buyer has the title and its payment back: the payment claim "
+                            "was not mined before T_pay; contact both parties",
+}
+
+
+def _alert(note: Effect) -> None:
+    """Critical log lines and the alert counter for what an operator must act on."""
+    if isinstance(note, EventPhaseChanged) and note.new in ALERT_PHASES:
+        metrics.TRADE_ALERTS.labels(note.new.value).inc()
+        log.critical("trade_alert", trade="0x" + note.trade_id.hex(), phase=note.new.value,
+                     advice=ALERT_ADVICE[note.new])
+    elif isinstance(note, EventTradeFlagged):
+        metrics.TRADE_ALERTS.labels(note.flag.partition(":")[0]).inc()
+        log.critical("trade_flagged", trade="0x" + note.trade_id.hex(), flag=note.flag,
+                     reason=note.reason)
 
 
 def _names(inputs: list[ContractReceive]) -> tuple[list[bytes], list[bytes]]:

@@ -2,9 +2,22 @@
 
 For every pending effect, in order:
 1. Is its result already on chain (whoever caused it)? Then there is nothing to send: the
-   poller will bring the log and the dispatcher will close the effect.
+   poller will bring the log and the dispatcher will close the effect. A claim or refund
+   whose lock does not exist on chain (status None: a reorg or a node short of blocks removed
+   it) is not done: it is not sent (it would revert), the trade is told once
+   (`EffectRefused(final=False)`, flag `blocked:<key>`, logged critical `lock_missing`), and
+   it goes out when the lock is back.
 2. Is a transaction for it in flight? Then wait for it (or resend it after a restart).
-3. Otherwise sign a new transaction, record it (raw bytes, hash, nonce) in the database and
+3. Would it revert? Never send a transaction known to revert: a managed party's lock is
+   checked at the latest block (the buyer's balance covers the amount, the seller owns the
+   title) and every transaction sent alone (not a `claimMany`, which skips lost races by
+   design) is simulated with `eth_call`, except a lock that an approval precedes in the same
+   pass. A lock that cannot be made is given up (`EffectRefused(final=True)`: the trade is
+   flagged `<kind>_failed` and can be cancelled); a claim or refund stays pending and is
+   checked again each pass. Refusals are logged (`effect_refused`), counted
+   (`dvp_effects_refused_total`) and applied through the dispatcher after the planning
+   transaction commits.
+4. Otherwise sign a new transaction, record it (raw bytes, hash, nonce) in the database and
    commit, and only then broadcast it. A crash between the two leaves a recorded, unsent
    transaction that the next run broadcasts; a crash after leaves one that is found mined.
 
@@ -13,7 +26,9 @@ are sent from the relayer key (the contracts pay only the named party, whoever c
 locks for managed parties are sent from their own keys.
 
 What becomes of a sent transaction (`_settle_attempts`, every pass, per chain):
-- mined (by its hash, or a sibling at the same nonce was): recorded, siblings `replaced`;
+- mined (by its hash, or a sibling at the same nonce was): recorded, siblings `replaced`; one
+  that reverted is a warning (`tx_reverted`, with the revert reason replayed on its parent
+  block when the node can) and its effects are planned again (and checked: item 3 above);
 - its nonce used by another transaction: `dropped` (the effect is re-planned; done on chain
   or sent again with a new nonce);
 - unknown to the node (dropped from its pool, or recorded before a crash): the same raw bytes
@@ -47,6 +62,7 @@ from gateway.chain.client import (
     ChainClient,
     Fees,
     Receipt,
+    RevertError,
     classify_send_error,
     decode_signed,
 )
@@ -67,6 +83,7 @@ from gateway.chain.htlc import (
     payment_claim_calldata,
     payment_lock_calldata,
     payment_refund_calldata,
+    revert_abi,
 )
 from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
@@ -79,6 +96,7 @@ from gateway.domain.trade import (
     ContractSendPaymentClaim,
     ContractSendPaymentLock,
     ContractSendPaymentRefund,
+    EffectRefused,
 )
 from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
@@ -86,6 +104,9 @@ from gateway.engine.crashpoints import reach
 log = structlog.get_logger("gateway.executor")
 
 OPEN, NONE = 1, 0
+# What the chain says of an effect's result (`_on_chain`): already there, its lock missing (a
+# claim or refund whose lock the chain does not have), or still to be done.
+DONE, MISSING, TO_DO = "done", "missing", "to_do"
 MAX_BATCH = 50
 GAS_FILLER = 21_000
 LIVE = ("signed", "sent")
@@ -132,8 +153,13 @@ class Executor:
                  managed_keys: dict[str, LocalAccount] | None = None,
                  max_batch: int = MAX_BATCH,
                  key_lookup: Callable[[str], LocalAccount | None] | None = None,
-                 send_policy: SendPolicy | None = None) -> None:
+                 send_policy: SendPolicy | None = None,
+                 on_refused: Callable[[EffectRefused], object] | None = None) -> None:
         self.send_policy = send_policy or SendPolicy()
+        # Applies an EffectRefused to its trade (the dispatcher's apply_action), after the
+        # planning transaction has committed.
+        self.on_refused = on_refused
+        self._reported: set[tuple[bytes, str]] = set()  # refusals logged by this process
         self.session_factory = session_factory
         self.endpoints = endpoints
         self.relayer = relayer
@@ -153,10 +179,11 @@ class Executor:
 
     def _run_chain(self, ep: ChainEndpoint) -> int:
         broadcast = self._settle_attempts(ep)
+        refusals: list[EffectRefused] = []
         with self.session_factory.begin() as session:
             repo = Repository(session)
             repo.lock_chain_sends(ep.chain_id)  # first: plan from what others committed
-            txs = self._plan(ep, repo)
+            txs = self._plan(ep, repo, refusals)
             nonces: dict[str, int] = {}
             signed: list[AttemptRow] = []
             fees = ep.client.suggest_fees() if txs else None
@@ -178,7 +205,21 @@ class Executor:
         for attempt in signed:
             reach("executor.after_record")
             self._broadcast(ep, attempt.id)
+        self._apply_refusals(refusals)
         return broadcast + len(signed)
+
+    def _apply_refusals(self, refusals: list[EffectRefused]) -> None:
+        """Each refusal to its trade, in a dispatcher transaction of its own (the planning
+        one has committed: SQLite has a single writer). One that fails is found again by the
+        next pass: its effect is still pending and unsent."""
+        if self.on_refused is None:
+            return
+        for refused in refusals:
+            try:
+                self.on_refused(refused)
+            except Exception as exc:  # noqa: BLE001 - the next pass refuses it again
+                log.error("effect_refusal_not_applied", trade="0x" + refused.trade_id.hex(),
+                          key=refused.key, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _next_nonce(self, ep: ChainEndpoint, repo: Repository, sender: str) -> int:
         on_chain = ep.client.w3.eth.get_transaction_count(sender, "pending")
@@ -216,7 +257,7 @@ class Executor:
             for attempt in live:
                 receipt: Receipt | None = ep.client.receipt(bytes.fromhex(attempt.tx_hash))
                 if receipt is not None:
-                    self._mined(repo, attempt, receipt)
+                    self._mined(ep, repo, attempt, receipt)
                     continue
                 if attempt.sender not in latest:
                     latest[attempt.sender] = ep.client.w3.eth.get_transaction_count(
@@ -261,10 +302,12 @@ class Executor:
                             nonce=attempt.nonce, reason=reason, error=str(exc)[:200])
             return reason
 
-    @staticmethod
-    def _mined(repo: Repository, attempt: AttemptRow, receipt: Receipt) -> None:
+    def _mined(self, ep: ChainEndpoint, repo: Repository, attempt: AttemptRow,
+               receipt: Receipt) -> None:
         attempt.status = "mined" if receipt.succeeded else "reverted"
         attempt.block_number = receipt.block_number
+        if not receipt.succeeded:
+            self._reverted(ep, repo, attempt, receipt, attempt.id)
         for other in repo.attempts_at_nonce(attempt.chain_id, attempt.sender, attempt.nonce):
             if other.id != attempt.id and other.status in LIVE:
                 other.status = "replaced"
@@ -279,9 +322,32 @@ class Executor:
             if receipt is not None:
                 other.status = "mined" if receipt.succeeded else "reverted"
                 other.block_number = receipt.block_number
+                if not receipt.succeeded:
+                    self._reverted(ep, repo, other, receipt, attempt.id)
                 attempt.status = "replaced"
                 return
         attempt.status = "dropped"
+
+    def _reverted(self, ep: ChainEndpoint, repo: Repository, attempt: AttemptRow,
+                  receipt: Receipt, rows_of: int) -> None:
+        """A transaction of ours was mined but reverted: a warning naming its effects and, when
+        the node can replay it on its parent block, the revert reason. Its effects fall
+        through to a new attempt, which is checked against the chain before it is signed."""
+        rows = repo.outbox_rows_for_attempt(rows_of)
+        try:
+            fields = decode_signed(bytes.fromhex(attempt.raw_tx))
+            error = ep.client.simulate(attempt.sender, fields.to or attempt.sender, fields.data,
+                                       gas=fields.gas, value=fields.value,
+                                       block=max(0, receipt.block_number - 1), abi=revert_abi())
+            reason = _describe(error) if error is not None else \
+                "unknown (no revert when replayed on its parent block)"
+        except Exception as exc:  # noqa: BLE001 - a node without that block's state
+            reason = f"unknown ({type(exc).__name__})"
+        metrics.TX_REVERTED.labels(ep.chain.value).inc()
+        log.warning("tx_reverted", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce,
+                    sender=attempt.sender, block=receipt.block_number, gas_used=receipt.gas_used,
+                    reason=reason, trades=sorted({"0x" + r.trade_id for r in rows}),
+                    effects=[r.key for r in rows])
 
     def _stuck(self, attempt: AttemptRow) -> bool:
         created = attempt.created_at
@@ -357,7 +423,12 @@ class Executor:
 
     # --- planning -------------------------------------------------------------------------
 
-    def _plan(self, ep: ChainEndpoint, repo: Repository) -> list[_Tx]:
+    def _plan(self, ep: ChainEndpoint, repo: Repository,
+              refusals: list[EffectRefused] | None = None) -> list[_Tx]:
+        """The transactions to sign now. An effect the chain says cannot succeed is not sent:
+        its refusal is added to `refusals` (applied to its trade once this transaction has
+        committed), see `_refuse`."""
+        refusals = [] if refusals is None else refusals
         claims: list[tuple[OutboxRow, ContractSendPaymentClaim]] = []
         txs: list[_Tx] = []
         for row, effect in repo.pending_effects(ep.chain.value):
@@ -373,42 +444,137 @@ class Executor:
             # Done on chain, by us or anyone: the poller brings the log. A mined attempt
             # whose result is absent (a batch skipped the entry, a reorg removed it) and a
             # reverted or dropped one all fall through to a new attempt.
-            if self._satisfied(ep, effect):
+            found = self._on_chain(ep, effect)
+            if found == DONE:
+                continue
+            if found == MISSING:
+                self._refuse(ep, repo, effect, _missing(effect), refusals, final=False,
+                             missing=True)
                 continue
             try:
                 if isinstance(effect, ContractSendPaymentClaim):
                     claims.append((row, effect))
-                else:
-                    tx = self._tx_for(ep, row, effect)
-                    approval = self._approval(ep, effect, tx.sender)
-                    txs.extend([approval, tx] if approval else [tx])
+                    continue
+                tx = self._tx_for(ep, row, effect)
+                approval = self._approval(ep, effect, tx.sender)
+                reason = self._preflight(ep, effect, tx, approval)
+                if reason is not None:
+                    # A lock that cannot be made is given up (the trade can be cancelled); a
+                    # claim or refund stays pending and is checked again on the next pass.
+                    self._refuse(ep, repo, effect, reason, refusals,
+                                 final=isinstance(effect, ContractSendPaymentLock
+                                                  | ContractSendDeliveryLock))
+                    continue
+                txs.extend([approval, tx] if approval else [tx])
             except KeyError_ as exc:
                 row.status, row.last_error = "failed", str(exc)
                 log.error("effect_failed", key=row.key, error=str(exc))
-        if len(claims) == 1 and self._satisfied(ep, claims[0][1]):
-            claims = []
+        if len(claims) == 1:
+            (_, claim), = claims
+            found = self._on_chain(ep, claim)
+            if found == MISSING:
+                self._refuse(ep, repo, claim, _missing(claim), refusals, final=False,
+                             missing=True)
+            if found != TO_DO:
+                claims = []
         # Two or more claims go out as claimMany without a check each: the contract itself
         # skips a lock someone else claimed meanwhile, so a lost race costs a little gas, not
-        # a revert, and the check would cost one call per lock.
+        # a revert, and the check would cost one call per lock. A claim sent alone is
+        # simulated first: it would revert.
         for start in range(0, len(claims), self.max_batch):
-            txs.append(self._claim_tx(ep, claims[start:start + self.max_batch]))
+            batch = claims[start:start + self.max_batch]
+            tx = self._claim_tx(ep, batch)
+            if len(batch) == 1 and (reason := self._simulate(ep, tx)) is not None:
+                self._refuse(ep, repo, batch[0][1], reason, refusals, final=False)
+                continue
+            txs.append(tx)
         return txs
 
-    def _satisfied(self, ep: ChainEndpoint, effect: ContractSend) -> bool:
+    def _on_chain(self, ep: ChainEndpoint, effect: ContractSend) -> str:
+        """DONE: the effect's result is on chain (whoever caused it). MISSING: a claim or
+        refund whose lock does not exist on chain (a reorg or a node short of blocks removed
+        it): not done, and sending it would revert. TO_DO: otherwise."""
         match effect:
             case ContractSendPaymentLock():
                 assert ep.payment_htlc is not None
-                return ep.payment_htlc.status(ep.payment_htlc.lock_id(effect.lock)) != NONE
+                status = ep.payment_htlc.status(ep.payment_htlc.lock_id(effect.lock))
+                return DONE if status != NONE else TO_DO
             case ContractSendDeliveryLock():
                 assert ep.delivery_htlc is not None
-                return ep.delivery_htlc.status(ep.delivery_htlc.lock_id(effect.lock)) != NONE
+                status = ep.delivery_htlc.status(ep.delivery_htlc.lock_id(effect.lock))
+                return DONE if status != NONE else TO_DO
             case ContractSendPaymentClaim() | ContractSendPaymentRefund():
                 assert ep.payment_htlc is not None
-                return ep.payment_htlc.status(effect.lock_id) != OPEN
+                status = ep.payment_htlc.status(effect.lock_id)
             case ContractSendDeliveryClaim() | ContractSendDeliveryRefund():
                 assert ep.delivery_htlc is not None
-                return ep.delivery_htlc.status(effect.lock_id) != OPEN
-        return False
+                status = ep.delivery_htlc.status(effect.lock_id)
+            case _:
+                return TO_DO
+        return MISSING if status == NONE else TO_DO if status == OPEN else DONE
+
+    def _preflight(self, ep: ChainEndpoint, effect: ContractSend, tx: _Tx,
+                   approval: _Tx | None) -> str | None:
+        """Why `tx` would revert if it were sent now (at the latest block); None if it should
+        succeed. A managed party's lock: the buyer's balance covers the amount, the seller
+        owns the title (with the agreed document hash). Then the transaction is simulated with
+        eth_call, unless an approval goes out before it (it would fail for want of it)."""
+        match effect:
+            case ContractSendPaymentLock(lock=lk):
+                assert ep.payment_htlc is not None
+                balance = ep.payment_htlc.balance_of(lk.sender)
+                if balance < lk.amount:
+                    return f"buyer balance {balance} < amount {lk.amount}"
+            case ContractSendDeliveryLock(lock=lk):
+                dh = ep.delivery_htlc
+                assert dh is not None
+                owner = dh.owner_of(lk.token_id)
+                if owner is None:
+                    return f"title {lk.token_id} does not exist"
+                if owner.lower() != lk.seller.lower():
+                    return f"seller {lk.seller} does not own title {lk.token_id} (owner {owner})"
+                document = dh.document_hash(lk.token_id)
+                if document != lk.document_hash:
+                    return (f"title {lk.token_id} has document hash 0x{document.hex()}, "
+                            f"not the agreed 0x{lk.document_hash.hex()}")
+        if approval is not None:
+            return None
+        return self._simulate(ep, tx)
+
+    @staticmethod
+    def _simulate(ep: ChainEndpoint, tx: _Tx) -> str | None:
+        error = ep.client.simulate(tx.sender.address, tx.to, tx.data, gas=tx.gas,
+                                   abi=revert_abi())
+        return None if error is None else f"reverts when simulated: {_describe(error)}"
+
+    def _refuse(self, ep: ChainEndpoint, repo: Repository, effect: ContractSend, reason: str,
+                refusals: list[EffectRefused], *, final: bool, missing: bool = False) -> None:
+        """Not sent. The trade is told once (EffectRefused: `<kind>_failed` if final, else
+        `blocked:<key>`), which is logged and counted; an effect whose trade already carries
+        the flag is only logged, once per process."""
+        kind = effect.key.partition(":")[0]
+        state = repo.get_trade(effect.trade_id)
+        if state is None:
+            return
+        flag = f"{kind}_failed" if final else f"blocked:{effect.key}"
+        told = flag in state.flags
+        seen = (effect.trade_id, effect.key)
+        if seen in self._reported and (told or self.on_refused is None):
+            return
+        self._reported.add(seen)
+        fields = {"chain": ep.chain.value, "trade": "0x" + effect.trade_id.hex(),
+                  "key": effect.key, "reason": reason, "final": final,
+                  "already_flagged": told}
+        if missing:
+            log.critical("lock_missing", lock="0x" + effect.key.partition(":")[2], **fields)
+        else:
+            log.warning("effect_refused", **fields)
+        if told:
+            return
+        metrics.EFFECTS_REFUSED.labels(ep.chain.value, kind).inc()
+        if missing:
+            metrics.LOCKS_MISSING.labels(ep.chain.value, kind).inc()
+        refusals.append(EffectRefused(effect.trade_id, effect.key, reason, final=final))
 
     def _key(self, address: str) -> LocalAccount:
         if address not in self.keys and self.key_lookup is not None:
@@ -424,25 +590,16 @@ class Executor:
                   ) -> _Tx | None:
         """A managed party's lock needs the HTLC approved to pull its tokens: the approval
         goes out first, from the same key, when it is missing."""
-        from gateway.contracts import load_artifact
-
         if isinstance(effect, ContractSendPaymentLock) and ep.payment_htlc is not None:
-            htlc = ep.payment_htlc
-            token = ep.client.contract(htlc.htlc.functions.token().call(),
-                                       load_artifact("PaymentToken"))
-            if token.functions.allowance(sender.address, htlc.address).call() >= \
-                    effect.lock.amount:
+            if ep.payment_htlc.allowance(sender.address) >= effect.lock.amount:
                 return None
-            return _Tx(sender, token.address,
-                       token.encode_abi("approve", [htlc.address, 2**256 - 1]), 80_000)
+            to, data = ep.payment_htlc.approve_calldata()
+            return _Tx(sender, to, data, 80_000)
         if isinstance(effect, ContractSendDeliveryLock) and ep.delivery_htlc is not None:
-            dh = ep.delivery_htlc
-            titles = ep.client.contract(dh.htlc.functions.titles().call(),
-                                        load_artifact("TitleDocument"))
-            if titles.functions.isApprovedForAll(sender.address, dh.address).call():
+            if ep.delivery_htlc.is_approved_for_all(sender.address):
                 return None
-            return _Tx(sender, titles.address,
-                       titles.encode_abi("setApprovalForAll", [dh.address, True]), 80_000)
+            to, data = ep.delivery_htlc.approve_calldata()
+            return _Tx(sender, to, data, 80_000)
         return None
 
     def _tx_for(self, ep: ChainEndpoint, row: OutboxRow, effect: ContractSend) -> _Tx:
@@ -485,3 +642,13 @@ class Executor:
         data = claim_many_calldata([c.lock for _, c in claims], [c.preimage for _, c in claims])
         gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(claims)
         return _Tx(self.relayer, htlc.address, data, gas, rows)
+
+
+def _missing(effect: ContractSend) -> str:
+    return f"lock 0x{effect.key.partition(':')[2]} does not exist on chain"
+
+
+def _describe(error: RevertError) -> str:
+    """A decoded revert, readable: `LockNotOpen(0x12ab..., 0)`."""
+    values = ", ".join("0x" + v.hex() if isinstance(v, bytes) else str(v) for v in error.values)
+    return f"{error.name}({values})"

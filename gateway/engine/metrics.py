@@ -21,11 +21,33 @@ from sqlalchemy.orm import Session, sessionmaker
 
 RELAYER_LAG = Gauge("dvp_relayer_lag_blocks", "Chain head minus the last processed block",
                     ["chain"])
+TRADE_ALERTS = Counter(
+    "dvp_trade_alerts_total",
+    "Alerts on trades: an exchange on one side only (phase), a flag an operator must act on",
+    ["kind"])
 REORGS = Counter("dvp_reorgs_total", "Chain reorganisations detected", ["chain"])
+CHAIN_DISAGREEMENTS = Counter(
+    "dvp_chain_disagreements_total",
+    "ALERT: legs of open trades whose contract status differs from the trade's record "
+    "(reconciler; once per trade, lock and pair of statuses found by this process)", ["chain"])
+TRADES_DISAGREEING = Gauge(
+    "dvp_trades_disagreeing_chain",
+    "ALERT: open trades with a leg whose contract status differs from the trade's record, "
+    "as of the reconciler's last run", ["chain"])
 TX_SENT = Counter("dvp_transactions_sent_total", "Transactions broadcast by the relayer",
                   ["chain"])
 FEE_BUMPS = Counter("dvp_fee_bumps_total",
                     "Pending transactions replaced at the same nonce with higher fees", ["chain"])
+EFFECTS_REFUSED = Counter(
+    "dvp_effects_refused_total",
+    "Effects not sent because the chain says they would revert (checked and simulated before "
+    "signing); kind is the effect's (payment_lock, payment_claim, ...)", ["chain", "kind"])
+LOCKS_MISSING = Counter(
+    "dvp_locks_missing_total",
+    "Claims and refunds held back because their lock does not exist on chain (a reorg or a "
+    "node short of blocks)", ["chain", "kind"])
+TX_REVERTED = Counter("dvp_transactions_reverted_total",
+                      "Relayer transactions mined but reverted", ["chain"])
 SETTLEMENT_SECONDS = Histogram(
     "dvp_settlement_latency_seconds",
     "From the batch that saw the secret revealed to the payment claim being broadcast",

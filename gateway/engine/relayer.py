@@ -13,7 +13,9 @@ time, each signing key's nonces on a chain are handed out by one transaction at 
 two passes overlap), and a relayer that dies releases its chains to the others with its
 connections. On SQLite (a single
 relayer) the locks are no-ops. A relayer that cannot reach the database or a node backs off
-(`run_forever`) and resumes where the database says it was.
+(`run_forever`) and resumes where the database says it was. Every `reconcile_every` steps,
+after polling, the reconciler checks open trades' legs against the contracts
+(`gateway.engine.reconciler`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from gateway.domain.trade import Chain
 from gateway.engine import metrics
 from gateway.engine.dispatcher import Dispatcher
 from gateway.engine.executor import Executor
+from gateway.engine.reconciler import Disagreement, Reconciler
 
 log = structlog.get_logger("gateway.relayer")
 
@@ -49,7 +52,8 @@ class ChainHalted(RuntimeError):
 
 class Relayer:
     def __init__(self, session_factory: sessionmaker[Session], dispatcher: Dispatcher,
-                 pollers: dict[Chain, ChainPoller], executor: Executor) -> None:
+                 pollers: dict[Chain, ChainPoller], executor: Executor,
+                 reconcile_every: int = 0) -> None:
         self.session_factory = session_factory
         self.dispatcher = dispatcher
         self.pollers = pollers
@@ -57,6 +61,9 @@ class Relayer:
         self.halted: dict[Chain, str] = {}
         self.locks = AdvisoryLocks(session_factory.kw["bind"])
         self.wake = threading.Event()  # set by nudge(): step now, not at the next interval
+        self.reconciler = Reconciler(session_factory, dispatcher)
+        self.reconcile_every = reconcile_every  # steps between reconciliations; 0: never
+        self.steps = 0
 
     def nudge(self) -> None:
         """Something happened on a chain (a new block, `gateway.chain.heads`): the daemon
@@ -110,8 +117,28 @@ class Relayer:
                     sent += self.executor.run_chain(chain)
         return sent
 
+    def reconcile(self) -> list[Disagreement]:
+        """Compare every open trade's legs with the contracts (`gateway.engine.reconciler`),
+        chain by chain, each while holding that chain's poll lock: no batch of it is applied
+        meanwhile, so its cursor and its legs are read as one. A failed read is logged and
+        retried at the next run: it never stops the relayer."""
+        found: list[Disagreement] = []
+        for chain, poller in self.pollers.items():
+            with self.locks.hold(poll_lock(poller.client.chain_id)) as held:
+                if not held:
+                    continue
+                try:
+                    found += self.reconciler.run_chain(chain, poller)
+                except Exception as exc:  # noqa: BLE001 - a node or the database hiccup
+                    log.error("reconcile_failed", chain=chain.value,
+                              error=f"{type(exc).__name__}: {exc}"[:500])
+        return found
+
     def step(self) -> StepResult:
         result = self.poll()
+        self.steps += 1
+        if self.reconcile_every and self.steps % self.reconcile_every == 0:
+            self.reconcile()
         result.sent = self.execute()
         return result
 

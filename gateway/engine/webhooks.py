@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.webhooks")
 
 EVENT_TYPE = "trade.phase_changed"
+# Trade events that become webhooks, by the kind stored in trade_events, and their body type.
+EVENT_TYPES = {"EventPhaseChanged": EVENT_TYPE, "EventTradeFlagged": "trade.flagged"}
 USER_AGENT = "dvp-gateway-webhooks/0.1"
 CURSOR_ID = 1
 
@@ -165,7 +167,7 @@ class WebhookSender:
                 .order_by(TradeEventRow.id).limit(self.fan_out_batch)).all()
             if not events:
                 return 0
-            changes = [e for e in events if e.kind == "EventPhaseChanged"]
+            changes = [e for e in events if e.kind in EVENT_TYPES]
             parties = {p.trade_id: p for p in session.scalars(select(TradePartyRow).where(
                 TradePartyRow.trade_id.in_({e.trade_id for e in changes})))} if changes else {}
             owners = {i for p in parties.values() for i in (p.buyer_id, p.seller_id)}
@@ -257,10 +259,11 @@ class WebhookSender:
     def _send(self, item: _Due, now: datetime | None) -> bool:
         body = json.dumps({
             "id": item.id,
-            "type": EVENT_TYPE,
+            "type": EVENT_TYPES[item.payload.get("__type__", "EventPhaseChanged")],
             "trade_id": "0x" + item.trade_id,
-            "old": item.payload.get("old"),
-            "new": item.payload.get("new"),
+            **({"old": item.payload.get("old"), "new": item.payload.get("new")}
+               if item.payload.get("__type__", "EventPhaseChanged") == "EventPhaseChanged"
+               else {"flag": item.payload.get("flag"), "reason": item.payload.get("reason")}),
             "created_at": item.event_at.isoformat().replace("+00:00", "Z"),
         }, separators=(",", ":")).encode()
         status: int | None = None

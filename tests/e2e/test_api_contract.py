@@ -10,6 +10,7 @@ the mark can be removed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import uuid
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from sqlalchemy import select, update
 
 from gateway.api.context import MAX_DEADLINE_AHEAD, ChainView, Limits
 from gateway.api.enterprises import create_enterprise, list_keys, revoke_key, rotate_keys
+from gateway.chain.devnet import ISSUER
 from gateway.config import Settings
-from gateway.db.models import TradePartyRow, TradeRow
+from gateway.db.models import EnterpriseRow, TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
 from tests.databases import create_database, drop_database
@@ -79,10 +81,35 @@ def chain_now(system: System) -> int:
                system.devnet.business.latest_block_timestamp())
 
 
+_TITLES: dict[str, list[dict]] = {}  # titles issued to sellers other than the demo seller
+
+
+def title_of(system: System, seller: Party | None, n: int) -> dict:
+    """The seller's `n`th title (the gateway checks on chain that the seller holds it): the
+    demo seller's, or for another seller one issued to it on first use."""
+    ents = system.demo["enterprises"]
+    if seller is None or seller.id == ents["seller"]["id"]:
+        return ents["seller"]["titles"][n]
+    titles = _TITLES.setdefault(seller.id, [])
+    while len(titles) <= n:
+        with system.gateway.session_factory() as session:
+            row = session.get(EnterpriseRow, seller.id)
+            assert row is not None
+            holder = row.business_address
+        d = system.devnet
+        doc = hashlib.sha256(f"{seller.id} bill {len(titles)}".encode()).digest()
+        assert d.business.client.transact(
+            d.account(ISSUER), to=d.titles.address, gas=300_000,
+            data=d.titles.encode_abi("issue", [holder, doc])).succeeded
+        titles.append({"token_id": str(d.titles.functions.issuedCount().call()),
+                       "document_hash": "0x" + doc.hex()})
+    return titles[n]
+
+
 def terms(system: System, counterparty: str, *, role: str = "seller", title: int = 0,
           amount: str = "123456", hashlock: str | None = None, delivery_in: int = 3600,
-          payment_in: int = 7200) -> dict:
-    doc = system.demo["enterprises"]["seller"]["titles"][title]
+          payment_in: int = 7200, seller: Party | None = None) -> dict:
+    doc = title_of(system, seller, title)
     now = chain_now(system)
     body = {"role": role, "counterparty": counterparty,
             "payment": {"token": system.devnet.info.payment.token, "amount": amount},
@@ -95,7 +122,8 @@ def terms(system: System, counterparty: str, *, role: str = "seller", title: int
 
 def propose(client: TestClient, system: System, proposer: Party, counterparty: Party,
             **kw) -> dict:
-    r = client.post("/v1/trades", json=terms(system, counterparty.id, **kw),
+    seller = proposer if kw.get("role", "seller") == "seller" else counterparty
+    r = client.post("/v1/trades", json=terms(system, counterparty.id, seller=seller, **kw),
                     headers=proposer.idem())
     assert r.status_code == 201, r.text
     return r.json()
@@ -266,14 +294,14 @@ def test_idempotency_keys_are_per_tenant(system, client) -> None:
     buyer, seller = demo(system)
     outsider = managed(system, "Outsider")
     key = "shared-key-1"
-    body = terms(system, buyer.id)
-    first = client.post("/v1/trades", json=body, headers=seller.idem(key))
+    body = terms(system, seller.id, role="buyer")  # the title is the seller's, whoever buys
+    first = client.post("/v1/trades", json=body, headers=buyer.idem(key))
     assert first.status_code == 201
     # the outsider's identical request with the same key is its own, new trade
     other = client.post("/v1/trades", json=body, headers=outsider.idem(key))
     assert other.status_code == 201, other.text
     assert other.json()["id"] != first.json()["id"]
-    assert other.json()["seller"]["enterprise_id"] == outsider.id
+    assert other.json()["buyer"]["enterprise_id"] == outsider.id
     problem(client.get(f"/v1/trades/{first.json()['id']}", headers=outsider.h), 404)
 
 
@@ -339,7 +367,7 @@ def test_amount_must_be_a_positive_uint256_decimal_string(system, client, amount
 
 def test_amount_boundaries_are_accepted_by_validation(system, client) -> None:
     buyer, seller = demo(system)
-    t = propose(client, system, seller, buyer, amount="0001")
+    t = propose(client, system, seller, buyer, amount="1")
     assert t["payment"]["amount"] == "1"
     # 2**256 - 1 is a valid amount: it fails the exposure cap (409), not validation (422)
     body = terms(system, buyer.id, amount=str(2**256 - 1))
@@ -356,22 +384,28 @@ def test_hashlock_must_be_32_bytes(system, client, hashlock) -> None:
     problem(client.post("/v1/trades", json=body, headers=seller.idem()), 422, "hashlock")
 
 
-def test_hashlock_is_for_self_custody_buyers_only(system, client) -> None:
+def test_only_the_buyer_gives_the_hashlock(system, client) -> None:
     buyer, seller = demo(system)
     lock = "0x" + hashlock_of(new_secret()).hex()
     err = problem(client.post("/v1/trades", json=terms(system, buyer.id, hashlock=lock),
                               headers=seller.idem()), 422, "hashlock")
     assert "omit" in err["detail"]
+    # A seller never supplies the hashlock of a self-custody buyer (trust rule 1) ...
     sc_buyer = self_custody(system)
-    err = problem(client.post("/v1/trades", json=terms(system, sc_buyer.id),
+    err = problem(client.post("/v1/trades", json=terms(system, sc_buyer.id, hashlock=lock),
                               headers=seller.idem()), 422, "hashlock")
-    assert "sha256" in err["detail"]
-    # the self-custody buyer proposing itself must give it too
+    assert "only the buyer" in err["detail"]
+    # ... its proposal carries none, and the buyer gives it when it accepts.
+    proposal = client.post("/v1/trades", json=terms(system, sc_buyer.id), headers=seller.idem())
+    assert proposal.status_code == 201 and proposal.json()["hashlock"] is None
+    # the self-custody buyer proposing itself must give it
     sc_seller = self_custody(system)
-    problem(client.post("/v1/trades", json=terms(system, sc_seller.id, role="buyer"),
+    problem(client.post("/v1/trades", json=terms(system, sc_seller.id, role="buyer",
+                                                 seller=sc_seller),
                         headers=sc_buyer.idem()), 422, "hashlock")
-    ok = client.post("/v1/trades", json=terms(system, sc_buyer.id, hashlock=lock.upper()
-                                              .replace("0X", "0x")), headers=seller.idem())
+    ok = client.post("/v1/trades", json=terms(system, seller.id, role="buyer", seller=seller,
+                                              hashlock=lock.upper().replace("0X", "0x")),
+                     headers=sc_buyer.idem())
     assert ok.status_code == 201, ok.text
     assert ok.json()["hashlock"] == lock
 
@@ -380,10 +414,17 @@ def test_a_hashlock_serves_one_trade_only(system, client) -> None:
     sc_buyer = self_custody(system)
     _, seller = demo(system)
     lock = "0x" + hashlock_of(new_secret()).hex()
-    propose(client, system, seller, sc_buyer, hashlock=lock)
-    r = client.post("/v1/trades", json=terms(system, sc_buyer.id, hashlock=lock, title=1),
-                    headers=seller.idem())
+    propose(client, system, sc_buyer, seller, role="buyer", hashlock=lock)
+    r = client.post("/v1/trades", json=terms(system, seller.id, role="buyer", seller=seller,
+                                             hashlock=lock, title=1), headers=sc_buyer.idem())
     assert problem(r, 409, "hashlock")["type"].endswith("/hashlock-reused")
+    # the same at accept: the buyer gives a hashlock another trade uses
+    trade = propose(client, system, seller, sc_buyer, title=2)
+    r = client.post(f"/v1/trades/{trade['id']}/accept", json={"hashlock": lock},
+                    headers=sc_buyer.h)
+    assert problem(r, 409, "hashlock")["type"].endswith("/hashlock-reused")
+    assert client.get(f"/v1/trades/{trade['id']}", headers=seller.h).json()["phase"] == \
+        "proposed"
 
 
 def test_deadlines_must_be_in_the_chain_future(system, client) -> None:
@@ -505,8 +546,9 @@ def test_managed_trade_cannot_be_cancelled_once_its_lock_is_queued(system, clien
     problem(client.post(f"/v1/trades/{tid}/cancel", headers=seller.h), 409)
     sc_buyer = self_custody(system)
     lock = "0x" + hashlock_of(new_secret()).hex()
-    tid = propose(client, system, seller, sc_buyer, hashlock=lock, title=1)["id"]
-    assert client.post(f"/v1/trades/{tid}/accept", headers=sc_buyer.h).status_code == 200
+    tid = propose(client, system, seller, sc_buyer, title=1)["id"]
+    assert client.post(f"/v1/trades/{tid}/accept", headers=sc_buyer.h,
+                       json={"hashlock": lock}).status_code == 200
     r = client.post(f"/v1/trades/{tid}/cancel", headers=seller.h)
     assert r.status_code == 200 and r.json()["phase"] == "cancelled"
 
@@ -584,14 +626,14 @@ def test_action_operations_have_no_query_parameters(system) -> None:
 
 def test_idempotency_key_replays_the_first_response(system, client, pair) -> None:
     buyer, seller = pair
-    body = terms(system, buyer.id)
+    body = terms(system, buyer.id, seller=seller)
     first = client.post("/v1/trades", json=body, headers=seller.idem("k-1"))
     assert first.status_code == 201
     again = client.post("/v1/trades", json=body, headers=seller.idem("k-1"))
     assert again.status_code == first.status_code
     assert again.json() == first.json()
-    # the same request in another spelling (amount with leading zeros) is the same request
-    body2 = {**body, "payment": {**body["payment"], "amount": "000123456"}}
+    # the same request in another spelling (the token address in lower case) is the same one
+    body2 = {**body, "payment": {**body["payment"], "token": body["payment"]["token"].lower()}}
     assert client.post("/v1/trades", json=body2, headers=seller.idem("k-1")).json()["id"] == \
         first.json()["id"]
     assert list_ids(client, seller) == [first.json()["id"]]
@@ -603,7 +645,7 @@ def test_idempotency_key_replays_the_first_response(system, client, pair) -> Non
 
 def test_idempotency_key_with_a_different_body_is_422(system, client, pair) -> None:
     buyer, seller = pair
-    body = terms(system, buyer.id)
+    body = terms(system, buyer.id, seller=seller)
     assert client.post("/v1/trades", json=body, headers=seller.idem("k-2")).status_code == 201
     other = {**body, "payment": {**body["payment"], "amount": "654321"}}
     err = problem(client.post("/v1/trades", json=other, headers=seller.idem("k-2")), 422,
@@ -634,7 +676,7 @@ def test_a_refused_request_does_not_use_up_its_key(system, client) -> None:
 def test_concurrent_requests_with_one_idempotency_key_make_one_trade(system, client,
                                                                     pair) -> None:
     buyer, seller = pair
-    body = terms(system, buyer.id)
+    body = terms(system, buyer.id, seller=seller)
     # Make the race certain rather than likely: each request waits in `propose` (after its
     # replay check) until the other has got there too; a fixed gateway never has two there.
     barrier = threading.Barrier(2, timeout=2)
@@ -938,8 +980,9 @@ def test_deadline_alert_counts_an_idle_trade_by_the_chains_time(make_system) -> 
     system, client = fresh(make_system)
     _, seller = demo(system)
     buyer = self_custody(system, "Idle buyer")
-    t = propose(client, system, seller, buyer, hashlock="ab" * 32)
-    assert client.post(f"/v1/trades/{t['id']}/accept", headers=buyer.h).status_code == 200
+    t = propose(client, system, seller, buyer)
+    assert client.post(f"/v1/trades/{t['id']}/accept", headers=buyer.h,
+                       json={"hashlock": "ab" * 32}).status_code == 200
 
     def alert() -> str:
         return next(line for line in client.get("/metrics").text.splitlines()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import hashlib
 import re
 import shutil
 import tempfile
@@ -41,7 +42,9 @@ from schemathesis.transport.prepare import get_exclude_headers
 
 from gateway.api.context import Limits
 from gateway.api.enterprises import create_enterprise
+from gateway.chain.devnet import ISSUER
 from gateway.config import Settings
+from gateway.db.models import EnterpriseRow
 from gateway.runner import System, build_system
 from tests.databases import database_for_process
 
@@ -83,11 +86,22 @@ def new_enterprise(name: str) -> tuple[str, dict[str, str]]:
     return ent.id, {"Authorization": f"Bearer {key}"}
 
 
-def valid_proposal(counterparty: str = _ents["buyer"]["id"]) -> dict:
-    """A proposal the gateway accepts (the caller sells a demo title), deadlines by chain
-    time."""
+def issue_title(enterprise_id: str) -> dict:
+    """A new title held by the enterprise (the gateway checks that a seller holds its title)."""
+    with SYSTEM.gateway.session_factory() as session:
+        holder = session.get(EnterpriseRow, enterprise_id).business_address
+    d, doc = SYSTEM.devnet, hashlib.sha256(enterprise_id.encode()).digest()
+    assert d.business.client.transact(d.account(ISSUER), to=d.titles.address, gas=300_000,
+                                      data=d.titles.encode_abi("issue", [holder, doc])).succeeded
+    return {"token_id": str(d.titles.functions.issuedCount().call()),
+            "document_hash": "0x" + doc.hex()}
+
+
+def valid_proposal(counterparty: str = _ents["buyer"]["id"], title: dict | None = None) -> dict:
+    """A proposal the gateway accepts (the caller sells a demo title, or `title` it holds),
+    deadlines by chain time."""
     now = max(SYSTEM.ctx.payment.now(), SYSTEM.ctx.business.now())
-    title = _ents["seller"]["titles"][0]
+    title = title or _ents["seller"]["titles"][0]
     return {"role": "seller", "counterparty": counterparty,
             "payment": {"token": SYSTEM.devnet.info.payment.token, "amount": "1000"},
             "delivery": {"token_id": title["token_id"], "document_hash": title["document_hash"]},
@@ -220,12 +234,13 @@ class TradeLifecycle(schema.as_state_machine()):
 
     def setup(self) -> None:
         self.buyer_id, self.buyer = new_enterprise("Scenario buyer")
-        _, self.seller = new_enterprise("Scenario seller")
+        seller_id, self.seller = new_enterprise("Scenario seller")
+        self.title = issue_title(seller_id)
 
     def before_call(self, case) -> None:  # noqa: ANN001
         if case.operation.label == "POST /v1/trades" and \
                 case.meta.generation.mode is GenerationMode.POSITIVE:
-            case.body = valid_proposal(self.buyer_id)
+            case.body = valid_proposal(self.buyer_id, self.title)
 
     def get_call_kwargs(self, case) -> dict:  # noqa: ANN001
         buyer_acts = case.path.endswith(("/accept", "/take-delivery"))
@@ -286,10 +301,16 @@ def test_other_tenants_trades_are_404(case, tenant_a_trades) -> None:  # noqa: A
         assert r.status_code == 401, r.text
         assert r.headers["content-type"] == ["application/problem+json"]
     elif "trade_id" in case.operation.path:
+        # What tenant B learns about A's trades is what it learns about trades that do not
+        # exist: 404, or a 422 for a malformed body (judged before any trade is looked up).
+        case.path_parameters = {"trade_id": "0x" + "ab" * 32}
+        nowhere = case.call(headers=TENANT_B).status_code
+        assert nowhere in (404, 422), nowhere
         for tid in tenant_a_trades:
             case.path_parameters = {"trade_id": tid}
             r = case.call(headers=TENANT_B)
-            assert r.status_code == 404, f"{case.method} {case.formatted_path}: {r.status_code}"
+            assert r.status_code == nowhere, \
+                f"{case.method} {case.formatted_path}: {r.status_code}"
             assert r.headers["content-type"] == ["application/problem+json"]
     else:  # the list, with whatever filters were generated
         r = case.call(headers=TENANT_B)

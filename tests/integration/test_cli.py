@@ -144,3 +144,40 @@ def test_credentials_in_node_and_database_urls_are_never_printed(tmp_path,
         structlog.get_logger("t").error("relayer_step_failed",
                                         error="HTTPConnectionPool: url: /v3/PROVIDERKEY1234")
     assert seen[0]["error"] == "HTTPConnectionPool: url: /***"
+
+
+# --- enterprise create: what it is given must be exact ------------------------------------------
+
+CHECKSUMMED = "0x52908400098527886E0F7030069857D2E4169EE7"  # EIP-55's own example
+
+
+def test_enterprise_create_needs_managed_or_both_addresses(database_url) -> None:
+    for addresses in ([], ["--payment-address", CHECKSUMMED],
+                      ["--business-address", CHECKSUMMED]):
+        result = CliRunner().invoke(main, ["enterprise", "create", "--name", "Acme",
+                                           "--database-url", database_url, *addresses])
+        assert result.exit_code == 2, (addresses, result.output)
+        assert "give --managed, or both --payment-address and --business-address" in \
+            result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_enterprise_create_refuses_a_wrong_address_checksum(database_url) -> None:
+    wrong = CHECKSUMMED.replace("E0F7", "e0F7")  # mixed case, one letter off
+    for option in ("--payment-address", "--business-address"):
+        addresses = {"--payment-address": CHECKSUMMED, "--business-address": CHECKSUMMED,
+                     option: wrong}
+        result = CliRunner().invoke(main, ["enterprise", "create", "--name", f"Acme {option}",
+                                           "--database-url", database_url,
+                                           *[x for pair in addresses.items() for x in pair]])
+        assert result.exit_code == 2, (option, result.output)
+        assert option in result.output and "checksum" in result.output, result.output
+        assert "Traceback" not in result.output
+    # one case throughout carries no checksum: accepted, and shown checksummed
+    result = CliRunner().invoke(main, [
+        "enterprise", "create", "--name", "Acme", "--database-url", database_url,
+        "--payment-address", CHECKSUMMED.lower(),
+        "--business-address", "0x" + CHECKSUMMED[2:].upper()])
+    assert result.exit_code == 0, result.output
+    assert f"payment address  {CHECKSUMMED}" in result.output
+    assert f"business address {CHECKSUMMED}" in result.output

@@ -90,7 +90,8 @@ def test_mismatched_payment_locks_are_flagged_and_never_delivered_against(devnet
                                                                           database_url) -> None:
     """The gateway acts for a managed seller: it locks the title only against a payment lock
     that matches the terms on chain. Wrong amount, wrong beneficiary, too little margin: the
-    trade is rejected and the title never leaves the seller. Wrong hashlock: the lock matches
+    lock is rejected (the trade stays agreed: the right lock may still come) and the title
+    never leaves the seller; at T_pay the trade is rejected. Wrong hashlock: the lock matches
     no trade (it is recorded as unmatched), the trade stays agreed and then expires."""
     seller = devnet.account(SELLER)
     world = World(devnet, make_gateway(devnet, database_url,
@@ -107,7 +108,7 @@ def test_mismatched_payment_locks_are_flagged_and_never_delivered_against(devnet
 
     for name in ("amount", "beneficiary", "margin"):
         state = world.state(trades[name])
-        assert state.phase.value == "rejected", name
+        assert state.phase.value == "agreed", name
         assert state.delivery is None and len(state.rejected_payments) == 1
     assert world.phase(trades["hashlock"]) == "agreed"
     for trade in trades.values():
@@ -125,6 +126,8 @@ def test_mismatched_payment_locks_are_flagged_and_never_delivered_against(devnet
     refunded = sum(t.payment_lock.amount for n, t in trades.items() if n != "hashlock")
     assert world.token_balance(world.buyer.address) == buyer_before + refunded
     assert world.phase(trades["hashlock"]) == "expired"
+    for name in ("amount", "beneficiary", "margin"):
+        assert world.phase(trades[name]) == "rejected", name
 
 
 def test_managed_seller_happy_path_gateway_delivers(devnet, database_url) -> None:

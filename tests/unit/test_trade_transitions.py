@@ -36,6 +36,7 @@ from gateway.domain.trade import (
     ActionTakeDelivery,
     Block,
     Chain,
+    ChainDisagrees,
     ChainRef,
     ContractReceiveClaimed,
     ContractReceiveDeliveryLocked,
@@ -49,9 +50,11 @@ from gateway.domain.trade import (
     ContractSendPaymentLock,
     ContractSendPaymentRefund,
     Effect,
+    EffectRefused,
     EventClaimAtRisk,
     EventLockRejected,
     EventPhaseChanged,
+    EventTradeFlagged,
     Input,
     InvalidTransition,
     InvariantViolated,
@@ -198,9 +201,11 @@ BUILD: dict[str, tuple[Input, ...]] = {
     "settled": (ACCEPT, PAY_OK, DLV_OK, CLAIM_DLV, CLAIM_PAY),
     "delivery_refunded": (ACCEPT, PAY_OK, DLV_OK, BIZ_AT, REFUND_DLV),
     "payment_refunded": (ACCEPT, PAY_OK, DLV_OK, BIZ_AT, REFUND_DLV, PAY_AT, REFUND_PAY),
-    "rejected": (ACCEPT, PAY_BENEFICIARY),
+    "rejected": (ACCEPT, PAY_BENEFICIARY, PAY_AT),
     "cancelled": (CANCEL,),
     "expired": (ACCEPT, PAY_AT),
+    "paid_without_delivery": (ACCEPT, PAY_OK, CLAIM_PAY),
+    "delivered_unpaid": (ACCEPT, PAY_OK, DLV_OK, CLAIM_DLV, PAY_AT, REFUND_PAY),
 }
 PHASES = list(BUILD)
 assert set(PHASES) == {p.value for p in Phase}
@@ -255,16 +260,20 @@ def every(**rows: Expected) -> dict[str, Expected]:
     return rows
 
 
+
 def unchanged_everywhere(*effects: Effect) -> dict[str, Expected]:
     return every(**{phase: same(*effects) for phase in PHASES})
 
 
 PREIMAGE_MADE_PUBLIC = every(  # the preimage becomes known, no leg changes status
     proposed=same(), agreed=same(),
-    payment_locked=same(),  # no delivery lock: paying the seller would hand the seller both
+    # Only the buyer chose the secret, so only the buyer made it public: whatever it took in
+    # exchange (another lock of this hashlock, say), a public secret pays the seller.
+    payment_locked=same(PAY_CLAIM),
     delivery_locked=same(PAY_CLAIM, DLV_CLAIM), delivered=same(), settled=same(),
-    delivery_refunded=same(),  # the title went back to the seller: the payment stays locked
+    delivery_refunded=same(PAY_CLAIM),
     payment_refunded=same(), rejected=same(), cancelled=same(), expired=same(),
+    paid_without_delivery=same(), delivered_unpaid=same(),
 )
 
 
@@ -275,17 +284,18 @@ def payment_deadline(payment_time: int) -> dict[str, Expected]:
         agreed=to("expired", changed("agreed", "expired")),
         payment_locked=same(PAY_REFUND), delivery_locked=same(PAY_REFUND),
         # The preimage is known and the buyer has the title, but T_pay has passed: the claim
-        # is abandoned (reported once) and the payment goes back to the buyer.
-        delivered=same(PAY_REFUND, at_risk(payment_time, sent=False)),
+        # is abandoned (reported once), the payment goes back to the buyer and the trade says
+        # the seller lost.
+        delivered=to("delivered_unpaid", changed("delivered", "delivered_unpaid"), PAY_REFUND,
+                     at_risk(payment_time, sent=False)),
         settled=same(), delivery_refunded=same(PAY_REFUND), payment_refunded=same(),
-        rejected=same(ContractSendPaymentRefund(TRADE_ID, PAY_BENEFICIARY_ID,
-                                                BENEFICIARY_LOCK)),
-        cancelled=same(), expired=same(),
+        rejected=same(),  # (its lock's refund is pending since T_pay)
+        cancelled=same(), expired=same(), paid_without_delivery=same(), delivered_unpaid=same(),
     )
 
 
 HAVE_DELIVERY = ("delivery_locked", "delivered", "settled", "delivery_refunded",
-                 "payment_refunded")
+                 "payment_refunded", "delivered_unpaid")
 DELIVERY_DEADLINE = every(**{p: same(DLV_REFUND) if p == "delivery_locked" else same()
                              for p in PHASES})
 
@@ -295,9 +305,10 @@ CHAIN_TABLE: dict[str, tuple[Input, dict[str, Expected]]] = {
         agreed=to("payment_locked", changed("agreed", "payment_locked")),
         payment_locked=same(), delivery_locked=same(), delivered=same(), settled=same(),
         delivery_refunded=same(), payment_refunded=same(),  # duplicates of the lock log
-        rejected=same(lock_rejected(PAYMENT, PAY_ID, "trade is rejected")),
+        rejected=same(lock_rejected(PAYMENT, PAY_ID, "trade is rejected"), PAY_REFUND),
         cancelled=same(lock_rejected(PAYMENT, PAY_ID, "trade is cancelled")),
         expired=same(lock_rejected(PAYMENT, PAY_ID, "trade is expired"), PAY_REFUND),
+        paid_without_delivery=same(), delivered_unpaid=same(),
     )),
     "second-payment-locked": (PAY_SECOND, every(
         proposed=same(), agreed=to("payment_locked", changed("agreed", "payment_locked")),
@@ -308,24 +319,34 @@ CHAIN_TABLE: dict[str, tuple[Input, dict[str, Expected]]] = {
         delivery_refunded=same(lock_rejected(PAYMENT, PAY2_ID, "a payment lock exists")),
         payment_refunded=same(lock_rejected(PAYMENT, PAY2_ID, "a payment lock exists"),
                               ContractSendPaymentRefund(TRADE_ID, PAY2_ID, PAY_LOCK)),
-        rejected=same(lock_rejected(PAYMENT, PAY2_ID, "trade is rejected")),
+        rejected=same(lock_rejected(PAYMENT, PAY2_ID, "trade is rejected"),
+                      ContractSendPaymentRefund(TRADE_ID, PAY2_ID, PAY_LOCK)),
         cancelled=same(lock_rejected(PAYMENT, PAY2_ID, "trade is cancelled")),
         expired=same(lock_rejected(PAYMENT, PAY2_ID, "trade is expired"),
                      ContractSendPaymentRefund(TRADE_ID, PAY2_ID, PAY_LOCK)),
+        paid_without_delivery=same(lock_rejected(PAYMENT, PAY2_ID, "a payment lock exists")),
+        # A lock that could have paid the seller, made too late: refunded (the abandoned
+        # claim was reported once, at T_pay).
+        delivered_unpaid=same(lock_rejected(PAYMENT, PAY2_ID, "a payment lock exists"),
+                              ContractSendPaymentRefund(TRADE_ID, PAY2_ID, PAY_LOCK)),
     )),
     "payment-locked-wrong-amount": (PAY_AMOUNT, every(
         proposed=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
-        agreed=to("rejected", changed("agreed", "rejected"),
-                  lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
+        # Flagged and refunded at its timelock; the trade waits for the right lock until T_pay.
+        agreed=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
         **{p: same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT))
            for p in ("payment_locked", "delivery_locked", "delivered", "settled",
                      "delivery_refunded")},
         payment_refunded=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT),
                               ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)),
-        rejected=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
+        rejected=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT),
+                      ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)),
         cancelled=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
         expired=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT),
                      ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)),
+        paid_without_delivery=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT)),
+        delivered_unpaid=same(lock_rejected(PAYMENT, PAY_AMOUNT_ID, R_AMOUNT),
+                              ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)),
     )),
     "payment-locked-by-foreign-sender": (PAY_FOREIGN, unchanged_everywhere(
         lock_rejected(PAYMENT, PAY_FOREIGN_ID, "sender is not the buyer"))),
@@ -334,36 +355,51 @@ CHAIN_TABLE: dict[str, tuple[Input, dict[str, Expected]]] = {
         payment_locked=to("delivery_locked", changed("payment_locked", "delivery_locked")),
         delivery_locked=same(), delivered=same(), settled=same(), delivery_refunded=same(),
         payment_refunded=same(), rejected=same(), cancelled=same(), expired=same(),
+        # The seller was paid without delivering; a title locked now is claimed for the buyer.
+        paid_without_delivery=same(DLV_CLAIM), delivered_unpaid=same(),
     )),
     "second-delivery-locked": (DLV_SECOND, every(
         proposed=same(), agreed=same(),
         payment_locked=to("delivery_locked", changed("payment_locked", "delivery_locked")),
         **{p: same(lock_rejected(BUSINESS, DLV2_ID, "a delivery lock exists"))
-           for p in ("delivery_locked", "delivered", "settled", "delivery_refunded",
-                     "payment_refunded")},
+           for p in ("delivery_locked", "delivered", "settled")},
+        # After T_deliver: the extra title goes back to the seller as well.
+        **{p: same(lock_rejected(BUSINESS, DLV2_ID, "a delivery lock exists"),
+                   ContractSendDeliveryRefund(TRADE_ID, DLV2_ID, DLV_LOCK))
+           for p in ("delivery_refunded", "payment_refunded")},
         rejected=same(), cancelled=same(), expired=same(),
+        paid_without_delivery=same(ContractSendDeliveryClaim(TRADE_ID, DLV2_ID, DLV_LOCK,
+                                                             SECRET)),
+        delivered_unpaid=same(lock_rejected(BUSINESS, DLV2_ID, "a delivery lock exists")),
     )),
     "delivery-locked-wrong-token": (DLV_BAD, every(**{
         p: same(lock_rejected(BUSINESS, DLV_BAD_ID, "a delivery lock exists"
-                              if p in HAVE_DELIVERY else "token_id does not match the terms"))
+                              if p in HAVE_DELIVERY else "token_id does not match the terms"),
+                *([ContractSendDeliveryRefund(TRADE_ID, DLV_BAD_ID, DLV_BAD.lock)]
+                  if p in ("delivery_refunded", "payment_refunded") else []))
         for p in PHASES})),
     "delivery-claimed": (CLAIM_DLV, every(
         proposed=same(), agreed=same(),  # no delivery lock yet: only the preimage is learnt
-        payment_locked=same(),  # not this trade's delivery: the seller is not paid for it
+        payment_locked=same(PAY_CLAIM),  # a lock unknown to us: the secret is public
         delivery_locked=to("delivered", changed("delivery_locked", "delivered"), PAY_CLAIM),
         delivered=same(), settled=same(),
         delivery_refunded=CONTRADICTORY, payment_refunded=CONTRADICTORY,
         rejected=same(), cancelled=same(), expired=same(),
+        paid_without_delivery=same(), delivered_unpaid=same(),
     )),
     "payment-claimed": (CLAIM_PAY, every(
         proposed=same(), agreed=same(),
-        payment_locked=to("delivered", changed("payment_locked", "delivered")),
+        # Paid while the buyer has no title: never "delivered" or "settled", an alert phase.
+        payment_locked=to("paid_without_delivery",
+                          changed("payment_locked", "paid_without_delivery")),
         delivery_locked=to("delivered", changed("delivery_locked", "delivered"), DLV_CLAIM),
         delivered=to("settled", changed("delivered", "settled")),
         settled=same(),
-        delivery_refunded=to("delivered", changed("delivery_refunded", "delivered")),
+        delivery_refunded=to("paid_without_delivery",
+                             changed("delivery_refunded", "paid_without_delivery")),
         payment_refunded=CONTRADICTORY,
         rejected=same(), cancelled=same(), expired=same(),
+        paid_without_delivery=same(), delivered_unpaid=CONTRADICTORY,
     )),
     "claimed-unknown-lock-business": (CLAIM_STRAY_BIZ, PREIMAGE_MADE_PUBLIC),
     "claimed-unknown-lock-payment": (CLAIM_STRAY_PAY, PREIMAGE_MADE_PUBLIC),
@@ -377,16 +413,18 @@ CHAIN_TABLE: dict[str, tuple[Input, dict[str, Expected]]] = {
         delivered=CONTRADICTORY, settled=CONTRADICTORY,
         delivery_refunded=same(), payment_refunded=same(),
         rejected=same(), cancelled=same(), expired=same(),
+        paid_without_delivery=same(), delivered_unpaid=CONTRADICTORY,
     )),
     "payment-refunded": (REFUND_PAY, every(
         proposed=same(), agreed=same(),
         payment_locked=to("payment_refunded", changed("payment_locked", "payment_refunded")),
         delivery_locked=to("payment_refunded", changed("delivery_locked", "payment_refunded")),
-        delivered=to("payment_refunded", changed("delivered", "payment_refunded")),
+        delivered=same(),  # the buyer has the title: "delivered_unpaid" once T_pay has passed
         settled=CONTRADICTORY,
         delivery_refunded=to("payment_refunded",
                              changed("delivery_refunded", "payment_refunded")),
         payment_refunded=same(), rejected=same(), cancelled=same(), expired=same(),
+        paid_without_delivery=CONTRADICTORY, delivered_unpaid=same(),
     )),
     "payment-block-early": (PAY_EARLY, unchanged_everywhere()),
     "payment-block-claim-unsafe": (PAY_RISKY, unchanged_everywhere()),  # pending claim stays
@@ -413,10 +451,13 @@ def test_chain_input(phase: str, inp: Input, expected: Expected) -> None:
     if expected == CONTRADICTORY:
         assert isinstance(inp, ContractReceiveClaimed | ContractReceiveRefunded)
         after, out = step(state, inp)
-        assert out == [] and after.phase is state.phase
+        # The leg keeps its status and the trade is flagged; a preimage in the log is public
+        # all the same (a node cannot forge one), so it may still pay the seller.
+        claims = [e for e in out if isinstance(e, ContractSendPaymentClaim)]
+        assert out == claims and after.phase is state.phase
         assert (after.payment, after.delivery) == (state.payment, state.delivery)
         assert after.flags == (*state.flags, f"contradictory_exit:{inp.lock_id.hex()}")
-        assert after.pending == state.pending
+        assert after.pending == state.pending | {c.key for c in claims}
         return
     new_phase, effects = expected
     after, out = step(state, inp)
@@ -680,19 +721,26 @@ MISMATCHES = [
 
 
 @pytest.mark.parametrize(("lock", "reasons"), MISMATCHES)
-def test_mismatching_payment_lock_rejects_an_agreed_trade(lock, reasons) -> None:
+def test_mismatching_payment_lock_is_flagged_and_the_right_one_still_counts(lock, reasons) -> None:
+    """A lock off the terms is rejected and refunded at its timelock, but it does not end the
+    trade: the buyer's correct lock, made later, is the trade's payment (issue 10 §3: the first
+    lock used to make the trade `rejected` for good, and the correct one was never claimed)."""
     state, out = step(trade_in("agreed", managed_seller=True), pay_locked(PAY_AMOUNT_ID, lock))
-    assert state.phase is Phase.REJECTED
-    assert out == [changed("agreed", "rejected"), lock_rejected(PAYMENT, PAY_AMOUNT_ID, *reasons)]
+    assert state.phase is Phase.AGREED
+    assert out == [lock_rejected(PAYMENT, PAY_AMOUNT_ID, *reasons)]
     assert state.payment is None and [leg.lock_id for leg in state.rejected_payments] == [
         PAY_AMOUNT_ID]
+    right, out = step(state, PAY_OK)
+    assert right.phase is Phase.PAYMENT_LOCKED and right.payment.lock_id == PAY_ID
+    assert out == [changed("agreed", "payment_locked"), SEND_DLV_LOCK]
     # The buyer's rejected lock is refunded at its own timelock, whatever the phase.
     later, out = step(state, Block(PAYMENT, 9, max(lock.timelock, T0 + 1)))
-    assert out == [ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, lock)]
+    assert ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, lock) in out
     later, out = step(later, refunded(PAYMENT, PAY_AMOUNT_ID))
-    assert out == [] and later.pending == frozenset()
     assert later.rejected_payments[0].status is LegStatus.REFUNDED
-
+    assert not any(k.startswith("payment_refund") for k in later.pending)
+    # Without a right lock by T_pay the trade ends rejected.
+    assert run(state, PAY_AT).phase is Phase.REJECTED
 
 @pytest.mark.parametrize(("lock", "reasons"), MISMATCHES)
 def test_mismatching_payment_lock_seen_while_proposed_is_only_flagged(lock, reasons) -> None:
@@ -707,10 +755,10 @@ def test_mismatching_payment_lock_seen_while_proposed_is_only_flagged(lock, reas
     assert out == [changed("proposed", "payment_locked"), SEND_DLV_LOCK]
 
 
-def test_accepting_after_a_mismatching_lock_rejects_the_trade() -> None:
+def test_accepting_after_a_mismatching_lock_waits_for_the_right_one() -> None:
     state, out = step(run(propose(), PAY_AMOUNT), ACCEPT)
-    assert state.phase is Phase.REJECTED
-    assert out == [changed("proposed", "rejected")]
+    assert state.phase is Phase.AGREED
+    assert out == [changed("proposed", "agreed")]
 
 
 DELIVERY_MISMATCHES = [
@@ -720,7 +768,6 @@ DELIVERY_MISMATCHES = [
                         ("trade_id", sha256(b"trade 2")), ("hashlock", sha256(OTHER_SECRET)),
                         ("timelock", T_DELIVER + 1))
 ]
-
 
 @pytest.mark.parametrize(("field", "value"), DELIVERY_MISMATCHES)
 def test_mismatching_delivery_lock_is_flagged_not_matched(field: str, value: Any) -> None:
@@ -783,7 +830,8 @@ def test_claim_that_cannot_be_mined_before_t_pay_is_not_sent_and_warned_once() -
         state, out = step(state, again)
         assert out == []
     state, out = step(state, PAY_AT)  # the buyer's payment goes back to the buyer
-    assert out == [PAY_REFUND] and state.pending == {PAY_REFUND.key}
+    assert out == [changed("delivered", "delivered_unpaid"), PAY_REFUND]
+    assert state.pending == {PAY_REFUND.key}
 
 
 def test_claim_boundaries_follow_the_policy() -> None:
@@ -804,13 +852,15 @@ def test_claim_boundaries_follow_the_policy() -> None:
 
 def test_payment_is_refunded_after_t_pay_even_with_a_known_preimage() -> None:
     state, out = step(trade_in("delivered"), PAY_AFTER)
-    assert out == [PAY_REFUND, at_risk(T_PAY + 100, sent=False)]
+    assert out == [changed("delivered", "delivered_unpaid"), PAY_REFUND,
+                   at_risk(T_PAY + 100, sent=False)]
     assert f"at_risk:{PAY_CLAIM.key}" in state.flags
     assert state.pending == {PAY_REFUND.key} and state.preimage == SECRET
+    # The buyer has the title and will have its money back: never "payment_refunded", an
+    # alert phase.
+    assert state.phase is Phase.DELIVERED_UNPAID
     state, out = step(state, REFUND_PAY)
-    assert state.phase is Phase.PAYMENT_REFUNDED and out == [changed("delivered",
-                                                                     "payment_refunded")]
-
+    assert state.phase is Phase.DELIVERED_UNPAID and out == []
 
 def test_abandoned_payment_claim_is_always_reported() -> None:
     state = run(trade_in("delivery_locked"), PAY_AT)
@@ -822,13 +872,12 @@ def test_delivery_deadlines() -> None:
     state = trade_in("delivery_locked")
     for t, expected in ((T_DELIVER - 1, []), (T_DELIVER, [DLV_REFUND])):
         assert step(state, Block(BUSINESS, 5, t))[1] == expected
-    # Before T_deliver a public preimage claims the title for the buyer, and so the payment for
-    # the seller; at T_deliver the title goes back to the seller and the payment stays locked
-    # for the buyer: the preimage hands the seller nothing more.
+    # Before T_deliver a public preimage claims the title for the buyer, and the payment for
+    # the seller; at T_deliver the title goes back to the seller, but the secret is public:
+    # only the buyer chose it, so the seller is paid all the same.
     assert step(run(state, BIZ_BEFORE), REVEAL)[1] == [PAY_CLAIM, DLV_CLAIM]
     after, out = step(run(state, BIZ_AT), REVEAL)
-    assert out == [] and after.pending == {DLV_REFUND.key} and after.preimage == SECRET
-
+    assert out == [PAY_CLAIM] and after.pending == {DLV_REFUND.key, PAY_CLAIM.key}
 
 def test_preimage_revealed_makes_both_open_legs_claimable() -> None:
     state, out = step(trade_in("delivery_locked"), REVEAL)
@@ -845,36 +894,36 @@ def test_preimage_revealed_makes_both_open_legs_claimable() -> None:
 # --- the claims are tied --------------------------------------------------------------------
 
 
-def test_public_preimage_without_a_delivery_lock_claims_nothing_until_one_exists() -> None:
+def test_public_preimage_pays_the_seller_without_a_delivery_lock() -> None:
     state, out = step(trade_in("payment_locked"), REVEAL)
-    assert out == [] and state.preimage == SECRET and state.pending == frozenset()
-    # The seller's lock, once seen, gives the buyer the title; now the seller gets paid too.
+    assert out == [PAY_CLAIM] and state.preimage == SECRET
+    # The seller's lock, once seen, gives the buyer the title too.
     state, out = step(state, DLV_OK)
-    assert out == [changed("payment_locked", "delivery_locked"), PAY_CLAIM, DLV_CLAIM]
+    assert out == [changed("payment_locked", "delivery_locked"), DLV_CLAIM]
 
+def test_buyer_taking_a_delivery_off_the_terms_pays_the_seller() -> None:
+    """Issue 10 §3: the buyer claims a title from a delivery lock that does not match the terms
+    (another timelock, trade id, token...): its secret is public and the seller is paid."""
+    state, out = step(run(trade_in("payment_locked"), DLV_BAD), claimed(BUSINESS, DLV_BAD_ID))
+    assert out == [changed("payment_locked", "delivered"), PAY_CLAIM]
+    state, out = step(state, CLAIM_PAY)
+    assert state.phase is Phase.SETTLED and out == [changed("delivered", "settled")]
+    # A claim of a lock the gateway never saw locked: the secret is public all the same.
+    state, out = step(trade_in("payment_locked"), CLAIM_STRAY_BIZ)
+    assert out == [PAY_CLAIM] and state.phase is Phase.PAYMENT_LOCKED
 
-def test_claim_of_a_lock_that_is_not_the_trades_delivery_does_not_pay_the_seller() -> None:
-    for claim in (CLAIM_STRAY_BIZ, claimed(BUSINESS, DLV_BAD_ID)):
-        state, out = step(run(trade_in("payment_locked"), DLV_BAD), claim)
-        assert out == [] and state.preimage == SECRET and state.phase is Phase.PAYMENT_LOCKED
-
-
-def test_payment_claim_is_dropped_when_the_buyer_can_no_longer_get_the_title() -> None:
+def test_public_secret_still_pays_the_seller_after_the_title_went_back() -> None:
     state = run(trade_in("delivery_locked"), REVEAL)
     assert state.pending == {PAY_CLAIM.key, DLV_CLAIM.key}
     state, out = step(state, BIZ_AT)  # the title claim was not mined before T_deliver
-    assert out == [DLV_REFUND] and state.pending == {DLV_REFUND.key}
+    assert out == [DLV_REFUND] and state.pending == {DLV_REFUND.key, PAY_CLAIM.key}
     state, out = step(state, REFUND_DLV)
     assert out == [changed("delivery_locked", "delivery_refunded")]
-    assert state.pending == frozenset()
-    # Nothing is owed to the seller: no claim, no warning, the buyer's payment goes back.
-    for t in (T_PAY - LEAD, T_PAY - 1):
-        assert step(state, Block(PAYMENT, 20, t))[1] == []
-    state, out = step(state, PAY_AT)
-    assert out == [PAY_REFUND]
-    state, out = step(state, REFUND_PAY)
-    assert state.phase is Phase.PAYMENT_REFUNDED and not is_active(state)
-
+    state, out = step(state, CLAIM_PAY)
+    # The seller holds both: never "settled", an alert phase an operator acts on.
+    assert state.phase is Phase.PAID_WITHOUT_DELIVERY
+    assert out == [changed("delivery_refunded", "paid_without_delivery")]
+    assert not is_active(state)
 
 def test_title_claim_is_dropped_when_the_seller_can_no_longer_be_paid() -> None:
     state = run(trade_in("delivery_locked"), REVEAL)
@@ -906,25 +955,24 @@ def test_claimed_leg_keeps_the_other_claim_wanted_past_its_own_deadline() -> Non
     assert out == [] and state.pending == {PAY_CLAIM.key}
 
 
-def test_abandoned_claim_is_reported_once_the_buyer_can_get_the_title() -> None:
+def test_abandoned_claim_is_reported_once() -> None:
     state, out = step(run(trade_in("payment_locked"), PAY_LAST), REVEAL)
-    assert out == []  # no delivery lock: no claim is due, so none is abandoned
-    state, out = step(state, DLV_OK)
-    assert out == [changed("payment_locked", "delivery_locked"), DLV_CLAIM,
-                   at_risk(T_PAY - 1, sent=False)]
+    assert out == [at_risk(T_PAY - 1, sent=False)]
     assert f"at_risk:{PAY_CLAIM.key}" in state.flags
+    state, out = step(state, DLV_OK)
+    assert out == [changed("payment_locked", "delivery_locked"), DLV_CLAIM]
     state, out = step(state, PAY_AT)
-    assert out == [PAY_REFUND] and state.pending == {PAY_REFUND.key}
+    assert out == [PAY_REFUND] and state.pending == {PAY_REFUND.key, DLV_CLAIM.key} - {
+        DLV_CLAIM.key}
 
-
-def test_abandoned_claim_is_not_reported_when_the_seller_is_owed_nothing() -> None:
+def test_abandoned_claim_is_reported_whatever_became_of_the_title() -> None:
     for phase in ("payment_locked", "delivery_refunded"):
         state = run(trade_in(phase), PAY_LAST)
+        reports = []
         for inp in (REVEAL, PAY_AT):
             state, out = step(state, inp)
-            assert not any(isinstance(e, EventClaimAtRisk) for e in out), phase
-        assert not any(f.startswith("at_risk:") for f in state.flags)
-
+            reports += [e for e in out if isinstance(e, EventClaimAtRisk)]
+        assert reports == [at_risk(T_PAY - 1, sent=False)], phase
 
 # --- contradictory exits --------------------------------------------------------------------
 
@@ -952,11 +1000,10 @@ def test_contradictory_claim_with_a_wrong_preimage_teaches_nothing() -> None:
         assert state == replace(before, flags=(f"contradictory_exit:{lid.hex()}",))
 
 
-def test_contradictory_claim_does_not_pay_the_seller_for_a_refunded_delivery() -> None:
+def test_contradictory_claim_of_a_refunded_delivery_still_makes_the_secret_public() -> None:
     state, out = step(trade_in("delivery_refunded"), CLAIM_DLV)
-    assert out == [] and state.delivery.status is LegStatus.REFUNDED
-    assert not any(k.startswith("payment_claim") for k in state.pending)
-
+    assert out == [PAY_CLAIM] and state.delivery.status is LegStatus.REFUNDED
+    assert f"contradictory_exit:{DLV_ID.hex()}" in state.flags
 
 def test_contradictory_exit_of_a_rejected_payment_lock_is_ignored_and_flagged() -> None:
     state = run(trade_in("rejected"), PAY_AT, refunded(PAYMENT, PAY_BENEFICIARY_ID))
@@ -1013,8 +1060,7 @@ def test_managed_seller_locks_delivery_only_after_a_verified_payment_lock() -> N
 
 def test_managed_seller_does_not_lock_for_a_mismatching_payment() -> None:
     state, out = step(run(propose(managed_seller=True), ACCEPT), PAY_AMOUNT)
-    assert state.phase is Phase.REJECTED and not sends(out)
-
+    assert state.phase is Phase.AGREED and not sends(out)
 
 def test_managed_seller_waits_for_acceptance() -> None:
     state, out = step(propose(managed_seller=True), PAY_OK)
@@ -1085,11 +1131,8 @@ def test_fully_managed_trade_settles_by_executing_its_own_effects() -> None:
 @pytest.mark.parametrize(("inputs", "final"), [
     pytest.param((ACCEPT, DLV_OK, BIZ_AT, REFUND_DLV), "expired", id="agreed-delivery-refunded"),
     pytest.param((DLV_OK, BIZ_AT, REFUND_DLV), "expired", id="never-accepted-delivery-refunded"),
-    pytest.param((ACCEPT, PAY_OK, DLV_OK, BIZ_AT, REFUND_DLV, REVEAL, CLAIM_PAY), "settled",
-                 id="payment-claimed-delivery-refunded"),
-    pytest.param((ACCEPT, DLV_OK, CLAIM_DLV), "expired", id="delivered-without-payment"),
-    pytest.param((ACCEPT, PAY_OK, REVEAL, CLAIM_PAY), "settled",
-                 id="payment-claimed-without-delivery"),
+    pytest.param((ACCEPT, DLV_OK, CLAIM_DLV), "delivered_unpaid",
+                 id="delivered-without-payment"),
 ])
 def test_trade_whose_legs_all_exited_ends_final(inputs: tuple[Input, ...], final: str) -> None:
     state = run(propose(), *inputs)
@@ -1102,20 +1145,38 @@ def test_trade_whose_legs_all_exited_ends_final(inputs: tuple[Input, ...], final
     assert out == [EventPhaseChanged(TRADE_ID, before, Phase(final))]
 
 
-def test_delivery_lock_after_a_settlement_without_one_is_no_crash() -> None:
+@pytest.mark.parametrize("inputs", [
+    pytest.param((ACCEPT, PAY_OK, DLV_OK, BIZ_AT, REFUND_DLV, REVEAL, CLAIM_PAY),
+                 id="payment-claimed-delivery-refunded"),
+    pytest.param((ACCEPT, PAY_OK, REVEAL, CLAIM_PAY), id="payment-claimed-without-delivery"),
+])
+def test_payment_claimed_without_the_title_is_never_settled(inputs: tuple[Input, ...]) -> None:
+    """Issue 10 §1: the seller was paid and the buyer has no title (a seller who chose the
+    hashlock claims the buyer's payment itself): an alert phase, never `settled`."""
+    state = run(propose(), *inputs)
+    assert state.phase is Phase.PAID_WITHOUT_DELIVERY and not is_active(state)
+    assert run(state, PAY_AT).phase is Phase.PAID_WITHOUT_DELIVERY
+
+
+def test_delivery_lock_after_a_payment_without_one_is_claimed_for_the_buyer() -> None:
     state = run(propose(), ACCEPT, PAY_OK, REVEAL, CLAIM_PAY, PAY_AT)
-    assert state.phase is Phase.SETTLED and state.delivery is None
-    after, _ = step(state, DLV_OK)  # business chain at T0, far before T_deliver
+    assert state.phase is Phase.PAID_WITHOUT_DELIVERY and state.delivery is None
+    after, out = step(state, DLV_OK)  # business chain at T0, far before T_deliver
+    assert out == [DLV_CLAIM] and after.phase is Phase.PAID_WITHOUT_DELIVERY
+    after, out = step(after, CLAIM_DLV)
     assert after.phase is Phase.SETTLED
+    assert out == [changed("paid_without_delivery", "settled")]
 
 
 def test_trade_final_with_a_rejected_lock_still_open_stays_active_until_it_is_refunded() -> None:
     state = run(propose(), ACCEPT, DLV_OK, PAY_AMOUNT)
-    assert state.phase is Phase.REJECTED
+    assert state.phase is Phase.AGREED
     state = run(state, BIZ_AT, REFUND_DLV)
     assert is_active(state)  # the rejected lock is still open
     state, out = step(state, PAY_AT)
-    assert out == [ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)]
+    assert state.phase is Phase.REJECTED
+    assert out == [changed("delivery_refunded", "rejected"),
+                   ContractSendPaymentRefund(TRADE_ID, PAY_AMOUNT_ID, AMOUNT_LOCK)]
     state, out = step(state, refunded(PAYMENT, PAY_AMOUNT_ID))
     assert state.phase is Phase.REJECTED and not is_active(state)
 
@@ -1129,7 +1190,7 @@ PROPOSED_FACTS = [
     pytest.param((PAY_AMOUNT, PAY_FOREIGN, DLV_BAD, DLV_OK), "proposed", id="strays"),
     pytest.param((PAY_OK, DLV_OK, CLAIM_DLV), "delivered", id="delivery-claimed"),
     pytest.param((DLV_OK, CLAIM_DLV), "delivered", id="delivery-claimed-without-payment"),
-    pytest.param((PAY_OK, REVEAL, CLAIM_PAY), "delivered", id="payment-claimed"),
+    pytest.param((PAY_OK, REVEAL, CLAIM_PAY), "paid_without_delivery", id="payment-claimed"),
     pytest.param((PAY_OK, DLV_OK, CLAIM_PAY, CLAIM_DLV), "settled", id="both-claimed"),
     # The refund log of the first block at T_pay, handed over before that block itself.
     pytest.param((PAY_OK, REFUND_PAY), "payment_refunded", id="payment-refunded"),
@@ -1137,7 +1198,8 @@ PROPOSED_FACTS = [
     pytest.param((PAY_OK, DLV_OK, PAY_AT), "expired", id="deadline-with-locks"),
     pytest.param((DLV_OK, BIZ_AT, REFUND_DLV, PAY_AT), "expired",
                  id="deadline-delivery-refunded"),
-    pytest.param((PAY_OK, REVEAL, CLAIM_PAY, PAY_AT), "settled", id="deadline-payment-claimed"),
+    pytest.param((PAY_OK, REVEAL, CLAIM_PAY, PAY_AT), "paid_without_delivery",
+                 id="deadline-payment-claimed"),
 ]
 
 
@@ -1170,7 +1232,7 @@ ACCEPT_AFTER_FACTS = [
     pytest.param((DLV_OK, BIZ_AT, REFUND_DLV), "delivery_refunded", id="delivery-refunded"),
     pytest.param((PAY_OK, DLV_OK, BIZ_AT, REFUND_DLV), "delivery_refunded",
                  id="payment-locked-delivery-refunded"),
-    pytest.param((PAY_AMOUNT,), "rejected", id="mismatching-payment"),
+    pytest.param((PAY_AMOUNT,), "agreed", id="mismatching-payment"),
     pytest.param((PAY_FOREIGN, DLV_BAD), "agreed", id="strays"),
 ]
 
@@ -1348,12 +1410,15 @@ ALL_INPUTS = [
     ActionProposeTrade(TRADE_ID, TERMS, True, True), ActionProposeTrade(TRADE_ID, TERMS),
     ACCEPT, CANCEL, TAKE, PAY_OK, PAY_FOREIGN, DLV_OK, DLV_BAD, CLAIM_DLV, CLAIM_PAY,
     REFUND_DLV, REFUND_PAY, REVEAL, PAY_AT, BIZ_AT,
+    EffectRefused(TRADE_ID, "payment_lock", "buyer balance 1 < amount 1000"),
+    ChainDisagrees(TRADE_ID, PAYMENT, PAY_ID, "open", "none"),
 ]
 ALL_EFFECTS = [
     SEND_PAY_LOCK, SEND_DLV_LOCK, PAY_CLAIM, DLV_CLAIM, PAY_REFUND, DLV_REFUND,
     EventPhaseChanged(TRADE_ID, None, Phase.PROPOSED), changed("delivered", "settled"),
     lock_rejected(PAYMENT, PAY_ID, R_AMOUNT, R_BENEFICIARY), lock_rejected(BUSINESS, DLV_ID),
     at_risk(T_PAY - 1, sent=False), at_risk(T_PAY - LEAD, sent=True),
+    EventTradeFlagged(TRADE_ID, "payment_lock_failed", "buyer balance 1 < amount 1000"),
 ]
 
 

@@ -1,0 +1,54 @@
+"""Reading a title document (TitleDocument, ERC-721) on the business chain: who holds a token
+and which document hash it carries. Read at proposal, so a trade is never made for a title that
+does not exist, that its seller does not hold, or that is bound to another document."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.chain.client import ChainClient, RevertError, checksum
+from gateway.contracts import load_artifact
+
+__all__ = ["Title", "read_title", "title_problems"]
+
+UINT256_LIMIT = 2**256
+
+
+@dataclass(frozen=True)
+class Title:
+    token_id: int
+    owner: str  # checksummed; the DeliveryHTLC while the title is locked there
+    document_hash: bytes
+
+
+def read_title(client: ChainClient, registry: str, token_id: int) -> Title | None:
+    """The title `token_id` of the registry at `registry`, read at the latest block; None for a
+    token never issued. Other failures (node unreachable, no registry there) raise."""
+    if not 0 <= token_id < UINT256_LIMIT:
+        return None
+    titles = client.contract(registry, load_artifact("TitleDocument"))
+    try:
+        owner = client.call(titles, "ownerOf", token_id)
+        document_hash = client.call(titles, "documentHash", token_id)
+    except RevertError as exc:
+        if exc.name == "ERC721NonexistentToken":
+            return None
+        raise
+    return Title(token_id, checksum(owner), bytes(document_hash))
+
+
+def title_problems(client: ChainClient, registry: str, token_id: int, seller: str,
+                   document_hash: bytes) -> list[tuple[str, str]]:
+    """What is wrong with offering title `token_id` (bound to `document_hash`) for sale by
+    `seller`: (field, message) pairs, field "token_id" or "document_hash"; empty if nothing."""
+    title = read_title(client, registry, token_id)
+    if title is None:
+        return [("token_id", f"title #{token_id} does not exist (not issued by the title "
+                             f"registry {checksum(registry)})")]
+    if title.owner != checksum(seller):
+        return [("token_id", f"title #{token_id} is not held by the seller's business address "
+                             f"{checksum(seller)} (held by {title.owner})")]
+    if title.document_hash != document_hash:
+        return [("document_hash", f"title #{token_id} carries document hash "
+                                  f"0x{title.document_hash.hex()}, not 0x{document_hash.hex()}")]
+    return []
