@@ -48,6 +48,21 @@ _CLOSE_EFFECT = update(_OUTBOX).where(
 
 
 Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
+Clock = tuple[int, int]  # a trade's (payment_time, business_time) when an input was applied
+
+
+def _payload(inp: Input, clock: Clock | None) -> dict:
+    if isinstance(inp, ActionTakeDelivery):
+        inp = replace(inp, secret=None)
+    payload = encode(inp)
+    if clock is not None:
+        payload["_clock"] = list(clock)
+    return payload
+
+
+def _clock(payload: dict) -> Clock | None:
+    clock = payload.get("_clock")
+    return (int(clock[0]), int(clock[1])) if clock else None
 
 
 def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
@@ -222,27 +237,26 @@ class Repository:
         return {(r.tx_hash, r.log_index): r for r in rows}  # type: ignore[misc]
 
     def revive_input(self, row: InputRow, trade_id: bytes | None, inp: Input,
-                     ref: ChainRef) -> None:
+                     ref: ChainRef, clock: Clock | None = None) -> None:
         """A log orphaned by a reorg and mined again (same transaction, same log index): back
         in the log, at its new place."""
         row.orphaned, row.block_number = False, ref.block_number
-        row.payload, row.trade_id = encode(inp), trade_id.hex() if trade_id else None
+        row.payload, row.trade_id = _payload(inp, clock), trade_id.hex() if trade_id else None
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
-                     ) -> None:
-        self.record_inputs([(trade_id, inp, ref)])
+                     clock: Clock | None = None) -> None:
+        self.record_inputs([(trade_id, inp, ref, clock)])
 
-    def record_inputs(self, entries: Iterable[tuple[bytes | None, Input, ChainRef | None]],
-                      ) -> None:
-        """Append to the input log, in order, in one statement. A managed buyer's secret is
-        never logged: the trade's state holds it from take-delivery on, and a replay takes it
-        from there."""
+    def record_inputs(self, entries: Iterable[tuple[bytes | None, Input, ChainRef | None,
+                                                    Clock | None]]) -> None:
+        """Append to the input log, in order, in one statement. Each entry keeps the trade's
+        chain times when it was applied (`clock`), so a replay after a reorg decides at the
+        same times. A managed buyer's secret is never logged: the trade's state holds it from
+        take-delivery on, and a replay takes it from there."""
         rows = []
-        for trade_id, inp, ref in entries:
-            if isinstance(inp, ActionTakeDelivery):
-                inp = replace(inp, secret=None)
+        for trade_id, inp, ref, clock in entries:
             rows.append({"trade_id": trade_id.hex() if trade_id else None,
-                         "kind": type(inp).__name__, "payload": encode(inp),
+                         "kind": type(inp).__name__, "payload": _payload(inp, clock),
                          "chain_id": ref.chain_id if ref else None,
                          "block_number": ref.block_number if ref else None,
                          "tx_hash": ref.tx_hash.hex() if ref else None,
@@ -251,11 +265,13 @@ class Repository:
         if rows:
             self.session.execute(insert(_INPUTS), rows)
 
-    def inputs_for_trade(self, trade_id: bytes) -> list[Input]:
+    def inputs_for_trade(self, trade_id: bytes) -> list[tuple[Input, Clock | None]]:
+        """The trade's inputs still on chain (or actions), in order, each with the chain times
+        it was applied at (None: logged before those were kept)."""
         rows = self.session.scalars(select(InputRow).where(
             InputRow.trade_id == trade_id.hex(), InputRow.orphaned.is_(False)
         ).order_by(InputRow.id))
-        return [decode(Input, r.payload) for r in rows]
+        return [(decode(Input, r.payload), _clock(r.payload)) for r in rows]
 
     def orphan_inputs_after(self, chain_id: int, block_number: int) -> list[tuple[bytes, Input]]:
         """Mark chain inputs from blocks above `block_number` orphaned; returns them."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.db.repository import Repository, Wakes
+from gateway.db.repository import Clock, Repository, Wakes
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
     ALERT_PHASES,
@@ -163,7 +163,7 @@ class Dispatcher:
                                                                      Chain.BUSINESS)))
             effects.extend(more)
             repo.add_trade(state, wake_times(state, self.policy))
-            repo.record_input(state.trade_id, action)
+            repo.record_input(state.trade_id, action, clock=_clock_of(state))
             writes = _Writes(new_trades=frozenset({state.trade_id}))
             self._store_effects(writes, state, effects, None)
             writes.flush(repo)
@@ -188,7 +188,7 @@ class Dispatcher:
                                                                           Chain.BUSINESS)))
             new_state, effects = state_transition(state, action, self.policy)
             effects = early + effects
-            work.repo.record_input(trade_id, action)
+            work.repo.record_input(trade_id, action, clock=_clock_of(state))
             if new_state.terms.hashlock != state.terms.hashlock:
                 work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
             work.states[trade_id] = new_state
@@ -222,7 +222,7 @@ class Dispatcher:
                 work.add(state, wakes)
             index = _RoutingIndex(work.states.values())
             logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
-            new_inputs: list[tuple[bytes | None, Input, ChainRef]] = []
+            new_inputs: list[tuple[bytes | None, Input, ChainRef, Clock | None]] = []
             links: list[tuple[bytes, bytes]] = []
             for inp in batch.inputs:
                 row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
@@ -230,18 +230,21 @@ class Dispatcher:
                     continue  # applied before (a batch fetched again after a crash)
                 trade_id = index.route(batch.chain, inp) or self._route(work.repo, batch.chain,
                                                                         inp)
+                state = work.load(trade_id) if trade_id is not None else None
+                if state is not None:
+                    state, early = self._catch_up(state, clocks)
+                clock = _clock_of(state) if state is not None else None
                 if row is not None:
-                    work.repo.revive_input(row, trade_id, inp, inp.ref)
+                    work.repo.revive_input(row, trade_id, inp, inp.ref, clock)
                 else:
-                    new_inputs.append((trade_id, inp, inp.ref))
-                if trade_id is None or (state := work.load(trade_id)) is None:
+                    new_inputs.append((trade_id, inp, inp.ref, clock))
+                if trade_id is None or state is None:
                     log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
                              lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
                     continue
                 if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
                     links.append((inp.lock_id, trade_id))
                     index.add_lock(batch.chain, inp.lock_id, trade_id)
-                state, early = self._catch_up(state, clocks)
                 new_state, out = self._transition(state, inp)
                 work.states[trade_id] = new_state
                 effects.setdefault(trade_id, []).extend(early + out)
@@ -312,19 +315,31 @@ class Dispatcher:
                 e for e in out if isinstance(e, ContractSend) and e.key in state.pending)
             effects[trade_id].extend(e for e in out if not isinstance(e, ContractSend))
 
-    def _replay(self, inputs: list[Input], old: TradeState, revealed: list[bytes],
-                batch: ChainBatch) -> tuple[TradeState, list[Effect]]:
-        first, *rest = inputs
+    def _replay(self, inputs: list[tuple[Input, Clock | None]], old: TradeState,
+                revealed: list[bytes], batch: ChainBatch) -> tuple[TradeState, list[Effect]]:
+        """The trade rebuilt from the inputs still on chain, each applied at the chain times it
+        was first applied at (recorded with it), so time-dependent decisions (an accepted
+        cancel, an expiry) come out as they did; then every preimage ever seen (it was public)
+        and the chains' current times."""
+        (first, _), *rest = inputs
         assert isinstance(first, ActionProposeTrade)
         state, out = new_trade(first, self.policy)
-        for inp in rest:
+        for inp, clock in rest:
+            if clock is not None:
+                for chain, at in zip((Chain.PAYMENT, Chain.BUSINESS), clock, strict=True):
+                    state, more = state_transition(state, Block(chain, 0, at), self.policy)
+                    out.extend(more)
             if isinstance(inp, ActionTakeDelivery):
                 inp = replace(inp, secret=old.buyer_secret)  # logged without it
             try:
                 state, more = state_transition(state, inp, self.policy)
             except (InvalidTransition, ValueError):
-                continue  # an action that the orphaned facts had allowed
+                log.warning("replay_refused_action", trade="0x" + old.trade_id.hex(),
+                            action=type(inp).__name__)
+                continue  # an action that only the orphaned facts had allowed
             out.extend(more)
+        if old.preimage is not None:
+            revealed = [*revealed, old.preimage]
         for preimage in revealed:
             state, more = state_transition(state, PreimageRevealed(preimage), self.policy)
             out.extend(more)
@@ -419,6 +434,10 @@ def _alert(note: Effect) -> None:
         metrics.TRADE_ALERTS.labels(note.flag.partition(":")[0]).inc()
         log.critical("trade_flagged", trade="0x" + note.trade_id.hex(), flag=note.flag,
                      reason=note.reason)
+
+
+def _clock_of(state: TradeState) -> Clock:
+    return (state.payment_time, state.business_time)
 
 
 def _names(inputs: list[ContractReceive]) -> tuple[list[bytes], list[bytes]]:

@@ -1,0 +1,120 @@
+"""Reorg replay is faithful (issue 10 §3b): the dispatcher rebuilds a trade from its inputs
+still on chain at the chain times each was first applied at, and never forgets a preimage that
+was public. Driven with synthetic chain batches: what is tested is the dispatcher and its
+input log, not a chain."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from gateway.db.repository import Repository
+from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.policy import TimingPolicy
+from gateway.domain.trade import (
+    ActionAcceptTrade,
+    ActionCancelTrade,
+    ActionProposeTrade,
+    Block,
+    Chain,
+    ChainBatch,
+    ChainRef,
+    ContractReceiveClaimed,
+    ContractReceiveDeliveryLocked,
+    ContractReceivePaymentLocked,
+    Phase,
+    Terms,
+)
+from gateway.engine.build import open_database
+from gateway.engine.dispatcher import Dispatcher
+
+POLICY = TimingPolicy(payment_confirmations=0, business_confirmations=0, payment_block_time=1,
+                      business_block_time=1, reaction_budget=30, drift_allowance=0)
+PAY_ID, BIZ_ID = 71001, 71002
+T0 = 1_800_000_000
+BUYER, SELLER = "0x" + "b0" * 20, "0x" + "5e" * 20
+SECRET = b"\x07" * 32
+HASHLOCK = hashlib.sha256(SECRET).digest()
+TRADE_ID = hashlib.sha256(b"replay trade").digest()
+T_DELIVER, T_PAY = T0 + 600, T0 + 1200
+TERMS = Terms(BUYER, SELLER, BUYER, SELLER, 1000, 1, b"\x0d" * 32, HASHLOCK, T_DELIVER, T_PAY)
+
+
+@pytest.fixture
+def dispatcher(database_url):  # noqa: ANN201
+    engine, factory = open_database(database_url)
+    yield Dispatcher(factory, POLICY, chain_ids={Chain.PAYMENT: PAY_ID,
+                                                 Chain.BUSINESS: BIZ_ID})
+    engine.dispose()
+
+
+def batch(chain: Chain, number: int, at: int, *inputs, rewind_to: int | None = None,
+          ) -> ChainBatch:
+    chain_id = PAY_ID if chain is Chain.PAYMENT else BIZ_ID
+    return ChainBatch(chain, chain_id, list(inputs), Block(chain, number, at),
+                      hashlib.sha256(f"{chain}{number}{at}".encode()).digest(),
+                      rewind_to=rewind_to)
+
+
+def ref(chain: Chain, number: int, index: int = 0) -> ChainRef:
+    chain_id = PAY_ID if chain is Chain.PAYMENT else BIZ_ID
+    return ChainRef(chain_id, number, hashlib.sha256(f"{chain}{number}{index}".encode())
+                    .digest(), index)
+
+
+def state(dispatcher: Dispatcher):  # noqa: ANN201
+    with dispatcher.session_factory() as session:
+        return Repository(session).get_trade(TRADE_ID)
+
+
+DLV_LOCK = DeliveryLock(SELLER, BUYER, 1, b"\x0d" * 32, TRADE_ID, HASHLOCK, T_DELIVER)
+PAY_LOCK = PaymentLock(BUYER, SELLER, 1000, HASHLOCK, T_PAY)
+
+
+def test_a_cancel_accepted_late_stays_accepted_on_replay(dispatcher: Dispatcher) -> None:
+    """A managed buyer's trade accepted too late for its payment lock (nothing owed, so the
+    cancel is accepted). Replayed with the clocks at 0 (before), accepting asked for the lock,
+    the cancel was refused, and the trade went back to `agreed`."""
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 1, T0))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 1, T0))
+    dispatcher.propose(ActionProposeTrade(TRADE_ID, TERMS, managed_buyer=True))
+    late = T_DELIVER - POLICY.claim_lead_time  # a lock made now leaves no claim window
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 2, late))
+    accepted = dispatcher.apply_action(ActionAcceptTrade(TRADE_ID))
+    assert accepted.phase is Phase.AGREED and not accepted.pending
+    assert dispatcher.apply_action(ActionCancelTrade(TRADE_ID)).phase is Phase.CANCELLED
+    # A delivery lock of the trade's hashlock in business block 5, then a reorg to block 4.
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 5, T0 + 50, ContractReceiveDeliveryLocked(
+        b"\x01" * 32, DLV_LOCK, ref(Chain.BUSINESS, 5))))
+    assert state(dispatcher).delivery is not None
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 4, T0 + 40, rewind_to=4))
+    after = state(dispatcher)
+    assert after.delivery is None
+    assert after.phase is Phase.CANCELLED and not after.pending
+
+
+def test_a_preimage_survives_two_reorgs(dispatcher: Dispatcher) -> None:
+    """The buyer's claim is dropped by one reorg, the secret is kept (it was public); a second
+    reorg on the same chain used to replay without it."""
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 1, T0))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 1, T0))
+    dispatcher.propose(ActionProposeTrade(TRADE_ID, TERMS))
+    dispatcher.apply_action(ActionAcceptTrade(TRADE_ID))
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 2, T0 + 10, ContractReceivePaymentLocked(
+        b"\x02" * 32, PAY_LOCK, ref(Chain.PAYMENT, 2))))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 3, T0 + 30, ContractReceiveDeliveryLocked(
+        b"\x01" * 32, DLV_LOCK, ref(Chain.BUSINESS, 3))))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 6, T0 + 60, ContractReceiveClaimed(
+        Chain.BUSINESS, b"\x01" * 32, SECRET, ref(Chain.BUSINESS, 6))))
+    assert state(dispatcher).phase is Phase.DELIVERED
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 5, T0 + 50, rewind_to=5))  # claim gone
+    first = state(dispatcher)
+    assert first.preimage == SECRET and first.phase is Phase.DELIVERY_LOCKED
+    assert {k.split(":")[0] for k in first.pending} == {"payment_claim", "delivery_claim"}
+    # A second reorg, below the delivery lock this time: the secret is still known.
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 2, T0 + 20, rewind_to=2))
+    second = state(dispatcher)
+    assert second.delivery is None and second.preimage == SECRET
+    # A public secret pays the seller: the payment claim is still asked for.
+    assert any(k.startswith("payment_claim:") for k in second.pending)
