@@ -8,6 +8,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -541,7 +542,9 @@ def _devnet_gateway(settings: Settings):  # noqa: ANN202
         database_url=settings.database_url, payment=devnet.payment.client,
         business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
         delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
-        policy=settings.timing_policy(), payment_confirmations=0, business_confirmations=0)
+        # In-process chains never reorganise: what the poller sees is final.
+        policy=replace(settings.timing_policy(), payment_finality=None, business_finality=None),
+        payment_confirmations=0, business_confirmations=0)
 
 
 def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
@@ -624,7 +627,9 @@ def _rpc_gateway(settings: Settings):  # noqa: ANN202
         start_blocks=(settings.payment_start_block, settings.business_start_block),
         max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder),
         send_policy=SendPolicy(settings.tx_replace_after, settings.fee_bump_percent),
-        max_reorg_depth=settings.max_reorg_depth, stall_after=settings.stall_alert_after)
+        max_reorg_depth=settings.max_reorg_depth, stall_after=settings.stall_alert_after,
+        reconcile_every=settings.reconcile_every,
+        finality=(settings.finality_rule("payment"), settings.finality_rule("business")))
     return gateway
 
 

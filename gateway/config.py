@@ -5,11 +5,15 @@ Nothing is built at import time; callers construct `Settings()` when they start.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.chain.devnet import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
 from gateway.domain.policy import TimingPolicy
+
+FinalityRule = Annotated[int, Field(ge=0, le=10_000)] | Literal["finalized", "safe"]
 
 
 class Settings(BaseSettings):
@@ -45,8 +49,15 @@ class Settings(BaseSettings):
     priority_fee_per_gas: int | None = Field(None, ge=0)  # None: the node's suggestion
     fee_bump_percent: int = Field(12, ge=10, le=1000)  # replacement at the same nonce
     tx_replace_after: float = Field(60.0, ge=0)  # seconds unmined before a fee bump
-    # A fork deeper than this many blocks below the processed cursor halts that chain.
-    max_reorg_depth: int = Field(64, ge=1, le=10_000)
+    # A fork deeper than this many blocks below the processed cursor halts that chain (0:
+    # any fork halts: a development node that never reorganises).
+    max_reorg_depth: int = Field(64, ge=0, le=10_000)
+    # Each chain's finality rule (trust rule 2): a depth in blocks below the head, or the
+    # node's `finalized` / `safe` block tag. None: DVP_MAX_REORG_DEPTH blocks (at least the
+    # confirmations). A depth shallower than DVP_MAX_REORG_DEPTH is refused: a lock "final" by
+    # it could be undone by a reorg the gateway says it handles.
+    payment_finality: FinalityRule | None = None
+    business_finality: FinalityRule | None = None
     stall_alert_after: float = Field(300.0, gt=0)  # head older than this: chain_stalled alert
     # Relayer steps between two checks of open trades' legs against the contracts; 0: never.
     reconcile_every: int = Field(10, ge=0, le=1_000_000)
@@ -74,8 +85,37 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _finality_covers_the_reorg_depth(self) -> Settings:
+        for chain in ("payment", "business"):
+            finality = getattr(self, f"{chain}_finality")
+            confirmations = getattr(self, f"{chain}_confirmations")
+            if isinstance(finality, int) and finality < max(confirmations,
+                                                              self.max_reorg_depth):
+                raise ValueError(
+                    f"DVP_{chain.upper()}_FINALITY ({finality} blocks) is shallower than "
+                    f"DVP_MAX_REORG_DEPTH ({self.max_reorg_depth}) or "
+                    f"DVP_{chain.upper()}_CONFIRMATIONS ({confirmations}): a lock final by "
+                    "that rule could still be undone by a reorg the gateway handles")
+        return self
+
+    def finality_depth(self, chain: str) -> int:
+        """Blocks below the head at which `chain` is final, for the timing policy (with a node
+        tag: the reorg depth the operator declares for it)."""
+        finality = getattr(self, f"{chain}_finality")
+        confirmations = getattr(self, f"{chain}_confirmations")
+        return finality if isinstance(finality, int) else max(confirmations,
+                                                               self.max_reorg_depth)
+
+    def finality_rule(self, chain: str) -> int | str:
+        """What the poller reads finality by: a depth, or the node's block tag."""
+        finality = getattr(self, f"{chain}_finality")
+        return finality if isinstance(finality, str) else self.finality_depth(chain)
+
     def timing_policy(self) -> TimingPolicy:
         return TimingPolicy(
+            payment_finality=self.finality_depth("payment"),
+            business_finality=self.finality_depth("business"),
             payment_confirmations=self.payment_confirmations,
             business_confirmations=self.business_confirmations,
             payment_block_time=self.payment_block_time,

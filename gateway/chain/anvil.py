@@ -381,10 +381,14 @@ def devnet_env(devnet, relayer_key: bytes, block_time: float | None) -> list[str
         f"DVP_DELIVERY_HTLC={devnet.info.business.htlc}",
         f"DVP_RELAYER_KEY=0x{relayer_key.hex()}",
     ]
+    # A development node reorganises only when asked to: finality is the confirmation depth,
+    # and a deeper fork halts (production keeps DVP_MAX_REORG_DEPTH's default, 64).
     if block_time:
         seconds = max(1, round(block_time))
-        lines += [f"DVP_PAYMENT_BLOCK_TIME={seconds}", f"DVP_BUSINESS_BLOCK_TIME={seconds}"]
+        lines += [f"DVP_PAYMENT_BLOCK_TIME={seconds}", f"DVP_BUSINESS_BLOCK_TIME={seconds}",
+                  "DVP_MAX_REORG_DEPTH=2"]
     else:  # automine: a block per transaction, so no block ever confirms another
         lines += ["DVP_PAYMENT_CONFIRMATIONS=0", "DVP_BUSINESS_CONFIRMATIONS=0",
-                  "DVP_PAYMENT_BLOCK_TIME=1", "DVP_BUSINESS_BLOCK_TIME=1"]
+                  "DVP_PAYMENT_BLOCK_TIME=1", "DVP_BUSINESS_BLOCK_TIME=1",
+                  "DVP_MAX_REORG_DEPTH=0"]
     return lines

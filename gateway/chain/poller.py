@@ -90,8 +90,12 @@ def to_input(chain: Chain, log: Log, chain_id: int, block_number: int,
 class ChainPoller:
     def __init__(self, chain: Chain, client: ChainClient, htlc_address: str, *,
                  confirmations: int = 0, batch_blocks: int = 2_000, start_block: int = 0,
-                 max_reorg_depth: int | None = None, stall_after: float | None = None) -> None:
+                 max_reorg_depth: int | None = None, stall_after: float | None = None,
+                 finality: int | str | None = None) -> None:
         self.chain = chain
+        # The chain's finality rule: a depth below the head, or the node's block tag
+        # ("finalized", "safe"); None: what the poller hands over (confirmations) is final.
+        self.finality = finality
         self.client = client
         self.htlc_address = to_checksum_address(htlc_address)
         self.confirmations = confirmations
@@ -148,7 +152,8 @@ class ChainPoller:
 
     def next_batch(self, cursor: Cursor | None,
                    recent: list[tuple[int, bytes]]) -> ChainBatch | None:
-        target = self._watch_head() - self.confirmations
+        head = self._watch_head()
+        target = head - self.confirmations
         rewind_to = None
         if cursor is None:
             start = self.start_block
@@ -169,9 +174,21 @@ class ChainPoller:
         checkpoints = self._checkpoints(start, end)
         block = self.client.w3.eth.get_block(end)
         return ChainBatch(chain=self.chain, chain_id=self.client.chain_id, inputs=inputs,
-                          block=Block(self.chain, end, block["timestamp"]),
+                          block=Block(self.chain, end, block["timestamp"],
+                                      finalized=self._finalized(head, end)),
                           block_hash=bytes(block["hash"]), rewind_to=rewind_to,
                           checkpoints=checkpoints)
+
+    def _finalized(self, head: int, end: int) -> int | None:
+        """The highest block of this batch that is final by the chain's rule (None: all)."""
+        if self.finality is None or (isinstance(self.finality, int)
+                                     and self.finality <= self.confirmations):
+            return None
+        if isinstance(self.finality, int):
+            final = head - self.finality
+        else:
+            final = self.client.w3.eth.get_block(self.finality)["number"]
+        return max(0, min(final, end))
 
     def _checkpoints(self, start: int, end: int) -> tuple[tuple[int, bytes], ...]:
         """(number, hash) of every other block below `end` in the batch's last

@@ -125,6 +125,7 @@ class PaymentLeg:
     lock_id: bytes
     lock: PaymentLock
     status: LegStatus = LegStatus.OPEN
+    block_number: int = 0  # where the lock was mined: final once the chain is final there
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class TradeState:
     buyer_secret: bytes | None = None  # a managed buyer's secret, from take-delivery on
     payment_time: int = 0  # latest payment-chain block timestamp seen
     business_time: int = 0
+    payment_finalized: int = 0  # highest payment block final by the chain's finality rule
     pending: frozenset[str] = frozenset()  # keys of ContractSend* emitted, result not yet seen
     flags: tuple[str, ...] = ()
 
@@ -173,6 +175,13 @@ def wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | N
     every block."""
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and s.delivery is None:
         return 0, 0
+    if s.payment is not None and s.payment.status is LegStatus.OPEN and \
+            not payment_lock_final(s, policy):
+        return 0, _wake_times(s, policy)[1]  # every payment block may make it final
+    return _wake_times(s, policy)
+
+
+def _wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | None]:
     t, lead, delivery_lead = s.terms, policy.claim_lead_time, policy.delivery_claim_lead_time
     payment = [t.t_pay, t.t_deliver - lead]
     business = [t.t_deliver - delivery_lead]
@@ -279,9 +288,14 @@ class ContractReceiveRefunded:
 
 @dataclass(frozen=True)
 class Block:
+    """Time passing on a chain, and how far it is final: `finalized` is the highest block
+    number final by the chain's finality rule (confirmations or the node's `finalized` tag);
+    None: this block itself is (observation is finality); 0: no news of finality."""
+
     chain: Chain
     number: int
     timestamp: int
+    finalized: int | None = None
 
 
 @dataclass(frozen=True)
@@ -542,12 +556,14 @@ def state_transition(state: TradeState, inp: Input,
             if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
                 step.state = replace(state, preimage=inp.preimage)
         case Block(chain=Chain.PAYMENT):
-            if inp.timestamp > state.payment_time:
-                step.state = replace(state, payment_time=inp.timestamp)
+            finalized = inp.number if inp.finalized is None else inp.finalized
+            if inp.timestamp > state.payment_time or finalized > state.payment_finalized:
+                step.state = replace(state, payment_time=max(inp.timestamp, state.payment_time),
+                                     payment_finalized=max(finalized, state.payment_finalized))
         case Block(chain=Chain.BUSINESS):
             if inp.timestamp > state.business_time:
                 step.state = replace(state, business_time=inp.timestamp)
-    _advance_phase(step)
+    _advance_phase(step, policy)
     effects = _reconcile(step, policy)
     if step.state.phase is not state.phase:
         step.events.insert(0, EventPhaseChanged(state.trade_id, state.phase, step.state.phase))
@@ -594,6 +610,7 @@ def _seller_is_safe_to_deliver(s: TradeState, policy: TimingPolicy) -> bool:
     time before T_pay (both clocks assumed to run at the same pace from here)."""
     pay, t = s.payment, s.terms
     return pay is not None and pay.status is LegStatus.OPEN and \
+        payment_lock_final(s, policy) and \
         policy.delivery_claim_is_safe(s.business_time, t.t_deliver) and \
         (t.t_pay - s.payment_time) - (t.t_deliver - s.business_time) >= \
         policy.claim_lead_time and policy.claim_is_safe(s.payment_time, pay.lock.timelock)
@@ -643,7 +660,7 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
         step.state = replace(s, flags=_add(s.flags, f"foreign_payment_lock:{e.lock_id.hex()}"))
         return
     problems = payment_lock_problems(e.lock, s.terms, policy)
-    leg = PaymentLeg(e.lock_id, e.lock)
+    leg = PaymentLeg(e.lock_id, e.lock, block_number=e.ref.block_number)
     if problems or s.payment is not None or s.phase in FINAL_PHASES:
         reasons = tuple(problems) or (f"trade is {s.phase}"
                                       if s.payment is None else "a payment lock exists",)
@@ -776,7 +793,7 @@ def _exchange_phase(s: TradeState) -> Phase | None:
     return None
 
 
-def _phase_for(s: TradeState) -> Phase:
+def _phase_for(s: TradeState, policy: TimingPolicy) -> Phase:
     """The phase the facts put the trade in (only ever called to move forward)."""
     exchange = _exchange_phase(s)
     if exchange is not None and (s.phase not in FINAL_PHASES or (
@@ -794,7 +811,7 @@ def _phase_for(s: TradeState) -> Phase:
         if pay is LegStatus.REFUNDED:
             return Phase.PAYMENT_REFUNDED
         return Phase.EXPIRED if s.payment_time >= s.terms.t_pay else s.phase
-    facts = _facts_phase(pay, dlv)
+    facts = _facts_phase(pay, dlv, payment_lock_final(s, policy))
     nothing_open = pay is not LegStatus.OPEN and dlv is not LegStatus.OPEN
     if nothing_open and s.payment_time >= s.terms.t_pay and facts is Phase.DELIVERY_REFUNDED:
         # Every lock has exited and no payment lock can be made any more: the trade is over.
@@ -807,21 +824,31 @@ def _phase_for(s: TradeState) -> Phase:
     return s.phase
 
 
-def _facts_phase(pay: LegStatus | None, dlv: LegStatus | None) -> Phase | None:
-    """The phase the two legs' on-chain status imply when neither was claimed, if any."""
+def payment_lock_final(s: TradeState, policy: TimingPolicy) -> bool:
+    """The payment lock is final by the payment chain's finality rule: no reorg the gateway
+    handles can undo it (trust rule 2: deliver only against a final lock). Where the rule is
+    the poller's own confirmation depth, every lock it hands over is final."""
+    return s.payment is not None and (not policy.waits_for_payment_finality or
+                                      s.payment.block_number <= s.payment_finalized)
+
+
+def _facts_phase(pay: LegStatus | None, dlv: LegStatus | None,
+                 final: bool = True) -> Phase | None:
+    """The phase the two legs' on-chain status imply when neither was claimed, if any. A
+    payment lock not yet final is not reported as verified (`payment_locked`)."""
     if pay is LegStatus.REFUNDED:
         return Phase.PAYMENT_REFUNDED
     if dlv is LegStatus.REFUNDED:
         return Phase.DELIVERY_REFUNDED
     if pay is LegStatus.OPEN and dlv is LegStatus.OPEN:
         return Phase.DELIVERY_LOCKED
-    if pay is LegStatus.OPEN:
+    if pay is LegStatus.OPEN and final:
         return Phase.PAYMENT_LOCKED
     return None
 
 
-def _advance_phase(step: _Step) -> None:
-    new = _phase_for(step.state)
+def _advance_phase(step: _Step, policy: TimingPolicy) -> None:
+    new = _phase_for(step.state, policy)
     if new is not step.state.phase:
         step.state = replace(step.state, phase=new)
 

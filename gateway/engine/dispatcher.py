@@ -25,6 +25,7 @@ from gateway.domain.trade import (
     Block,
     Chain,
     ChainBatch,
+    ChainDisagrees,
     ChainRef,
     ContractReceive,
     ContractReceiveClaimed,
@@ -131,7 +132,7 @@ class Dispatcher:
     def _clocks(self, repo: Repository, chains: tuple[Chain, ...]) -> list[Block]:
         """Each chain's time as of the relayer's last applied block (its cursor)."""
         ids = {self.chain_ids[c]: c for c in chains if c in self.chain_ids}
-        return [Block(ids[row.chain_id], row.block_number, row.block_timestamp)
+        return [Block(ids[row.chain_id], row.block_number, row.block_timestamp, finalized=0)
                 for row in repo.cursors(list(ids))] if ids else []
 
     def _catch_up(self, state: TradeState, clocks: list[Block]) -> tuple[TradeState,
@@ -308,6 +309,12 @@ class Dispatcher:
             revealed = [i.preimage for t, i in orphaned
                         if t == trade_id and isinstance(i, ContractReceiveClaimed)]
             state, out = self._replay(work.repo.inputs_for_trade(trade_id), old, revealed, batch)
+            for lost in _acted_on_and_lost(old, state):
+                # Trust rule 8: the chain took back a lock the gateway had acted on (reported
+                # it verified, delivered against it): a critical alert on the trade.
+                state, more = self._transition(state, lost)
+                out.extend(more)
+                work.repo.record_input(trade_id, lost, clock=_clock_of(state))
             work.states[trade_id] = state
             # Every effect the replayed facts call for is enqueued again: rows already pending
             # stay as they are, rows whose result the reorg undid start afresh.
@@ -324,6 +331,9 @@ class Dispatcher:
         (first, _), *rest = inputs
         assert isinstance(first, ActionProposeTrade)
         state, out = new_trade(first, self.policy)
+        # Finality does not go back: a reorg below a final block halts the chain instead.
+        state, _ = state_transition(state, Block(Chain.PAYMENT, 0, 0,
+                                                 finalized=old.payment_finalized), self.policy)
         for inp, clock in rest:
             if clock is not None:
                 for chain, at in zip((Chain.PAYMENT, Chain.BUSINESS), clock, strict=True):
@@ -434,6 +444,22 @@ def _alert(note: Effect) -> None:
         metrics.TRADE_ALERTS.labels(note.flag.partition(":")[0]).inc()
         log.critical("trade_flagged", trade="0x" + note.trade_id.hex(), flag=note.flag,
                      reason=note.reason)
+
+
+def _acted_on_and_lost(old: TradeState, new: TradeState) -> list[ChainDisagrees]:
+    """Legs a reorg removed after the trade had moved on from them: a payment lock reported
+    verified (or delivered against), a delivery lock the buyer was told to take."""
+    lost = []
+    acted = {Chain.PAYMENT: old.phase not in (Phase.PROPOSED, Phase.AGREED),
+             Chain.BUSINESS: old.phase not in (Phase.PROPOSED, Phase.AGREED,
+                                               Phase.PAYMENT_LOCKED)}
+    for chain, before, after in ((Chain.PAYMENT, old.payment, new.payment),
+                                 (Chain.BUSINESS, old.delivery, new.delivery)):
+        if before is not None and acted[chain] and (after is None
+                                                    or after.lock_id != before.lock_id):
+            lost.append(ChainDisagrees(old.trade_id, chain, before.lock_id,
+                                       before.status.value, "removed by a reorg"))
+    return lost
 
 
 def _clock_of(state: TradeState) -> Clock:

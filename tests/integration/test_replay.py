@@ -118,3 +118,32 @@ def test_a_preimage_survives_two_reorgs(dispatcher: Dispatcher) -> None:
     assert second.delivery is None and second.preimage == SECRET
     # A public secret pays the seller: the payment claim is still asked for.
     assert any(k.startswith("payment_claim:") for k in second.pending)
+
+
+def test_a_reorg_taking_back_a_lock_reported_verified_is_a_critical_alert(
+        dispatcher: Dispatcher) -> None:
+    """Issue 10 §2: a reorg that removes a lock the gateway already acted on raises a critical
+    alert naming the trade, and the trade shows it (and keeps showing it after later
+    replays)."""
+    from structlog.testing import capture_logs
+
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 1, T0))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 1, T0))
+    dispatcher.propose(ActionProposeTrade(TRADE_ID, TERMS))
+    dispatcher.apply_action(ActionAcceptTrade(TRADE_ID))
+    lock_id = b"\x02" * 32
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 3, T0 + 30, ContractReceivePaymentLocked(
+        lock_id, PAY_LOCK, ref(Chain.PAYMENT, 3))))
+    assert state(dispatcher).phase is Phase.PAYMENT_LOCKED  # reported verified to the seller
+    with capture_logs() as logs:
+        dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 2, T0 + 20, rewind_to=2))
+    after = state(dispatcher)
+    assert after.payment is None and after.phase is Phase.AGREED
+    assert f"chain_disagrees:{lock_id.hex()}" in after.flags
+    alerts = [e for e in logs if e["event"] == "trade_flagged"]
+    assert alerts and alerts[0]["log_level"] == "critical"
+    assert alerts[0]["trade"] == "0x" + TRADE_ID.hex()
+    # A later reorg replays the alert too: it is in the input log.
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 5, T0 + 50))
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 4, T0 + 40, rewind_to=2))
+    assert f"chain_disagrees:{lock_id.hex()}" in state(dispatcher).flags

@@ -69,6 +69,7 @@ from gateway.domain.trade import (
     new_trade,
     state_transition,
     terms_problems,
+    wake_times,
 )
 
 PAYMENT, BUSINESS = Chain.PAYMENT, Chain.BUSINESS
@@ -1468,3 +1469,34 @@ def test_deadline_without_progress_names_the_deadline_at_stake() -> None:
     assert deadline_without_progress(late, horizon) == "payment"
     settled = run(delivered, CLAIM_PAY)
     assert deadline_without_progress(replace(settled, payment_time=T_PAY - 1), horizon) is None
+
+
+# --- finality (trust rule 2) ------------------------------------------------------------------
+
+FINAL_POLICY = replace(POLICY, payment_finality=POLICY.payment_confirmations + 5)
+
+
+def test_a_managed_seller_delivers_only_against_a_final_payment_lock() -> None:
+    """Issue 10 §2: the title was locked once the payment lock was `confirmations` deep; a
+    deeper reorg then removed the payment lock and the buyer took the title for free."""
+    state = run(propose(managed_seller=True), ACCEPT)
+    state, out = step(state, PAY_OK, FINAL_POLICY)  # mined in payment block 101
+    assert state.phase is Phase.AGREED and state.payment is not None and out == []
+    assert wake_times(state, FINAL_POLICY)[0] == 0  # every payment block may make it final
+    state, out = step(state, Block(PAYMENT, 105, T0 + 5, finalized=100), FINAL_POLICY)
+    assert state.phase is Phase.AGREED and out == []
+    state, out = step(state, Block(PAYMENT, 106, T0 + 6, finalized=101), FINAL_POLICY)
+    assert state.phase is Phase.PAYMENT_LOCKED
+    assert out == [changed("agreed", "payment_locked"), SEND_DLV_LOCK]
+    # A clock brought from a cursor says nothing of finality (finalized=0): nothing moves back.
+    again, out = step(state, Block(PAYMENT, 107, T0 + 7, finalized=0), FINAL_POLICY)
+    assert again.payment_finalized == 101 and out == []
+
+
+def test_finality_deeper_than_the_confirmations_widens_the_margin() -> None:
+    deep = replace(POLICY, payment_finality=POLICY.payment_confirmations + 10)
+    assert deep.required_margin == POLICY.required_margin + 10 * POLICY.payment_block_time
+    assert deep.claim_lead_time == POLICY.claim_lead_time + 10 * POLICY.payment_block_time
+    shallow = replace(POLICY, payment_finality=0)  # never below the confirmations
+    assert shallow.required_margin == POLICY.required_margin
+    assert not shallow.waits_for_payment_finality and deep.waits_for_payment_finality
