@@ -467,12 +467,25 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes):  # noqa:
         return Instructions(step="lock_delivery", transactions=txs,
                             note="the payment lock was verified against the terms on chain")
     if role == "buyer" and phase == "delivery_locked" and state.delivery is not None:
+        # A claim that reverts still publishes the secret in its calldata: never hand one out
+        # that cannot be mined before T_deliver, judged by the node's latest block.
+        timelock, now = state.delivery.lock.timelock, ctx.business.now()
+        if now + 1 >= timelock:
+            return Instructions(step="wait", transactions=[], note=(
+                f"too late to take delivery: the next business block cannot be before "
+                f"T_deliver {timelock} (chain time {now}); a claim now would revert and still "
+                "publish your secret. Do not send it: the title and your payment go back."))
+        warning = "" if ctx.policy.delivery_claim_is_safe(now, timelock) else (
+            f"WARNING: chain time {now} is within {ctx.policy.delivery_claim_lead_time} s of "
+            f"T_deliver {timelock}: the claim may not be mined and final in time, and a claim "
+            "that reverts still publishes your secret. ")
         htlc = biz.contract(ctx.business.htlc, load_artifact("DeliveryHTLC"))
         data = htlc.encode_abi("claim", [state.delivery.lock.as_tuple(), bytes(32)])
         return Instructions(step="take_delivery", transactions=[tx(
             "business", htlc.address, data, "take delivery: claim the title with your secret")],
-            note="the last 32 bytes of data are a placeholder: put your 32-byte secret there "
-                 "before signing; the gateway then claims the payment for the seller")
+            note=warning + "the last 32 bytes of data are a placeholder: put your 32-byte "
+                 "secret there before signing; the gateway then claims the payment for the "
+                 "seller")
     waiting = {"proposed": "the counterparty has to accept the proposal"}
     return Instructions(step="wait", transactions=[],
                         note=waiting.get(phase, f"nothing for you to sign in phase {phase}; "

@@ -10,13 +10,16 @@ fee and a priority fee (or uses the configured one) and offers `2 x base + prior
 than the configured cap. `bumped()` raises both fields by at least the bump percentage (>= 10%,
 what geth requires of a replacement at the same nonce), and at least to the current suggestion;
 it answers None when the cap leaves no room, so a caller never loops on a replacement the node
-must refuse. `classify_send_error()` names a node's refusal (already known, nonce too low,
-underpriced, unavailable) for eth-tester's and JSON-RPC nodes' wording alike.
+must refuse. `toward_cap()` prices a claim near its deadline: a given fraction of the way from
+the suggestion up to the cap (the cap itself on both fields at the end).
+`classify_send_error()` names a node's refusal (already known, nonce too low, underpriced,
+unavailable) for eth-tester's and JSON-RPC nodes' wording alike.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -266,6 +269,24 @@ class ChainClient:
                                     now.max_priority_fee_per_gas))
         fees = Fees(max_fee, priority)
         return fees if fees.at_least(MIN_BUMP_PERCENT, previous) else None
+
+    def head(self) -> tuple[int, int]:
+        """The latest block's timestamp and base fee (chain time and price, per the node)."""
+        block = self.w3.eth.get_block("latest")
+        return int(block["timestamp"]), int(block.get("baseFeePerGas", 0) or 0)
+
+    def toward_cap(self, fraction: float, percent: int = 12) -> Fees:
+        """Fees `fraction` (0 to 1) of the way from the current suggestion up to the cap, on
+        both fields: a claim running out of time. Once less than `percent` below the cap (no
+        replacement could fit in between), and at 1, the cap itself on both fields."""
+        now = self.suggest_fees()
+        f = min(max(fraction, 0.0), 1.0)
+        max_fee = now.max_fee_per_gas + math.ceil(f * (self.fee_cap - now.max_fee_per_gas))
+        if _raise(max_fee, max(percent, MIN_BUMP_PERCENT)) > self.fee_cap:
+            return Fees(self.fee_cap, self.fee_cap)
+        priority = now.max_priority_fee_per_gas + math.ceil(
+            f * (self.fee_cap - now.max_priority_fee_per_gas))
+        return Fees(max_fee, min(priority, max_fee))
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
         """One request straight to a JSON-RPC node, its result as the node sent it (hex

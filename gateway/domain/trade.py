@@ -901,6 +901,7 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
             wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
                                                     s.preimage))
         elif "take_delivery" in s.flags and s.buyer_secret is not None and \
+                "delivery_claim_failed" not in s.flags and \
                 policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock) and \
                 _seller_can_still_be_paid(s, policy):
             # The managed buyer's private secret goes out only if the claim will be mined and
@@ -929,6 +930,9 @@ def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
             leg = payment_to_claim(s)
             assert leg is not None
             flags = _add(flags, f"at_risk:payment_claim:{leg.lock_id.hex()}")
+    # A held effect (`blocked:<key>`: its lock was missing on chain) that is no longer pending
+    # was done or given up: the flag goes with it.
+    flags = tuple(f for f in flags if not f.startswith("blocked:") or f[8:] in keys)
     # Pending effects the facts no longer call for (the chain showed their result, or the
     # moment passed) are dropped; those still wanted stay pending exactly once.
     step.state = replace(s, pending=frozenset(keys), flags=flags)

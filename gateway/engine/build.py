@@ -48,11 +48,15 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
                   max_batch: int = 50, key_lookup=None,  # noqa: ANN001
                   send_policy: SendPolicy | None = None, max_reorg_depth: int | None = None,
                   stall_after: float | None = None,
-                  reconcile_every: int = RECONCILE_EVERY) -> Gateway:
+                  reconcile_every: int = RECONCILE_EVERY,
+                  finality: tuple[int | str | None, int | str | None] | None = None) -> Gateway:
+    """`finality`: each chain's finality rule for the pollers (a depth or a node tag); by
+    default the policy's finality depths."""
     if payment.chain_id == business.chain_id:
         raise ValueError(f"both chains report chain id {payment.chain_id}")
     policy = policy or TimingPolicy(payment_confirmations=payment_confirmations,
                                     business_confirmations=business_confirmations)
+    finality = finality or (policy.payment_finality, policy.business_finality)
     engine, session_factory = open_database(database_url)
     with session_factory.begin() as session:  # wake times are never trusted across starts
         repo = Repository(session)
@@ -68,17 +72,18 @@ def build_gateway(*, database_url: str, payment: ChainClient, business: ChainCli
         Chain.PAYMENT: ChainPoller(Chain.PAYMENT, payment, payment_htlc,
                                    confirmations=payment_confirmations,
                                    start_block=start_blocks[0], max_reorg_depth=max_reorg_depth,
-                                   stall_after=stall_after),
+                                   stall_after=stall_after, finality=finality[0]),
         Chain.BUSINESS: ChainPoller(Chain.BUSINESS, business, delivery_htlc,
                                     confirmations=business_confirmations,
                                     start_block=start_blocks[1],
-                                    max_reorg_depth=max_reorg_depth, stall_after=stall_after),
+                                    max_reorg_depth=max_reorg_depth, stall_after=stall_after,
+                                    finality=finality[1]),
     }
     executor = Executor(session_factory, {
         Chain.PAYMENT: ChainEndpoint(Chain.PAYMENT, payment, payment_htlc=pay_proxy),
         Chain.BUSINESS: ChainEndpoint(Chain.BUSINESS, business, delivery_htlc=dlv_proxy),
     }, relayer_key, managed_keys, max_batch=max_batch, key_lookup=key_lookup,
-        send_policy=send_policy, on_refused=dispatcher.apply_action)
+        send_policy=send_policy, on_refused=dispatcher.apply_action, policy=policy)
     relayer = Relayer(session_factory, dispatcher, pollers, executor,
                       reconcile_every=reconcile_every)
     return Gateway(engine, session_factory, dispatcher, relayer, policy)

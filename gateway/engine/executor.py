@@ -14,9 +14,13 @@ For every pending effect, in order:
    design) is simulated with `eth_call`, except a lock that an approval precedes in the same
    pass. A lock that cannot be made is given up (`EffectRefused(final=True)`: the trade is
    flagged `<kind>_failed` and can be cancelled); a claim or refund stays pending and is
-   checked again each pass. Refusals are logged (`effect_refused`), counted
-   (`dvp_effects_refused_total`) and applied through the dispatcher after the planning
-   transaction commits.
+   checked again each pass. A managed buyer's own delivery claim (its private secret, not yet
+   public) is signed only if the business node's latest block, not the relayer's cursor,
+   leaves the claim time to be mined and final before its timelock
+   (`TimingPolicy.delivery_claim_is_safe`): a claim that reverts still publishes its preimage,
+   so otherwise it is given up (`delivery_claim_failed`) and the secret is never revealed.
+   Refusals are logged (`effect_refused`), counted (`dvp_effects_refused_total`) and applied
+   through the dispatcher after the planning transaction commits.
 4. Otherwise sign a new transaction, record it (raw bytes, hash, nonce) in the database and
    commit, and only then broadcast it. A crash between the two leaves a recorded, unsent
    transaction that the next run broadcasts; a crash after leaves one that is found mined.
@@ -38,6 +42,15 @@ What becomes of a sent transaction (`_settle_attempts`, every pass, per chain):
   configured cap. The replacement is recorded (a new AttemptRow, the old one `replaced`, the
   effects pointed at it) and committed before it is broadcast. At the cap no replacement is
   made: the transaction waits, once logged per pass, never in a loop.
+- a payment claim near its deadline (`_Deadline`): from `T_pay - required_margin` (the policy's
+  latest reveal) to the last moment a claim can be sent and still be final in time (`T_pay -
+  claim_lead_time`), by the payment node's latest block time, the offer rises with the
+  fraction of that window used from the current suggestion to the cap (`toward_cap`), the cap
+  itself at the end. The pending claim is replaced as soon as that target is `bump_percent`
+  above it, without waiting for `replace_after`; a claim first signed in the window is priced
+  the same way. When the base fee is above the cap the claim cannot be mined at all: logged
+  critical (`claim_fee_cap_insufficient`, naming the trades) and counted, once per rise; it
+  waits, and goes out when the base fee falls back.
 - a nonce gap (our lowest live nonce above the chain's, nothing pending below it: a
   transaction of this key made elsewhere was dropped) is filled with zero-value self-transfers,
   recorded before they are sent, so the queued transactions can be mined.
@@ -87,6 +100,8 @@ from gateway.chain.htlc import (
 )
 from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
+from gateway.domain.codec import decode
+from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
     Chain,
     ContractSend,
@@ -141,6 +156,15 @@ class _Tx:
     data: bytes
     gas: int
     rows: list[OutboxRow] = field(default_factory=list)
+    timelocks: tuple[int, ...] = ()  # a payment claim's locks: priced by its deadline
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """A payment claim inside its deadline window (see the module docstring)."""
+
+    fraction: float  # of the window used: 0 at its start, 1 at the last moment and after
+    trades: tuple[str, ...]  # 0x-prefixed trade ids
 
 
 class KeyError_(LookupError):
@@ -154,8 +178,13 @@ class Executor:
                  max_batch: int = MAX_BATCH,
                  key_lookup: Callable[[str], LocalAccount | None] | None = None,
                  send_policy: SendPolicy | None = None,
-                 on_refused: Callable[[EffectRefused], object] | None = None) -> None:
+                 on_refused: Callable[[EffectRefused], object] | None = None,
+                 policy: TimingPolicy | None = None) -> None:
         self.send_policy = send_policy or SendPolicy()
+        # Deadlines: claims priced by the time left, a managed buyer's reveal checked against
+        # the node's latest block. None: neither (every claim priced as any transaction).
+        self.policy = policy
+        self._cap_short: set[tuple[int, str, int]] = set()  # (chain, sender, nonce) alerted
         # Applies an EffectRefused to its trade (the dispatcher's apply_action), after the
         # planning transaction has committed.
         self.on_refused = on_refused
@@ -191,8 +220,12 @@ class Executor:
                 nonce = nonces.get(tx.sender.address)
                 if nonce is None:
                     nonce = self._next_nonce(ep, repo, tx.sender.address)
-                raw = ep.client.sign_with_nonce(tx.sender, to=tx.to, data=tx.data, gas=tx.gas,
-                                                nonce=nonce, fees=fees)
+                deadline = self._deadline(ep.client.head()[0], tx.timelocks, ()) \
+                    if tx.timelocks and self.policy is not None else None
+                raw = ep.client.sign_with_nonce(
+                    tx.sender, to=tx.to, data=tx.data, gas=tx.gas, nonce=nonce,
+                    fees=fees if deadline is None else ep.client.toward_cap(
+                        deadline.fraction, self.send_policy.bump_percent))
                 nonces[tx.sender.address] = nonce + 1
                 attempt = repo.add_attempt(ep.chain_id, tx.sender.address, nonce,
                                            ep.client.tx_hash(raw), raw)
@@ -253,6 +286,7 @@ class Executor:
             repo = Repository(session)
             repo.lock_chain_sends(ep.chain_id)
             latest: dict[str, int] = {}
+            head: list[tuple[int, int]] = []  # the node's latest block, read once if needed
             live = repo.unsettled_attempts(ep.chain_id)
             for attempt in live:
                 receipt: Receipt | None = ep.client.receipt(bytes.fromhex(attempt.tx_hash))
@@ -280,8 +314,12 @@ class Executor:
                     underpriced = outcome == SEND_UNDERPRICED
                     if not underpriced:
                         continue  # refused for now (node down, ...): retried next pass
-                if underpriced or self._stuck(attempt):
-                    replacement = self._replace(ep, repo, attempt)
+                due = underpriced or self._stuck(attempt)
+                deadline = self._claim_deadline(ep, repo, attempt, head)
+                if deadline is not None:
+                    self._check_cap(ep, attempt, deadline, head[0][1])
+                if due or deadline is not None:
+                    replacement = self._replace(ep, repo, attempt, deadline, due=due)
                     if replacement is not None:
                         to_send.append(replacement.id)
             to_send += [a.id for a in self._fill_gaps(ep, repo, latest)]
@@ -357,16 +395,71 @@ class Executor:
             created = created.replace(tzinfo=UTC)
         return (datetime.now(UTC) - created).total_seconds() >= self.send_policy.replace_after
 
-    def _replace(self, ep: ChainEndpoint, repo: Repository,
-                 attempt: AttemptRow) -> AttemptRow | None:
-        """The same transaction at the same nonce with higher fees, recorded (not sent)."""
+    def _deadline(self, now: int, timelocks: tuple[int, ...],
+                  trades: tuple[str, ...]) -> _Deadline | None:
+        """How far into its deadline window (module docstring) a claim of locks with these
+        timelocks is at chain time `now`; None before the window opens (or without a
+        policy)."""
+        if self.policy is None or not timelocks:
+            return None
+        margin, lead = self.policy.required_margin, self.policy.claim_lead_time
+        fraction = max((now - (t - margin)) / (margin - lead) if margin > lead
+                       else 1.0 if now >= t - lead else -1.0 for t in timelocks)
+        return _Deadline(min(fraction, 1.0), trades) if fraction >= 0 else None
+
+    def _claim_deadline(self, ep: ChainEndpoint, repo: Repository, attempt: AttemptRow,
+                        head: list[tuple[int, int]]) -> _Deadline | None:
+        """The deadline window of a pending payment claim (or claimMany) of the relayer's;
+        `head` caches the node's latest (timestamp, base fee) for the pass."""
+        if self.policy is None or ep.payment_htlc is None or \
+                attempt.sender != self.relayer.address:
+            return None
+        claims = [effect for row in repo.outbox_rows_for_attempt(attempt.id)
+                  if row.status == "pending" and isinstance(
+                      effect := decode(ContractSend, row.payload), ContractSendPaymentClaim)]
+        if not claims:
+            return None
+        if not head:
+            head.append(ep.client.head())
+        return self._deadline(head[0][0], tuple(c.lock.timelock for c in claims),
+                              tuple(sorted({"0x" + c.trade_id.hex() for c in claims})))
+
+    def _check_cap(self, ep: ChainEndpoint, attempt: AttemptRow, deadline: _Deadline,
+                   base_fee: int) -> None:
+        """A claim near its deadline that the cap cannot get mined (base fee above it): a
+        critical alert, once until the base fee falls back below the cap."""
+        key = (attempt.chain_id, attempt.sender, attempt.nonce)
+        if base_fee <= ep.client.fee_cap:
+            self._cap_short.discard(key)
+            return
+        if key in self._cap_short:
+            return
+        self._cap_short.add(key)
+        metrics.CLAIM_FEE_CAP_INSUFFICIENT.labels(ep.chain.value).inc()
+        log.critical("claim_fee_cap_insufficient", chain=ep.chain.value, trades=deadline.trades,
+                     base_fee=base_fee, cap=ep.client.fee_cap, tx=attempt.tx_hash,
+                     nonce=attempt.nonce, window_used=round(deadline.fraction, 3))
+
+    def _replace(self, ep: ChainEndpoint, repo: Repository, attempt: AttemptRow,
+                 deadline: _Deadline | None = None, *, due: bool = True) -> AttemptRow | None:
+        """The same transaction at the same nonce with higher fees, recorded (not sent): by
+        the deadline schedule when its target is `bump_percent` above the pending offer, else
+        (when `due`: stuck or underpriced) by the usual bump; None if neither applies."""
         siblings = repo.attempts_at_nonce(attempt.chain_id, attempt.sender, attempt.nonce)
         fields = decode_signed(bytes.fromhex(attempt.raw_tx))
         highest = Fees(
             max(decode_signed(bytes.fromhex(a.raw_tx)).fees.max_fee_per_gas for a in siblings),
             max(decode_signed(bytes.fromhex(a.raw_tx)).fees.max_priority_fee_per_gas
                 for a in siblings))
-        fees = ep.client.bumped(highest, self.send_policy.bump_percent)
+        fees = None
+        if deadline is not None:
+            target = ep.client.toward_cap(deadline.fraction, self.send_policy.bump_percent)
+            if target.at_least(self.send_policy.bump_percent, highest):
+                fees = target
+        if fees is None and not due:
+            return None  # the schedule is not yet a bump above the pending offer
+        if fees is None:
+            fees = ep.client.bumped(highest, self.send_policy.bump_percent)
         if fees is None:
             log.warning("fee_cap_reached", chain=ep.chain.value, tx=attempt.tx_hash,
                         nonce=attempt.nonce, max_fee_per_gas=highest.max_fee_per_gas,
@@ -389,7 +482,9 @@ class Executor:
         log.warning("tx_fee_bumped", chain=ep.chain.value, nonce=attempt.nonce,
                     old_tx=attempt.tx_hash, tx=replacement.tx_hash,
                     max_fee_per_gas=fees.max_fee_per_gas,
-                    max_priority_fee_per_gas=fees.max_priority_fee_per_gas)
+                    max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                    deadline_window_used=None if deadline is None else
+                    round(deadline.fraction, 3))
         return replacement
 
     def _fill_gaps(self, ep: ChainEndpoint, repo: Repository,
@@ -454,6 +549,10 @@ class Executor:
             try:
                 if isinstance(effect, ContractSendPaymentClaim):
                     claims.append((row, effect))
+                    continue
+                if isinstance(effect, ContractSendDeliveryClaim) and \
+                        (reason := self._reveal_too_late(ep, repo, effect)) is not None:
+                    self._refuse(ep, repo, effect, reason, refusals, final=True)
                     continue
                 tx = self._tx_for(ep, row, effect)
                 approval = self._approval(ep, effect, tx.sender)
@@ -540,6 +639,25 @@ class Executor:
         if approval is not None:
             return None
         return self._simulate(ep, tx)
+
+    def _reveal_too_late(self, ep: ChainEndpoint, repo: Repository,
+                         effect: ContractSendDeliveryClaim) -> str | None:
+        """Why a managed buyer's delivery claim must not reveal its private secret now: the
+        business node's latest block (the relayer's cursor may lag it) leaves the claim no
+        time to be mined and final before its timelock. A claim that reverts still publishes
+        the preimage. None: safe, or the preimage is public already (nothing to keep)."""
+        if self.policy is None:
+            return None
+        state = repo.get_trade(effect.trade_id)
+        if state is None or state.preimage is not None or state.buyer_secret != effect.preimage:
+            return None
+        now = ep.client.head()[0]
+        if self.policy.delivery_claim_is_safe(now, effect.lock.timelock):
+            return None
+        return (f"the business chain's latest block ({now}) is within "
+                f"{self.policy.delivery_claim_lead_time} s of T_deliver "
+                f"({effect.lock.timelock}): the claim could not be final in time and would "
+                "reveal the buyer's secret")
 
     @staticmethod
     def _simulate(ep: ChainEndpoint, tx: _Tx) -> str | None:
@@ -638,10 +756,11 @@ class Executor:
         if len(claims) == 1:
             (_, c), = claims
             data = payment_claim_calldata(c.lock, c.preimage)
-            return _Tx(self.relayer, htlc.address, data, GAS_CLAIM, rows)
+            return _Tx(self.relayer, htlc.address, data, GAS_CLAIM, rows, (c.lock.timelock,))
         data = claim_many_calldata([c.lock for _, c in claims], [c.preimage for _, c in claims])
         gas = GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(claims)
-        return _Tx(self.relayer, htlc.address, data, gas, rows)
+        return _Tx(self.relayer, htlc.address, data, gas, rows,
+                   tuple(c.lock.timelock for _, c in claims))
 
 
 def _missing(effect: ContractSend) -> str:

@@ -38,6 +38,11 @@ TX_SENT = Counter("dvp_transactions_sent_total", "Transactions broadcast by the 
                   ["chain"])
 FEE_BUMPS = Counter("dvp_fee_bumps_total",
                     "Pending transactions replaced at the same nonce with higher fees", ["chain"])
+CLAIM_FEE_CAP_INSUFFICIENT = Counter(
+    "dvp_claim_fee_cap_insufficient_total",
+    "ALERT: payment claims near their deadline that cannot be mined even at the fee cap (the "
+    "chain's base fee is above DVP_MAX_FEE_PER_GAS); once per pending claim and rise",
+    ["chain"])
 EFFECTS_REFUSED = Counter(
     "dvp_effects_refused_total",
     "Effects not sent because the chain says they would revert (checked and simulated before "

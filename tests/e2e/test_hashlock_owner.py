@@ -14,9 +14,23 @@ import pytest
 
 from gateway.api.enterprises import create_enterprise
 from gateway.chain.devnet import BUYER, ISSUER, SELLER
+from gateway.config import Settings
 from gateway.domain.locks import hashlock_of, new_secret
+from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import ActionProposeTrade, Phase, Terms
+from gateway.runner import build_system
 from tests.e2e.conftest import auth
+
+
+@pytest.fixture
+def system(tmp_path, database_url):  # noqa: ANN001, ANN201
+    """The whole gateway, with a drift allowance so that a claim's lead time spans blocks."""
+    system = build_system(Settings(_env_file=None), tmp_path / "run", database_url=database_url,
+                          policy=TimingPolicy(payment_confirmations=0, business_confirmations=0,
+                                              payment_block_time=1, business_block_time=1,
+                                              reaction_budget=30, drift_allowance=5))
+    yield system
+    system.close()
 
 
 @pytest.fixture
@@ -157,3 +171,43 @@ def test_a_seller_chosen_hashlock_from_before_the_rule_is_never_locked_against(
     metrics = client.get("/metrics").text
     assert 'dvp_trades{phase="paid_without_delivery"} 1.0' in metrics
     assert 'dvp_trades{phase="settled"} 1.0' not in metrics
+
+
+def test_take_delivery_is_never_offered_when_the_claim_could_not_be_mined_in_time(
+        system, client, parties) -> None:
+    """Issue 10 §9: a claim that reverts still publishes the secret in its calldata. Judged by
+    the node's latest block: inside the claim's lead time the instructions warn; once the next
+    block cannot be before T_deliver they offer nothing."""
+    buyer, buyer_key, seller, seller_key, body = parties
+    d = system.devnet
+    secret = new_secret()
+    r = _propose(client, buyer_key, {**body, "role": "buyer", "counterparty": seller.id,
+                                     "hashlock": "0x" + hashlock_of(secret).hex()})
+    trade_id = r.json()["id"]
+    assert client.post(f"/v1/trades/{trade_id}/accept",
+                       headers=auth(seller_key)).status_code == 200
+    relayer = system.gateway.relayer
+
+    def sign(account, key: str) -> None:  # noqa: ANN001
+        step = client.get(f"/v1/trades/{trade_id}/instructions", headers=auth(key)).json()
+        for tx in step["transactions"]:
+            chain = d.payment if tx["chain"] == "payment" else d.business
+            assert chain.client.transact(account, to=tx["to"], data=tx["data"],
+                                         gas=300_000).succeeded
+
+    def phase() -> str:
+        return client.get(f"/v1/trades/{trade_id}", headers=auth(buyer_key)).json()["phase"]
+    sign(d.account(BUYER), buyer_key)
+    relayer.run_until(lambda: phase() == "payment_locked", max_steps=5)
+    sign(d.account(SELLER), seller_key)
+    relayer.run_until(lambda: phase() == "delivery_locked", max_steps=5)
+    t_deliver = body["deadlines"]["delivery"]
+    d.business.set_next_block_timestamp(t_deliver - system.ctx.policy.delivery_claim_lead_time)
+    d.business.mine()
+    step = client.get(f"/v1/trades/{trade_id}/instructions", headers=auth(buyer_key)).json()
+    assert step["step"] == "take_delivery" and step["note"].startswith("WARNING")
+    d.business.set_next_block_timestamp(t_deliver - 1)
+    d.business.mine()
+    step = client.get(f"/v1/trades/{trade_id}/instructions", headers=auth(buyer_key)).json()
+    assert step["step"] == "wait" and not step["transactions"]
+    assert "too late" in step["note"]

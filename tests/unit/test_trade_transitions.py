@@ -1500,3 +1500,24 @@ def test_finality_deeper_than_the_confirmations_widens_the_margin() -> None:
     shallow = replace(POLICY, payment_finality=0)  # never below the confirmations
     assert shallow.required_margin == POLICY.required_margin
     assert not shallow.waits_for_payment_finality and deep.waits_for_payment_finality
+
+
+def test_an_effect_held_for_a_missing_lock_is_flagged_until_it_is_done() -> None:
+    state = run(trade_in("delivered"))
+    assert state.pending == {PAY_CLAIM.key}
+    state, out = step(state, EffectRefused(TRADE_ID, PAY_CLAIM.key, "lock not on chain",
+                                           final=False))
+    assert state.flags[-1] == f"blocked:{PAY_CLAIM.key}" and state.pending == {PAY_CLAIM.key}
+    assert out == [EventTradeFlagged(TRADE_ID, f"blocked:{PAY_CLAIM.key}", "lock not on chain")]
+    state, out = step(state, CLAIM_PAY)  # the lock came back and the claim was mined
+    assert state.phase is Phase.SETTLED and not any(f.startswith("blocked:")
+                                                     for f in state.flags)
+
+
+def test_a_lock_that_cannot_be_made_is_given_up_and_the_trade_can_be_cancelled() -> None:
+    state = run(propose(managed_buyer=True), ACCEPT)
+    assert state.pending == {SEND_PAY_LOCK.key}
+    state, out = step(state, EffectRefused(TRADE_ID, SEND_PAY_LOCK.key, "buyer balance 1 < 1000"))
+    assert "payment_lock_failed" in state.flags and state.pending == frozenset()
+    assert out == [EventTradeFlagged(TRADE_ID, "payment_lock_failed", "buyer balance 1 < 1000")]
+    assert step(state, CANCEL)[0].phase is Phase.CANCELLED
