@@ -7,9 +7,11 @@ payment lock of the trade's terms whatever the trade's phase or flags said.
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.chain.devnet import SELLER
 from gateway.domain.locks import DeliveryLock
-from gateway.domain.trade import ActionCancelTrade
+from gateway.domain.trade import ActionCancelTrade, InvalidTransition
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 
@@ -86,3 +88,40 @@ def test_a_cancel_before_the_locks_were_seen_never_hides_the_exchange(world: Wor
     assert world.title_owner(trade) == world.buyer.address
     assert _balances(world) == (buyer_before - AMOUNT, seller_before + AMOUNT)
     assert world.token_balance(world.devnet.payment_htlc.address) == 0
+
+
+def test_a_reorg_then_a_cancel_never_keeps_the_seller_from_being_paid(devnet,
+                                                                      database_url) -> None:
+    """A managed seller's title was locked and claimed; a payment-chain reorg drops the buyer's
+    lock (and the seller's claim). The replayed trade used to have nothing locked, so the
+    buyer's cancel was accepted, and the lock, mined again, was filed as "trade is cancelled"
+    and never claimed. Now the secret is known (it was public), the trade is `delivered`, the
+    cancel is refused, and the lock mined again pays the seller."""
+    seller = devnet.account(SELLER)
+    world = World(devnet, make_gateway(devnet, database_url,
+                                       managed_keys={seller.address: seller}))
+    buyer_before, seller_before = _balances(world)
+    trade = world.agree(managed_seller=True)
+    world.gateway.relayer.step()  # the relayer has seen the chain up to here
+    payment = world.devnet.payment
+    snapshot = payment.snapshot()
+    world.lock_payment(trade)
+    world.run_until_phase(trade, "delivery_locked")
+    trade.delivery_lock = DeliveryLock(*trade.terms.expected_delivery_lock(
+        trade.trade_id).as_tuple())
+    world.take_delivery(trade)
+    world.run_until_phase(trade, "settled")
+    payment.revert(snapshot)  # the buyer's lock and the relayer's claim are gone
+    payment.mine(2)
+    world.gateway.relayer.step()
+    assert not world.gateway.relayer.halted
+    state = world.state(trade)
+    assert state.payment is None and state.preimage == trade.secret
+    assert state.phase.value == "delivered"  # the buyer has the title: the payment is due
+    assert any(f.startswith("chain_disagrees:") for f in state.flags)  # it had been settled
+    with pytest.raises(InvalidTransition):
+        world.gateway.dispatcher.apply_action(ActionCancelTrade(trade.trade_id))
+    world.lock_payment(trade)  # the buyer's lock is mined again
+    world.run_until_phase(trade, "settled")
+    assert world.title_owner(trade) == world.buyer.address
+    assert _balances(world) == (buyer_before - AMOUNT, seller_before + AMOUNT)
