@@ -44,3 +44,28 @@ def client(system: System) -> TestClient:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def self_custody_parties(system: System, document: bytes):  # noqa: ANN201
+    """A self-custody buyer and seller on the devnet's buyer and seller keys, and a title
+    issued to the seller carrying `document`'s sha256: (buyer, buyer_key, seller, seller_key,
+    token_id, document_hash)."""
+    import hashlib
+
+    from gateway.api.enterprises import create_enterprise
+    from gateway.chain.devnet import BUYER, ISSUER, SELLER
+
+    d = system.devnet
+    buyer_acct, seller_acct = d.account(BUYER), d.account(SELLER)
+    with system.gateway.session_factory.begin() as session:
+        buyer, buyer_key = create_enterprise(session, "Self Buyer", managed=False, cipher=None,
+                                             payment_address=buyer_acct.address,
+                                             business_address=buyer_acct.address)
+        seller, seller_key = create_enterprise(session, "Self Seller", managed=False,
+                                               cipher=None, payment_address=seller_acct.address,
+                                               business_address=seller_acct.address)
+    doc = hashlib.sha256(document).digest()
+    assert d.business.client.transact(d.account(ISSUER), to=d.titles.address, gas=300_000,
+                                      data=d.titles.encode_abi("issue", [seller.business_address,
+                                                                         doc])).succeeded
+    return buyer, buyer_key, seller, seller_key, d.titles.functions.issuedCount().call(), doc

@@ -7,19 +7,17 @@ never delivers. The gateway then showed the trade `delivered`, then `settled`.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 import pytest
 
-from gateway.api.enterprises import create_enterprise
-from gateway.chain.devnet import BUYER, ISSUER, SELLER
+from gateway.chain.devnet import BUYER, SELLER
 from gateway.config import Settings
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import ActionProposeTrade, Phase, Terms
 from gateway.runner import build_system
-from tests.e2e.conftest import auth
+from tests.e2e.conftest import auth, self_custody_parties
 
 
 @pytest.fixture
@@ -36,19 +34,8 @@ def system(tmp_path, database_url):  # noqa: ANN001, ANN201
 @pytest.fixture
 def parties(system):  # noqa: ANN001, ANN201
     d = system.devnet
-    buyer_acct, seller_acct = d.account(BUYER), d.account(SELLER)
-    with system.gateway.session_factory.begin() as session:
-        buyer, buyer_key = create_enterprise(session, "Self Buyer", managed=False, cipher=None,
-                                             payment_address=buyer_acct.address,
-                                             business_address=buyer_acct.address)
-        seller, seller_key = create_enterprise(session, "Self Seller", managed=False,
-                                               cipher=None, payment_address=seller_acct.address,
-                                               business_address=seller_acct.address)
-    doc = hashlib.sha256(b"bill of lading, hashlock owner test").digest()
-    assert d.business.client.transact(d.account(ISSUER), to=d.titles.address, gas=300_000,
-                                      data=d.titles.encode_abi("issue", [seller.business_address,
-                                                                         doc])).succeeded
-    token_id = d.titles.functions.issuedCount().call()
+    buyer, buyer_key, seller, seller_key, token_id, doc = self_custody_parties(
+        system, b"bill of lading, hashlock owner test")
     now = d.payment.latest_block_timestamp()
     body = {"role": "seller", "counterparty": buyer.id,
             "payment": {"token": d.info.payment.token, "amount": "250000"},

@@ -3,15 +3,13 @@ follows the chain and releases the payment when the buyer takes delivery."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 import pytest
 
-from gateway.api.enterprises import create_enterprise
-from gateway.chain.devnet import BUYER, ISSUER, SELLER
+from gateway.chain.devnet import BUYER, SELLER
 from gateway.domain.locks import hashlock_of, new_secret
-from tests.e2e.conftest import auth
+from tests.e2e.conftest import auth, self_custody_parties
 
 
 @pytest.fixture
@@ -30,18 +28,8 @@ def _sign_and_send(system, account, txs) -> None:  # noqa: ANN001
 def test_self_custody_parties_follow_instructions_and_settle(system, client) -> None:
     d = system.devnet
     buyer_acct, seller_acct = d.account(BUYER), d.account(SELLER)
-    with system.gateway.session_factory.begin() as session:
-        buyer, buyer_key = create_enterprise(session, "Self Buyer", managed=False, cipher=None,
-                                             payment_address=buyer_acct.address,
-                                             business_address=buyer_acct.address)
-        seller, seller_key = create_enterprise(session, "Self Seller", managed=False,
-                                               cipher=None, payment_address=seller_acct.address,
-                                               business_address=seller_acct.address)
-    doc = hashlib.sha256(b"self-custody bill of lading").digest()
-    assert d.business.client.transact(d.account(ISSUER), to=d.titles.address, gas=300_000,
-                                      data=d.titles.encode_abi("issue", [seller.business_address,
-                                                                         doc])).succeeded
-    token_id = d.titles.functions.issuedCount().call()
+    buyer, buyer_key, seller, seller_key, token_id, doc = self_custody_parties(
+        system, b"self-custody bill of lading")
     secret = new_secret()
     now = d.payment.latest_block_timestamp()
     body = {"role": "buyer", "counterparty": seller.id,
