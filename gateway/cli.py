@@ -490,9 +490,11 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
     logs.configure(json=json_logs)
     gateway = _devnet_gateway(settings) if devnet else _rpc_gateway(settings)
     stop = threading.Event()
+    from gateway.engine.egress import Egress
     from gateway.engine.webhooks import WebhookSender
 
-    webhooks = WebhookSender(gateway.session_factory, _cipher(settings))
+    webhooks = WebhookSender(gateway.session_factory, _cipher(settings),
+                             egress=Egress(settings.webhook_allow_hosts))
     threading.Thread(target=webhooks.run_forever, args=(stop, 1.0), name="webhooks",
                      daemon=True).start()
 
@@ -669,7 +671,10 @@ def api(host: str, port: int) -> None:
     # As `run`: uvicorn's graceful shutdown re-raises the signal; exit 0 there instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(ctx), host=host, port=port, log_level="warning")
+        from gateway.engine.egress import Egress
+
+        uvicorn.run(create_app(ctx, webhook_egress=Egress(settings.webhook_allow_hosts)),
+                    host=host, port=port, log_level="warning")
     except KeyboardInterrupt:
         pass
     finally:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # `relayer run` serves Prometheus metrics here when a port is set (the API has /metrics).
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # Webhook receivers that may be reached although they are not public: comma-separated host
+    # names, IP addresses and networks (CIDR), e.g. "hooks.corp.example,10.20.0.0/16". Empty
+    # (the default): public addresses only (gateway.engine.egress).
+    webhook_allow_hosts: str = ""
 
     @field_validator("payment_htlc", "delivery_htlc")
     @classmethod
@@ -75,6 +79,14 @@ class Settings(BaseSettings):
         if not is_address(value):
             raise ValueError(f"{value!r} is not an address")
         return to_checksum_address(value)
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _webhook_allow_hosts(cls, value: str) -> str:
+        from gateway.engine.egress import parse_allow
+
+        parse_allow(value)  # raises on an entry that is neither a name nor an address
+        return value
 
     @model_validator(mode="after")
     def _distinct_chains(self) -> Settings:

@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.db.models import ManagedKeyRow
 from gateway.domain.policy import TimingPolicy
 from gateway.engine.build import Gateway, build_gateway
+from gateway.engine.egress import Egress
 
 DEMO_FUNDS = 10_000_000_00  # 10,000,000.00 payment units for the demo buyer
 DEMO_TITLES = 5
@@ -38,6 +39,7 @@ class System:
     workdir: Path
     demo: dict = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
+    webhook_egress: Egress = field(default_factory=Egress)  # DVP_WEBHOOK_ALLOW_HOSTS
 
     def start_relayer(self, poll_interval: float) -> threading.Thread:
         thread = threading.Thread(target=self.gateway.relayer.run_forever,
@@ -49,7 +51,8 @@ class System:
         """Deliver trade events to registered webhook endpoints (durable, retried)."""
         from gateway.engine.webhooks import WebhookSender
 
-        sender = WebhookSender(self.gateway.session_factory, self.ctx.cipher)
+        sender = WebhookSender(self.gateway.session_factory, self.ctx.cipher,
+                               egress=self.webhook_egress)
         thread = threading.Thread(target=sender.run_forever, args=(self.stop, interval),
                                   name="webhooks", daemon=True)
         thread.start()
@@ -122,7 +125,9 @@ def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
         business=ChainView(devnet.business.client, devnet.info.business.htlc,
                            devnet.info.business.titles),
         cipher=cipher, limits=limits or Limits())
-    system = System(devnet, gateway, ctx, create_app(ctx), workdir)
+    egress = Egress(settings.webhook_allow_hosts)
+    system = System(devnet, gateway, ctx, create_app(ctx, webhook_egress=egress), workdir,
+                    webhook_egress=egress)
     if demo:
         system.demo = create_demo_enterprises(devnet, gateway.session_factory, cipher)
         (workdir / "demo.json").write_text(json.dumps(system.demo, indent=2))

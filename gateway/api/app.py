@@ -34,11 +34,12 @@ from gateway.api.trades import (
     trade_view,
 )
 from gateway.domain.trade import Phase
+from gateway.engine.egress import Egress
 
 PHASES = tuple(p.value for p in Phase)
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> FastAPI:
     app = FastAPI(
         title="dvp-gateway",
         version="0.1.0",
@@ -178,7 +179,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                      409: {"description": "not allowed in this phase"}})
 
     from gateway.api.webhooks import router as webhooks_router
-    app.include_router(webhooks_router(ctx, caller))
+    app.include_router(webhooks_router(ctx, caller, egress=webhook_egress))
 
     # --- operations ---------------------------------------------------------------------
 

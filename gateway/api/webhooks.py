@@ -6,10 +6,7 @@ See `gateway.engine.webhooks` for what is sent and how it is signed.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the `Caller` type made in router().
-import ipaddress
-import re
 import secrets
-import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,11 +23,11 @@ from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem
 from gateway.api.schemas import Strict
 from gateway.db.models import TradeEventRow, WebhookDeliveryRow, WebhookEndpointRow
-from gateway.engine.webhooks import EVENT_TYPE, EVENT_TYPES, utc
+from gateway.engine.egress import Egress, EgressRefused
+from gateway.engine.webhooks import EVENT_TYPE, EVENT_TYPES, public_error, utc
 
 MAX_ACTIVE_ENDPOINTS = 10
 SECRET_PREFIX = "whsec_"
-LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
 
 
 def _webhook_url(value: str) -> str:
@@ -52,28 +49,6 @@ def _webhook_url(value: str) -> str:
         raise ValueError("not a valid port")
     if parts.fragment:
         raise ValueError("must not have a #fragment")
-    return value
-
-
-def _public_host(value: str) -> str:
-    """Refuse loopback, private, link-local and other internal addresses (server-side request
-    forgery). Only literal addresses and `localhost` can be judged here, not DNS names."""
-    host = (urlsplit(value).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        raise ValueError("must not point at this host")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if not LEGACY_IPV4.match(host):
-            return value
-        try:  # what the resolver would make of 127.1, 2130706433 or 0x7f.0.0.1
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return value
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if not address.is_global:
-        raise ValueError("must be a public address, not a private, loopback or reserved one")
     return value
 
 
@@ -114,8 +89,11 @@ class WebhookDelivery(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
+    last_status_code: int | None = Field(description="The status the endpoint answered with "
+                                                     "at the last attempt, if it answered.")
+    last_error: str | None = Field(description='Why the last attempt failed: "HTTP <status>", '
+                                               '"no response" (no transport detail), or why '
+                                               "it was not sent.")
     created_at: datetime
     delivered_at: datetime | None
 
@@ -140,8 +118,11 @@ def _owned(session: Session, endpoint_id: str, caller: Enterprise) -> WebhookEnd
 
 
 def router(ctx: ApiContext, caller_dependency: Callable, *,
-           allow_private_urls: bool = False) -> APIRouter:
-    """The `/v1/webhooks` routes; `caller_dependency` authenticates the enterprise."""
+           egress: Egress | None = None) -> APIRouter:
+    """The `/v1/webhooks` routes; `caller_dependency` authenticates the enterprise. `egress`
+    judges where a URL points (default: public addresses only, the system resolver); the
+    sender judges it again, and connects to what it checked, at every delivery."""
+    egress = egress or Egress()
     Caller = Annotated[Enterprise, Depends(caller_dependency)]
     api = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
     not_found = {404: {"description": "no such webhook endpoint (problem+json)"}}
@@ -150,11 +131,10 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
               responses={409: {"description": "too many active endpoints (problem+json)"}})
     def create(body: WebhookCreate, who: Caller, response: Response) -> WebhookEndpointCreated:
         response.headers["Cache-Control"] = "no-store"  # the secret is in the body
-        if not allow_private_urls:
-            try:
-                _public_host(body.url)
-            except ValueError as exc:
-                raise Problem(422, str(exc), field="url") from None
+        try:  # resolved now, and again at every delivery (the name may change meanwhile)
+            egress.check(body.url)
+        except EgressRefused as exc:
+            raise Problem(422, str(exc), field="url") from None
         if ctx.cipher is None:
             raise Problem(422, "signing secrets are stored encrypted and this gateway has no "
                                "DVP_SECRETS_KEY: webhooks are unavailable", field="secret")
@@ -224,7 +204,7 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
             type=EVENT_TYPES[e.payload.get("__type__", "EventPhaseChanged")],
             status=r.status, attempts=r.attempts,
             next_attempt_at=utc(r.next_attempt_at) if r.next_attempt_at else None,
-            last_status_code=r.last_status_code, last_error=r.last_error,
+            last_status_code=r.last_status_code, last_error=public_error(r.last_error),
             created_at=utc(r.created_at),
             delivered_at=utc(r.delivered_at) if r.delivered_at else None)
             for r, e in rows[:limit]]

@@ -16,7 +16,17 @@ delivered or has failed for good.
 
 The signature: `X-DVP-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>`, where
 `timestamp` is the `X-DVP-Timestamp` header (unix seconds), `body` the raw request body and the
-key the secret (UTF-8) shown when the endpoint was registered.
+key the secret (UTF-8) shown when the endpoint was registered. The timestamp is signed, so a
+receiver rejects a replay by refusing timestamps outside a tolerance window (README).
+
+Where a delivery goes (`gateway.engine.egress`): the URL's host is resolved at every attempt,
+every address must be public (or on the operator's allow-list), and the request is sent to the
+checked address itself, with the URL's host as `Host` header and TLS server name: no second
+lookup between check and connect, no proxy from the environment, no redirect (a 3xx is a
+failed attempt). What a tenant sees of an attempt (`last_error`) is whether its endpoint
+answered and with which status (`HTTP 500`), or `no response`: never the transport error
+that would tell a closed port from a filtered one (that stays in the server log), and the
+attempt is recorded at the time it started, so its duration does not show either.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from gateway.db.models import (
     WebhookDeliveryRow,
     WebhookEndpointRow,
 )
+from gateway.engine.egress import Destination, Egress, EgressRefused
 
 if TYPE_CHECKING:
     import httpx
@@ -55,6 +66,21 @@ EVENT_TYPE = "trade.phase_changed"
 EVENT_TYPES = {"EventPhaseChanged": EVENT_TYPE, "EventTradeFlagged": "trade.flagged"}
 USER_AGENT = "dvp-gateway-webhooks/0.1"
 CURSOR_ID = 1
+# What a tenant may read of a failed attempt (besides "HTTP <status>").
+NO_RESPONSE = "no response"
+NOT_PUBLIC = "not sent: the host does not resolve to a public address"
+NOT_SIGNED = "not sent: the gateway cannot read the endpoint's signing secret"
+DISABLED = "endpoint disabled"
+SAFE_ERRORS = frozenset({NO_RESPONSE, NOT_PUBLIC, NOT_SIGNED, DISABLED})
+
+
+def public_error(error: str | None) -> str | None:
+    """`last_error` as a tenant may see it: a status or one of `SAFE_ERRORS`; anything else
+    (a transport error recorded by an older version) is `no response`."""
+    if error is None or error in SAFE_ERRORS:
+        return error
+    code = error.removeprefix("HTTP ")
+    return error if code != error and code.isdigit() else NO_RESPONSE
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -82,20 +108,25 @@ class _Due:
 
 class WebhookSender:
     def __init__(self, session_factory: sessionmaker[Session], cipher: Cipher | None, *,
-                 client: httpx.Client | None = None,
+                 client: httpx.Client | None = None, egress: Egress | None = None,
                  clock: Callable[[], datetime] | None = None,
                  max_attempts: int = 10, first_delay: float = 5.0, max_delay: float = 3600.0,
                  lease: float = 60.0, fan_out_batch: int = 500, max_sends: int = 100) -> None:
         self.session_factory = session_factory
         self.cipher = cipher
         if client is None:
-            import httpx  # only the sender needs it, not the API that imports this module
+            import httpx
 
-            client = httpx.Client(timeout=5.0, follow_redirects=False)
+            # No proxy from the environment (it would resolve the name itself), no redirect,
+            # no kept-alive connection (a pooled connection to one address must not carry
+            # another host's request under the first one's TLS name).
+            client = httpx.Client(timeout=5.0, follow_redirects=False, trust_env=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
             self._own_client = True
         else:
             self._own_client = False
         self.client = client
+        self.egress = egress or Egress()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.max_attempts = max_attempts
         self.first_delay, self.max_delay = first_delay, max_delay
@@ -254,7 +285,7 @@ class WebhookSender:
         with self.session_factory.begin() as session:
             session.execute(update(d).where(d.endpoint_id == endpoint_id, d.status == "pending")
                             .values(status="failed", next_attempt_at=None,
-                                    last_error="endpoint disabled"))
+                                    last_error=DISABLED))
 
     def _send(self, item: _Due, now: datetime | None) -> bool:
         body = json.dumps({
@@ -266,28 +297,46 @@ class WebhookSender:
                else {"flag": item.payload.get("flag"), "reason": item.payload.get("reason")}),
             "created_at": item.event_at.isoformat().replace("+00:00", "Z"),
         }, separators=(",", ":")).encode()
+        started = self._now(now)  # recorded as the attempt's time: its duration is not shown
         status: int | None = None
         error: str | None = None
+        detail: str | None = None  # for the server log only
+        target: Destination | None = None
         try:
-            if self.cipher is None:
-                raise ValueError("no DVP_SECRETS_KEY: cannot read the endpoint's secret")
-            secret = self.cipher.decrypt(item.encrypted_secret).decode()
-            timestamp = str(int(self._now(now).timestamp()))
-            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-                       "X-DVP-Timestamp": timestamp,
+            secret = (self.cipher.decrypt(item.encrypted_secret).decode()
+                      if self.cipher is not None else None)
+        except Exception as exc:  # noqa: BLE001 - a key that cannot read this secret
+            secret, detail = None, f"{type(exc).__name__}: {exc}"[:500]
+        if secret is None:
+            error, detail = NOT_SIGNED, detail or "no DVP_SECRETS_KEY"
+        else:
+            try:
+                target = self.egress.destination(item.url)  # resolved once, checked, pinned
+            except EgressRefused as exc:
+                error, detail = NOT_PUBLIC, str(exc)
+        if target is not None and secret is not None:
+            timestamp = str(int(started.timestamp()))
+            headers = {"Host": target.host_header, "Content-Type": "application/json",
+                       "User-Agent": USER_AGENT, "X-DVP-Timestamp": timestamp,
                        "X-DVP-Signature": sign(secret, timestamp, body)}
-            # Streamed and never read: a receiver's response body is not our business.
-            with self.client.stream("POST", item.url, content=body, headers=headers) as resp:
-                status = resp.status_code
-            if not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except Exception as exc:  # noqa: BLE001 - any failure is this attempt's outcome
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        self._record(item.id, status, error, self._now(now))
+            try:
+                # To the checked address; TLS verifies the certificate for the URL's host.
+                # Streamed and never read: a receiver's response body is not our business.
+                with self.client.stream("POST", target.url, content=body, headers=headers,
+                                        extensions=target.request_extensions(),
+                                        follow_redirects=False) as resp:
+                    status = resp.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except Exception as exc:  # noqa: BLE001 - any failure is this attempt's outcome
+                error, detail = NO_RESPONSE, f"{type(exc).__name__}: {exc}"[:500]
+        self._record(item.id, status, error, started, detail=detail,
+                     address=target.address if target else None)
         return error is None
 
     def _record(self, delivery_id: str, status: int | None, error: str | None,
-                now: datetime) -> None:
+                now: datetime, *, detail: str | None = None,
+                address: str | None = None) -> None:
         with self.session_factory.begin() as session:
             row = session.get(WebhookDeliveryRow, delivery_id)
             assert row is not None
@@ -304,4 +353,4 @@ class WebhookSender:
             outcome, attempts = row.status, row.attempts
         log_fn = log.warning if error else log.info
         log_fn("webhook_attempt", delivery=delivery_id, status=outcome, attempts=attempts,
-               http_status=status, error=error)
+               http_status=status, error=error, detail=detail, address=address)

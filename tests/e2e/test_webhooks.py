@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,10 +22,27 @@ from tests.e2e.conftest import auth
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 OUTSIDER_ADDRESS = "0x" + "11" * 20
+PUBLIC_IP = "93.184.216.34"  # what every *.example receiver resolves to in these tests
+
+
+@pytest.fixture(autouse=True)
+def public_dns(monkeypatch) -> None:
+    """The receivers' names resolve to a public address (the sender resolves them at every
+    delivery, and connects to that address: see test_webhook_egress.py)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(host, str) and host.endswith(".example"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC_IP, port or 0))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 class Receiver:
-    """An httpx MockTransport handler: checks each request's signature, records its body."""
+    """An httpx MockTransport handler: checks each request's signature, records its body
+    under the URL it was registered with (the request goes to the checked address, with the
+    registered host in `Host`)."""
 
     def __init__(self, fail_first: int = 0, crash_first: bool = False) -> None:
         self.secrets: dict[str, str] = {}  # url -> secret
@@ -37,7 +55,9 @@ class Receiver:
         self.requests += 1
         if self.crash_first and self.requests == 1:
             raise SimulatedCrash("killed while posting")
-        url, body = str(request.url), request.content
+        assert request.url.host == PUBLIC_IP, request.url  # the address that was checked
+        url = f"{request.url.scheme}://{request.headers['Host']}{request.url.raw_path.decode()}"
+        body = request.content
         timestamp = request.headers["X-DVP-Timestamp"]
         expected = hmac.new(self.secrets[url].encode(), f"{timestamp}.".encode() + body,
                             hashlib.sha256).hexdigest()
