@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import structlog
 from eth_utils import to_checksum_address
 from prometheus_client import Gauge
+from web3.exceptions import BlockNotFound
 
 from gateway.chain.client import ChainClient, Log
 from gateway.chain.htlc import decode_htlc_log
@@ -128,9 +129,12 @@ class ChainPoller:
         return self.head() - self.confirmations
 
     def _block_hash(self, number: int) -> bytes | None:
+        """The block's hash; None when the node has no such block (above its head after a
+        reorg or a restart). A node that cannot be reached raises: that is no fork, and the
+        relayer retries the step (judging it a fork halted chains on a node's restart)."""
         try:
             return bytes(self.client.w3.eth.get_block(number)["hash"])
-        except Exception:  # noqa: BLE001 - a block above the head after a reorg
+        except BlockNotFound:
             return None
 
     def find_fork(self, recent: list[tuple[int, bytes]], cursor: int | None = None) -> int:

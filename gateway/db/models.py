@@ -160,7 +160,8 @@ class AttemptRow(Base):
     nonce: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(HEX32)
     raw_tx: Mapped[str] = mapped_column(Text)
-    # signed (recorded, maybe not sent) -> sent -> mined | reverted | dropped
+    # signed (recorded, maybe not sent) -> sent -> mined | reverted | dropped; mined ->
+    # orphaned when the chain no longer holds it (a reorg, a node that came back short)
     status: Mapped[str] = mapped_column(String(16), default="signed")
     block_number: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(),

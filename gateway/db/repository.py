@@ -369,6 +369,17 @@ class Repository:
             AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
             AttemptRow.status.in_(("signed", "sent"))))
 
+    def orphan_mined_attempts(self, chain_id: int, sender: str,
+                              from_nonce: int) -> list[AttemptRow]:
+        """Attempts recorded as mined at `from_nonce` or above, which the chain's nonce says
+        are not on chain any more: marked `orphaned`; returns them."""
+        rows = list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce >= from_nonce, AttemptRow.status == "mined")))
+        for row in rows:
+            row.status = "orphaned"
+        return rows
+
     def unsettled_attempts(self, chain_id: int) -> list[AttemptRow]:
         return list(self.session.scalars(select(AttemptRow).where(
             AttemptRow.chain_id == chain_id, AttemptRow.status.in_(("signed", "sent"))

@@ -257,7 +257,13 @@ class Executor:
     def _next_nonce(self, ep: ChainEndpoint, repo: Repository, sender: str) -> int:
         on_chain = ep.client.w3.eth.get_transaction_count(sender, "pending")
         recorded = repo.max_inflight_nonce(ep.chain_id, sender)
-        return max(on_chain, recorded + 1 if recorded is not None else 0)
+        nonce = max(on_chain, recorded + 1 if recorded is not None else 0)
+        # Our transactions recorded as mined at this nonce or above are no longer on chain (a
+        # reorg, or a node that came back short, took them): the records say so.
+        for attempt in repo.orphan_mined_attempts(ep.chain_id, sender, nonce):
+            log.warning("mined_attempt_orphaned", chain=ep.chain.value, nonce=attempt.nonce,
+                        tx=attempt.tx_hash, block=attempt.block_number)
+        return nonce
 
     def _broadcast(self, ep: ChainEndpoint, attempt_id: int) -> None:
         with self.session_factory.begin() as session:

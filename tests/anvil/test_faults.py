@@ -139,8 +139,9 @@ def test_reorg_while_the_relayer_is_down_is_found_from_stored_block_hashes(
         lambda: world.token_balance(world.seller.address) ==
         before[world.seller.address] + AMOUNT and world.phase(trade) == "settled")
     _assert_settled(world, trade, before)
-    assert [a.status for a in _attempts(world)] == ["mined", "mined"]  # claimed twice: once
-    # orphaned by the reorg, once for good
+    # Claimed twice: the first claim, orphaned by the reorg, is recorded so (it was left
+    # "mined" at a block that no longer held it), the second for good.
+    assert [a.status for a in _attempts(world)] == ["orphaned", "mined"]
 
 
 def test_reorg_deeper_than_the_configured_depth_halts_that_chain_loudly(anvil_devnet,
