@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.chain.anvil import AnvilChain, devnet_env
 from gateway.chain.devnet import RELAYER
@@ -471,9 +471,16 @@ def test_dirty_chain_nodes_and_relayers_killed_every_lock_claimed_exactly_once(
                 chain.increase_time(t_pay - chain.latest_block_timestamp() + 1)
                 chain.mine()
             dirty.kill()  # while the relayer refunds
+
+            def nothing_in_flight() -> bool:
+                """The relayer has recorded what became of every transaction it sent (a trade
+                settles on the claim's log, a pass before its receipt is recorded)."""
+                with world.gateway.session_factory() as session:
+                    return not session.scalar(select(func.count()).select_from(AttemptRow)
+                                              .where(AttemptRow.status.in_(("signed", "sent"))))
             dirty.wait_for(lambda: settled(performed) and all(
-                world.phase(trade) == "payment_refunded" for trade in idle),
-                "the idle trades refunded")
+                world.phase(trade) == "payment_refunded" for trade in idle)
+                and nothing_in_flight(), "the idle trades refunded, nothing in flight")
         finally:
             dirty.stop.set()
             dirty.loop_done.wait(30)  # no kill races the shutdown below
