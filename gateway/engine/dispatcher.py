@@ -427,8 +427,10 @@ class _Writes:
 
 
 ALERT_ADVICE = {
-    Phase.PAID_WITHOUT_DELIVERY: "the seller was paid and the buyer has no title: the buyer's "
-                                 "secret was known to the seller; contact both parties",
+    Phase.PAID_WITHOUT_DELIVERY: "the seller was paid and the buyer holds no title: the seller "
+                                 "knew the secret, or a reorg took the title's lock or claim "
+                                 "(then it settles once the title is claimed for the buyer); "
+                                 "contact both parties",
     Phase.DELIVERED_UNPAID: "the buyer has the title and its payment back: the payment claim "
                             "was not mined before T_pay; contact both parties",
 }
