@@ -54,6 +54,10 @@ class TimingPolicy:
         return max(self.business_confirmations, self.business_finality or 0)
 
     @property
+    def waits_for_business_finality(self) -> bool:
+        return self.business_final_depth > self.business_confirmations
+
+    @property
     def waits_for_payment_finality(self) -> bool:
         """Locks seen by the poller may still be undone: the chain's finality decides."""
         return self.payment_final_depth > self.payment_confirmations

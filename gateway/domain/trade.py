@@ -133,6 +133,7 @@ class DeliveryLeg:
     lock_id: bytes
     lock: DeliveryLock
     status: LegStatus = LegStatus.OPEN
+    block_number: int = 0  # where the lock was mined: final once the chain is final there
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class TradeState:
     payment_time: int = 0  # latest payment-chain block timestamp seen
     business_time: int = 0
     payment_finalized: int = 0  # highest payment block final by the chain's finality rule
+    business_finalized: int = 0
     pending: frozenset[str] = frozenset()  # keys of ContractSend* emitted, result not yet seen
     flags: tuple[str, ...] = ()
 
@@ -175,10 +177,14 @@ def wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | N
     every block."""
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and s.delivery is None:
         return 0, 0
+    payment, business = _wake_times(s, policy)
     if s.payment is not None and s.payment.status is LegStatus.OPEN and \
             not payment_lock_final(s, policy):
-        return 0, _wake_times(s, policy)[1]  # every payment block may make it final
-    return _wake_times(s, policy)
+        payment = 0  # every payment block may make it final
+    if s.delivery is not None and s.delivery.status is LegStatus.OPEN and \
+            not delivery_lock_final(s, policy):
+        business = 0
+    return payment, business
 
 
 def _wake_times(s: TradeState, policy: TimingPolicy) -> tuple[int | None, int | None]:
@@ -561,8 +567,12 @@ def state_transition(state: TradeState, inp: Input,
                 step.state = replace(state, payment_time=max(inp.timestamp, state.payment_time),
                                      payment_finalized=max(finalized, state.payment_finalized))
         case Block(chain=Chain.BUSINESS):
-            if inp.timestamp > state.business_time:
-                step.state = replace(state, business_time=inp.timestamp)
+            finalized = inp.number if inp.finalized is None else inp.finalized
+            if inp.timestamp > state.business_time or finalized > state.business_finalized:
+                step.state = replace(state,
+                                     business_time=max(inp.timestamp, state.business_time),
+                                     business_finalized=max(finalized,
+                                                            state.business_finalized))
     _advance_phase(step, policy)
     effects = _reconcile(step, policy)
     if step.state.phase is not state.phase:
@@ -694,7 +704,8 @@ def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
     flags = s.flags
     if s.payment is None:
         flags = _add(flags, "delivery_locked_before_payment")
-    step.state = replace(s, delivery=DeliveryLeg(e.lock_id, e.lock), flags=flags)
+    step.state = replace(s, delivery=DeliveryLeg(e.lock_id, e.lock,
+                                                 block_number=e.ref.block_number), flags=flags)
 
 
 def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
@@ -751,8 +762,10 @@ def seller_paid(s: TradeState) -> bool:
 
 
 def buyer_took_delivery(s: TradeState) -> bool:
-    """The buyer claimed the agreed delivery lock, or one it chose to take instead."""
+    """The buyer claimed the agreed delivery lock, or another lock for the buyer it chose to
+    take instead (a lock for someone else, claimed by anyone, is no delivery to the buyer)."""
     return any(leg is not None and leg.status is LegStatus.CLAIMED
+               and leg.lock.buyer == s.terms.buyer_business
                for leg in (s.delivery, *s.other_deliveries))
 
 
@@ -811,7 +824,8 @@ def _phase_for(s: TradeState, policy: TimingPolicy) -> Phase:
         if pay is LegStatus.REFUNDED:
             return Phase.PAYMENT_REFUNDED
         return Phase.EXPIRED if s.payment_time >= s.terms.t_pay else s.phase
-    facts = _facts_phase(pay, dlv, payment_lock_final(s, policy))
+    facts = _facts_phase(pay, dlv, payment_lock_final(s, policy),
+                         delivery_lock_final(s, policy))
     nothing_open = pay is not LegStatus.OPEN and dlv is not LegStatus.OPEN
     if nothing_open and s.payment_time >= s.terms.t_pay and facts is Phase.DELIVERY_REFUNDED:
         # Every lock has exited and no payment lock can be made any more: the trade is over.
@@ -832,15 +846,23 @@ def payment_lock_final(s: TradeState, policy: TimingPolicy) -> bool:
                                       s.payment.block_number <= s.payment_finalized)
 
 
+def delivery_lock_final(s: TradeState, policy: TimingPolicy) -> bool:
+    """The title lock is final by the business chain's rule: the buyer reveals its secret
+    against it only then (a reorg could otherwise take the lock back after the secret is
+    public, and the seller would be paid and keep the title)."""
+    return s.delivery is not None and (not policy.waits_for_business_finality or
+                                       s.delivery.block_number <= s.business_finalized)
+
+
 def _facts_phase(pay: LegStatus | None, dlv: LegStatus | None,
-                 final: bool = True) -> Phase | None:
+                 final: bool = True, delivery_final: bool = True) -> Phase | None:
     """The phase the two legs' on-chain status imply when neither was claimed, if any. A
-    payment lock not yet final is not reported as verified (`payment_locked`)."""
+    lock not yet final is not reported as verified (`payment_locked`, `delivery_locked`)."""
     if pay is LegStatus.REFUNDED:
         return Phase.PAYMENT_REFUNDED
     if dlv is LegStatus.REFUNDED:
         return Phase.DELIVERY_REFUNDED
-    if pay is LegStatus.OPEN and dlv is LegStatus.OPEN:
+    if pay is LegStatus.OPEN and dlv is LegStatus.OPEN and delivery_final:
         return Phase.DELIVERY_LOCKED
     if pay is LegStatus.OPEN and final:
         return Phase.PAYMENT_LOCKED

@@ -332,8 +332,9 @@ class Dispatcher:
         assert isinstance(first, ActionProposeTrade)
         state, out = new_trade(first, self.policy)
         # Finality does not go back: a reorg below a final block halts the chain instead.
-        state, _ = state_transition(state, Block(Chain.PAYMENT, 0, 0,
-                                                 finalized=old.payment_finalized), self.policy)
+        for chain, final in ((Chain.PAYMENT, old.payment_finalized),
+                             (Chain.BUSINESS, old.business_finalized)):
+            state, _ = state_transition(state, Block(chain, 0, 0, finalized=final), self.policy)
         for inp, clock in rest:
             if clock is not None:
                 for chain, at in zip((Chain.PAYMENT, Chain.BUSINESS), clock, strict=True):

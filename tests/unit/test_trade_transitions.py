@@ -1521,3 +1521,27 @@ def test_a_lock_that_cannot_be_made_is_given_up_and_the_trade_can_be_cancelled()
     assert "payment_lock_failed" in state.flags and state.pending == frozenset()
     assert out == [EventTradeFlagged(TRADE_ID, "payment_lock_failed", "buyer balance 1 < 1000")]
     assert step(state, CANCEL)[0].phase is Phase.CANCELLED
+
+
+def test_a_lock_for_someone_else_claimed_with_the_public_secret_is_no_delivery() -> None:
+    """Found by the Hypothesis model: once the secret is public anyone can claim a lock under
+    the hashlock; one paying another address (the seller's title to a friend) is not the
+    buyer's delivery: the seller is paid all the same, and the trade says the buyer has none."""
+    other = replace(DLV_LOCK, buyer=MALLORY)
+    state = run(trade_in("payment_locked"), dlv_locked(DLV_BAD_ID, other, n=3))
+    state, out = step(state, claimed(BUSINESS, DLV_BAD_ID))
+    assert out == [PAY_CLAIM] and state.phase is Phase.PAYMENT_LOCKED
+    state, out = step(state, CLAIM_PAY)
+    assert state.phase is Phase.PAID_WITHOUT_DELIVERY
+
+
+def test_the_buyer_takes_delivery_only_against_a_final_title_lock() -> None:
+    deep = replace(POLICY, business_finality=POLICY.business_confirmations + 5)
+    state = run(propose(managed_buyer=True), ACCEPT, PAY_OK)
+    state, out = step(state, DLV_OK, deep)  # mined in business block 101
+    assert state.phase is Phase.PAYMENT_LOCKED and out == []
+    with pytest.raises(InvalidTransition):
+        step(state, TAKE, deep)
+    state, out = step(state, Block(BUSINESS, 106, T0 + 6, finalized=101), deep)
+    assert state.phase is Phase.DELIVERY_LOCKED
+    assert step(state, TAKE, deep)[1] == [DLV_CLAIM]
