@@ -762,10 +762,12 @@ def seller_paid(s: TradeState) -> bool:
 
 
 def buyer_took_delivery(s: TradeState) -> bool:
-    """The buyer claimed the agreed delivery lock, or another lock for the buyer it chose to
-    take instead (a lock for someone else, claimed by anyone, is no delivery to the buyer)."""
+    """The buyer claimed the agreed delivery lock, or another lock of the agreed title for the
+    buyer it chose to take instead (another title, or a lock for someone else, claimed by
+    anyone, is no delivery to the buyer)."""
     return any(leg is not None and leg.status is LegStatus.CLAIMED
                and leg.lock.buyer == s.terms.buyer_business
+               and leg.lock.token_id == s.terms.token_id
                for leg in (s.delivery, *s.other_deliveries))
 
 
@@ -967,7 +969,8 @@ def check_invariants(before: TradeState, after: TradeState) -> None:
             and after.phase is Phase.AGREED
             and replace(after.terms, hashlock=AWAITING_HASHLOCK) == before.terms):
         raise InvariantViolated("terms changed other than by the buyer's hashlock at accept")
-    if after.phase is not Phase.PROPOSED and after.terms.hashlock == AWAITING_HASHLOCK:
+    if after.phase not in (Phase.PROPOSED, Phase.CANCELLED, Phase.EXPIRED) and \
+            after.terms.hashlock == AWAITING_HASHLOCK:
         raise InvariantViolated(f"{after.phase} trade without a hashlock")
     if before.phase in FINAL_PHASES and after.phase is not before.phase and not (
             before.phase in _REOPENABLE and after.phase in _EXCHANGE_PHASES):

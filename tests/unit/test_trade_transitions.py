@@ -29,6 +29,7 @@ import pytest
 from gateway.domain.codec import decode, encode
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
+    AWAITING_HASHLOCK,
     FINAL_PHASES,
     ActionAcceptTrade,
     ActionCancelTrade,
@@ -905,7 +906,9 @@ def test_public_preimage_pays_the_seller_without_a_delivery_lock() -> None:
 def test_buyer_taking_a_delivery_off_the_terms_pays_the_seller() -> None:
     """Issue 10 §3: the buyer claims a title from a delivery lock that does not match the terms
     (another timelock, trade id, token...): its secret is public and the seller is paid."""
-    state, out = step(run(trade_in("payment_locked"), DLV_BAD), claimed(BUSINESS, DLV_BAD_ID))
+    early = replace(DLV_LOCK, timelock=T_DELIVER - 100)  # safer for the seller
+    state, out = step(run(trade_in("payment_locked"), dlv_locked(DLV_BAD_ID, early, n=3)),
+                      claimed(BUSINESS, DLV_BAD_ID))
     assert out == [changed("payment_locked", "delivered"), PAY_CLAIM]
     state, out = step(state, CLAIM_PAY)
     assert state.phase is Phase.SETTLED and out == [changed("delivered", "settled")]
@@ -1545,3 +1548,22 @@ def test_the_buyer_takes_delivery_only_against_a_final_title_lock() -> None:
     state, out = step(state, Block(BUSINESS, 106, T0 + 6, finalized=101), deep)
     assert state.phase is Phase.DELIVERY_LOCKED
     assert step(state, TAKE, deep)[1] == [DLV_CLAIM]
+
+
+@pytest.mark.parametrize("end", [CANCEL, PAY_AT], ids=["cancelled", "expired"])
+def test_a_sellers_proposal_awaiting_the_buyers_hashlock_can_end(end: Input) -> None:
+    """Found by the exhaustive exploration: a proposal without its hashlock yet could neither
+    be cancelled (the API answered 500) nor expire."""
+    action = ActionProposeTrade(TRADE_ID, replace(TERMS, hashlock=AWAITING_HASHLOCK))
+    state, _ = new_trade(action, POLICY)
+    state = run(state, Block(PAYMENT, 1, T0), Block(BUSINESS, 1, T0))
+    state, out = step(state, end)
+    assert state.phase in (Phase.CANCELLED, Phase.EXPIRED) and not is_active(state)
+
+
+def test_another_title_locked_for_the_buyer_is_no_delivery() -> None:
+    other = replace(DLV_LOCK, token_id=TOKEN_ID + 1, trade_id=sha256(b"trade 2"))
+    state = run(trade_in("payment_locked"), dlv_locked(DLV_BAD_ID, other, n=3))
+    state, out = step(state, claimed(BUSINESS, DLV_BAD_ID))
+    assert out == [PAY_CLAIM] and state.phase is Phase.PAYMENT_LOCKED
+    assert step(state, CLAIM_PAY)[0].phase is Phase.PAID_WITHOUT_DELIVERY
