@@ -834,8 +834,10 @@ def _phase_for(s: TradeState, policy: TimingPolicy) -> Phase:
         return Phase.REJECTED if s.rejected_payments else Phase.EXPIRED
     if facts is not None:
         return facts
-    if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay:
-        # A lock off the terms does not end the trade while the right one may still come.
+    if s.phase is Phase.AGREED and s.payment_time >= s.terms.t_pay and pay is not \
+            LegStatus.OPEN:
+        # A lock off the terms does not end the trade while the right one may still come; a
+        # lock of the terms not final yet ends it when its refund is seen (payment_refunded).
         return Phase.REJECTED if s.rejected_payments else Phase.EXPIRED
     return s.phase
 
