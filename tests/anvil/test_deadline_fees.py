@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway.chain.client import Fees
 from gateway.chain.devnet import BUYER, RELAYER
+from gateway.chain.htlc import GAS_BATCH_BASE, GAS_BATCH_PER_LOCK, GAS_CLAIM
 from gateway.db.models import AttemptRow
 from gateway.db.repository import Repository
 from gateway.domain.trade import ActionTakeDelivery
@@ -21,10 +22,24 @@ from tests.anvil.test_sending import NEVER, _assert_settled, _attempts, _deliver
 from tests.integration.harness import TEST_POLICY, World, make_gateway
 
 GWEI = 10**9
-GAS_LIMIT = 30_000_000  # anvil's block gas limit
 # TEST_POLICY: the window runs from T_pay - required_margin to T_pay - claim_lead_time.
 START = TEST_POLICY.required_margin  # 32 s before T_pay
 LAST = TEST_POLICY.claim_lead_time  # 1 s before T_pay
+# A full block is full of other transactions, as on a real chain, not the node's block gas
+# limit lowered around it: that limit is node-wide state, the pool checks every broadcast
+# against it, and anvil writes back the limit it read when it started a block once the block
+# is done, so any block built meanwhile brings a lowered limit back after its restore. The
+# relayer's claim is then refused ("intrinsic gas too high -- tx.gas_limit >
+# env.block.gas_limit"), not replaced on schedule, and never mined.
+# Fillers call a contract that burns all the gas it is given, from a development account no
+# role uses, priced far above any claim (the node fills a block best price first) with the
+# node's own suggested tip (so the relayer's suggestion does not change).
+BURNER = "0x" + "00" * 19 + "b0"
+BURN_CODE = "0x5b600056"  # JUMPDEST PUSH1 0 JUMP
+FILLER = 9  # devnet accounts 0..3 are the issuer, buyer, seller and relayer
+FILLERS = 2  # each under a transaction's gas cap (EIP-7825, 2**24)
+FILLER_FEES = Fees(1_000 * GWEI, GWEI)
+ROOM = min(GAS_CLAIM, GAS_BATCH_BASE + GAS_BATCH_PER_LOCK) - 1  # gas left: no claim fits
 
 
 def _claim_pending(world: World, cap: int):  # noqa: ANN202
@@ -43,16 +58,33 @@ def _claim_pending(world: World, cap: int):  # noqa: ANN202
 
 
 def _block(chain, *, base_fee: int, at: int | None = None, full: bool = False) -> None:  # noqa: ANN001
-    """Mine one block with this base fee (at this time); `full`: no room for any pending
-    transaction (its gas limit is lowered while it is mined)."""
+    """Mine one block with this base fee (at this time), and check on chain that it is the
+    next block and the one asked for; `full`: fillers use up its gas (no room for any claim),
+    they are all it holds."""
+    number = chain.w3.eth.block_number
+    fillers = _fillers(chain) if full else []
     chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(base_fee)])
     if at is not None:
         chain.set_next_block_timestamp(at)
-    if full:
-        chain.rpc("evm_setBlockGasLimit", [hex(30_000)])
     chain.mine()
+    block = chain.w3.eth.get_block("latest")
+    assert (block["number"], block["baseFeePerGas"]) == (number + 1, base_fee), \
+        (number, dict(block))
+    assert at is None or block["timestamp"] == at, (at, dict(block))
     if full:
-        chain.rpc("evm_setBlockGasLimit", [hex(GAS_LIMIT)])
+        assert [bytes(h) for h in block["transactions"]] == fillers, dict(block)
+        assert block["gasLimit"] - block["gasUsed"] <= ROOM, dict(block)
+
+
+def _fillers(chain) -> list[bytes]:  # noqa: ANN001
+    """Send the transactions that fill the next block (see FILLER_FEES); their hashes."""
+    chain.rpc("anvil_setCode", [BURNER, BURN_CODE])
+    sender = chain.accounts[FILLER]
+    nonce = chain.w3.eth.get_transaction_count(sender.address, "pending")
+    gas = (chain.w3.eth.get_block("latest")["gasLimit"] - ROOM) // FILLERS + 1
+    return [chain.client.send_raw(chain.client.sign_with_nonce(
+        sender, to=BURNER, data=b"", gas=gas, nonce=nonce + i, fees=FILLER_FEES))
+        for i in range(FILLERS)]
 
 
 def _mined(world: World) -> AttemptRow:
@@ -72,10 +104,12 @@ def test_claim_in_full_blocks_with_a_rising_base_fee_reaches_the_cap_and_is_mine
     trade, before = _claim_pending(world, cap)
     t_pay = trade.terms.t_pay
     base = GWEI
-    for k in range(1, 11):  # a full block every 3 s, from T_pay - 29 to T_pay - 2
-        base = base * 9 // 8
-        _block(payment, base_fee=base, at=t_pay - START + 3 * k, full=True)
-        world.gateway.relayer.step()
+    with capture_logs() as logs:
+        for k in range(1, 11):  # a full block every 3 s, from T_pay - 29 to T_pay - 2
+            base = base * 9 // 8
+            _block(payment, base_fee=base, at=t_pay - START + 3 * k, full=True)
+            world.gateway.relayer.step()
+    assert [e for e in logs if e["event"] in ("broadcast_failed", "rebroadcast_refused")] == []
     attempts = _attempts(world)
     assert len(attempts) >= 4 and {a.nonce for a in attempts} == {attempts[0].nonce}
     for old, new in zip(attempts, attempts[1:], strict=False):
