@@ -30,6 +30,7 @@ from gateway.db.models import EnterpriseRow, TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
 from tests.databases import create_database, drop_database
+from tests.e2e.conftest import module_system
 
 PROBLEM = "application/problem+json"
 NO_TRADE = "0x" + "ab" * 32
@@ -160,13 +161,7 @@ def system(tmp_path_factory) -> System:
     """One system for the tests that do not drive the relayer or need their own limits.
     Tests isolate themselves by tenancy (`pair`: two new enterprises whose trades no other
     test sees); the rate limit is out of the way."""
-    workdir = tmp_path_factory.mktemp("shared")
-    url = create_database(workdir)
-    system = build_system(Settings(_env_file=None), workdir / "run",
-                          limits=Limits(rate_per_second=1e6, burst=10**6), database_url=url)
-    yield system
-    system.close()
-    drop_database(url)
+    yield from module_system(tmp_path_factory, "shared")
 
 
 @pytest.fixture

@@ -12,25 +12,17 @@ import pytest
 from eth_account import Account
 from fastapi.testclient import TestClient
 
-from gateway.api.context import Limits
 from gateway.api.enterprises import create_enterprise
 from gateway.chain.devnet import ISSUER
-from gateway.config import Settings
-from gateway.runner import System, build_system
-from tests.databases import create_database, drop_database
+from gateway.runner import System
+from tests.e2e.conftest import module_system
 
 PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> System:
-    workdir = tmp_path_factory.mktemp("exactness")
-    url = create_database(workdir)
-    system = build_system(Settings(_env_file=None), workdir / "run",
-                          limits=Limits(rate_per_second=1e6, burst=10**6), database_url=url)
-    yield system
-    system.close()
-    drop_database(url)
+    yield from module_system(tmp_path_factory, "exactness")
 
 
 def headers(key: str) -> dict[str, str]:
