@@ -210,13 +210,15 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> Fast
         return JSONResponse({"ready": ready, "checks": checks, "relayer_lag_blocks": lag},
                             status_code=200 if ready else 503)
 
+    from gateway.engine import metrics as _metrics
+
+    served_metrics = _metrics.registry(
+        ctx.session_factory,
+        {chain.value: chain_id for chain, chain_id in ctx.dispatcher.chain_ids.items()})
+
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
-        from gateway.engine.metrics import render
-
-        body, content_type = await run_in_threadpool(
-            render, ctx.session_factory,
-            {chain.value: chain_id for chain, chain_id in ctx.dispatcher.chain_ids.items()})
+        body, content_type = await run_in_threadpool(_metrics.render, served_metrics)
         return Response(body, media_type=content_type)
 
     document_security(app)

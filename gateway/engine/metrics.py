@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -64,14 +65,16 @@ HTTP_SECONDS = Histogram("dvp_http_request_seconds", "HTTP request latency", ["r
 
 
 class _StoredState:
-    def __init__(self) -> None:
-        self.session_factory: sessionmaker[Session] | None = None
-        self.chain_ids: dict[str, int] = {}  # "payment"/"business" -> chain id
+    """Gauges read from one gateway's database. Bound to the app or server that serves them,
+    never to the process-wide registry: a process may hold several gateways (tests, one API per
+    database), and a scrape must never read a database that another one closed."""
+
+    def __init__(self, session_factory: sessionmaker[Session], chain_ids: dict[str, int]) -> None:
+        self.session_factory = session_factory
+        self.chain_ids = chain_ids  # "payment"/"business" -> chain id
         self.deadline_horizon = DEADLINE_HORIZON
 
     def collect(self):  # noqa: ANN201
-        if self.session_factory is None:
-            return
         from gateway.db.repository import Repository
         from gateway.domain.trade import deadline_without_progress
 
@@ -119,8 +122,20 @@ class _StoredState:
         yield alert
 
 
-_stored = _StoredState()
-REGISTRY.register(_stored)
+class _ProcessMetrics:
+    """The process-wide counters and histograms, as one collector of a per-gateway registry."""
+
+    def collect(self):  # noqa: ANN201
+        yield from REGISTRY.collect()
+
+
+def registry(session_factory: sessionmaker[Session],
+             chain_ids: dict[str, int] | None = None) -> CollectorRegistry:
+    """What one gateway serves on /metrics: this process's counters plus its database's gauges."""
+    served = CollectorRegistry()
+    served.register(_ProcessMetrics())
+    served.register(_StoredState(session_factory, chain_ids or {}))
+    return served
 
 
 def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], host: str,
@@ -129,13 +144,10 @@ def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], hos
     relayer's own counters (lag, reorgs, fee bumps, transactions sent) live in its process."""
     from prometheus_client import start_http_server
 
-    _stored.session_factory, _stored.chain_ids = session_factory, chain_ids
-    server, _thread = start_http_server(port, addr=host)
+    server, _thread = start_http_server(port, addr=host,
+                                        registry=registry(session_factory, chain_ids))
     return server
 
 
-def render(session_factory: sessionmaker[Session],
-           chain_ids: dict[str, int] | None = None) -> tuple[bytes, str]:
-    _stored.session_factory = session_factory
-    _stored.chain_ids = chain_ids or {}
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def render(served: CollectorRegistry) -> tuple[bytes, str]:
+    return generate_latest(served), CONTENT_TYPE_LATEST
