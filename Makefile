@@ -61,6 +61,8 @@ devnet: $(PY_STAMP) $(ANVIL_STAMP)
 run: $(PY_STAMP)
 	$(BIN)/dvp-gateway run
 
+# Drives the gateway `make run` started (http://127.0.0.1:8000, keys from .dvp/demo.json);
+# if none is running it says so (`dvp-gateway demo --own-gateway` starts one of its own).
 demo: $(PY_STAMP)
 	$(BIN)/dvp-gateway demo
 

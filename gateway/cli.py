@@ -130,17 +130,34 @@ def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
     import uvicorn
 
     from gateway import logs
+    from gateway.api.context import Limits
     from gateway.runner import build_system
 
     settings = _settings()
     logs.configure(json=None)
-    system = build_system(settings, Path(workdir))
+    system = build_system(settings, Path(workdir), limits=Limits.from_settings(settings))
+    system.ctx.configure(settings)  # DVP_OPS_TOKEN, DVP_TRUSTED_PROXIES
+    stop_ops = None
+    base = ops = f"http://{host}:{port}"
+    if settings.ops_port is not None:  # /healthz, /readyz, /metrics there, not on --port
+        from gateway.api.app import create_app
+        from gateway.api.ops import create_ops_app, serve_in_thread
+
+        system.app = create_app(system.ctx, webhook_egress=system.webhook_egress,
+                                ops_routes=False)
+        try:
+            stop_ops = serve_in_thread(create_ops_app(system.ctx), settings.ops_host,
+                                       settings.ops_port)
+        except OSError as exc:
+            system.close()
+            _fail(f"cannot serve the operator endpoints on {settings.ops_host}:"
+                  f"{settings.ops_port} (DVP_OPS_HOST/DVP_OPS_PORT): {exc}")
+        ops = f"http://{settings.ops_host}:{settings.ops_port}"
     demo = system.demo["enterprises"]
-    base = f"http://{host}:{port}"
     click.echo(f"dvp-gateway running: payment chain {system.devnet.info.payment.chain_id}, "
                f"business chain {system.devnet.info.business.chain_id}, "
                f"database {Path(workdir) / 'gateway.db'}")
-    click.echo(f"  API   {base}/v1    docs {base}/docs    metrics {base}/metrics")
+    click.echo(f"  API   {base}/v1    docs {base}/docs    metrics {ops}/metrics")
     click.echo(f"  demo buyer  {demo['buyer']['id']}  key {demo['buyer']['api_key']}")
     click.echo(f"  demo seller {demo['seller']['id']}  key {demo['seller']['api_key']}")
     click.echo(f"  (also in {Path(workdir) / 'demo.json'}; try: dvp-gateway demo --api {base})")
@@ -155,31 +172,47 @@ def run(host: str, port: int, workdir: str, poll_interval: float) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if stop_ops is not None:
+            stop_ops()
         system.close()
 
 
 @main.command()
-@click.option("--api", "api_url", help="A gateway already running `dvp-gateway run` (its demo "
-              "keys are read from --workdir/demo.json). Without it, the demo starts its own.")
-@click.option("--workdir", default=".dvp", show_default=True, type=click.Path(file_okay=False))
+@click.option("--api", "api_url", help="URL of the running gateway to drive (default: "
+              "http://127.0.0.1:8000, where `dvp-gateway run` / `make run` listens); its demo "
+              "keys are read from --workdir/demo.json.")
+@click.option("--workdir", default=".dvp", show_default=True, type=click.Path(file_okay=False),
+              help="The --workdir of the running gateway's `dvp-gateway run`.")
+@click.option("--own-gateway", is_flag=True, help="Start a gateway of its own for the demo "
+              "(in-process chains, a temporary directory) instead of driving a running one.")
 @click.option("--no-refund", is_flag=True, help="Only the trade that settles.")
-def demo(api_url: str | None, workdir: str, no_refund: bool) -> None:
-    """Drive complete trades through the HTTP API as an enterprise would."""
+def demo(api_url: str | None, workdir: str, own_gateway: bool, no_refund: bool) -> None:
+    """Drive complete trades through the HTTP API as an enterprise would, on the gateway that
+    `dvp-gateway run` (`make run`) started; if none is running, say so (--own-gateway: start
+    one for the demo)."""
     import httpx
 
+    from gateway import demo as demo_module
     from gateway import logs
     from gateway.demo import Api, DemoFailed, run_demo
+    from gateway.logs import trade_ref
 
     logs.configure(json=True, level=40)
     server = None
-    if api_url:
-        keys = Path(workdir) / "demo.json"
-        if not keys.exists():
-            _fail(f"{keys} not found: start `dvp-gateway run --workdir {workdir}` first")
-        info = json.loads(keys.read_text())
+    if own_gateway:
+        if api_url:
+            _fail("--own-gateway starts a gateway of its own: it takes no --api")
+        server, api_url, info, where = _start_own_gateway()
+        click.echo(f"started a gateway of its own for this demo at {api_url} (workdir {where}, "
+                   "stopped at the end)")
     else:
-        server, api_url, info = _start_own_gateway()
-        click.echo(f"started a gateway at {api_url}")
+        api_url = (api_url or demo_module.DEFAULT_API).rstrip("/")
+        try:
+            info = demo_module.connect(api_url, Path(workdir))
+        except (DemoFailed, httpx.HTTPError, ValueError, KeyError) as exc:
+            _fail(str(exc))
+        click.echo(f"driving the gateway running at {api_url} (demo keys from "
+                   f"{Path(workdir) / 'demo.json'})")
     ent = info["enterprises"]
     try:
         with httpx.Client(base_url=api_url, timeout=30) as client:
@@ -190,19 +223,25 @@ def demo(api_url: str | None, workdir: str, no_refund: bool) -> None:
     finally:
         if server is not None:
             server()
-    click.echo("\n" + ", ".join(f"{r['id'][:12]}…: {r['phase']}" for r in results))
+    click.echo("\n" + "\n".join(f"trade {trade_ref(r['id'])}: {r['phase']}" for r in results))
 
 
 def _start_own_gateway():  # noqa: ANN202
+    """A whole gateway for the demo alone (`demo --own-gateway`): (stop, URL, demo keys,
+    workdir). Its demo.json is readable by its owner only from its creation."""
     import socket
     import tempfile
 
     import uvicorn
 
-    from gateway.runner import build_system
+    from gateway.keys import write_private_file
+    from gateway.runner import build_system, create_demo_enterprises
 
-    tmp = tempfile.mkdtemp(prefix="dvp-demo-")
-    system = build_system(_settings(), Path(tmp))
+    tmp = Path(tempfile.mkdtemp(prefix="dvp-demo-"))
+    system = build_system(_settings(), tmp, demo=False)
+    system.demo = create_demo_enterprises(system.devnet, system.gateway.session_factory,
+                                          system.ctx.cipher)
+    write_private_file(tmp / "demo.json", json.dumps(system.demo, indent=2))  # API keys
     system.start_relayer(0.2)
     system.start_block_producer(1.0)
     with socket.socket() as sock:
@@ -220,7 +259,7 @@ def _start_own_gateway():  # noqa: ANN202
         thread.join(10)
         system.close()
 
-    return stop, f"http://127.0.0.1:{port}", system.demo
+    return stop, f"http://127.0.0.1:{port}", system.demo, tmp
 
 
 # --- devnet -----------------------------------------------------------------------------------
@@ -240,7 +279,15 @@ def devnet(block_time: float, env_file: str | None, demo_dir: str | None) -> Non
     """Two anvil nodes on loopback with every contract deployed; prints the DVP_* settings
     for `dvp-gateway api` and `dvp-gateway relayer run`, and runs until Ctrl-C or SIGTERM."""
     from gateway.chain.anvil import AnvilError, devnet_env, start_anvil_devnet
-    from gateway.chain.devnet import BUYER, ISSUER, RELAYER, SELLER
+    from gateway.chain.devnet import (
+        BUYER,
+        DEV_KEYS_NOTE,
+        ISSUER,
+        RELAYER,
+        SELLER,
+        asset_env,
+        shared_address_notes,
+    )
 
     settings = _settings()
     cipher = _cipher(settings)
@@ -256,18 +303,28 @@ def devnet(block_time: float, env_file: str | None, demo_dir: str | None) -> Non
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        lines = devnet_env(net, net.account(RELAYER).key, block_time or None)
+        lines = devnet_env(net, net.account(RELAYER).key, block_time or None) + \
+            asset_env(net.info)
         roles = ", ".join(f"{name} {net.account(i).address}" for name, i in (
             ("issuer", ISSUER), ("buyer", BUYER), ("seller", SELLER), ("relayer", RELAYER)))
         click.echo(f"# dvp-gateway devnet: anvil pids {net.payment.node.pid} (payment), "
-                   f"{net.business.node.pid} (business); development keys 1..10 ({roles}); "
-                   f"token {net.info.payment.token}, titles {net.info.business.titles}")
+                   f"{net.business.node.pid} (business); roles: {roles}")
+        click.echo(f"# {DEV_KEYS_NOTE} (DVP_RELAYER_KEY below is one of them)")
+        click.echo(f"# payment token {net.info.payment.token} (DVP_PAYMENT_TOKEN), title "
+                   f"registry {net.info.business.titles} (DVP_TITLE_REGISTRY)")
+        for note in shared_address_notes(net.info):
+            click.echo(f"# {note}")
         if demo_dir is not None:
             lines.append(f"DVP_DATABASE_URL={settings.database_url}")
             _write_demo(net, settings, cipher, Path(demo_dir))
         click.echo("\n".join(lines), nl=True)
         if env_file:
-            Path(env_file).write_text("\n".join(lines) + "\n")
+            from gateway.keys import write_private_file
+
+            try:
+                write_private_file(Path(env_file), "\n".join(lines) + "\n")  # a relayer key
+            except OSError as exc:
+                _fail(f"cannot write --env-file {env_file}: {exc}")
         sys.stdout.flush()
         while not stop.is_set() and net.payment.node.running() and net.business.node.running():
             stop.wait(0.5)
@@ -291,9 +348,9 @@ def _write_demo(net, settings: Settings, cipher, workdir: Path) -> None:  # noqa
     finally:
         engine.dispose()
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "demo.json"
-    path.write_text(json.dumps(demo, indent=2))
-    path.chmod(0o600)  # API keys
+    from gateway.keys import write_private_file
+
+    write_private_file(workdir / "demo.json", json.dumps(demo, indent=2))  # API keys
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -301,7 +358,7 @@ def _write_demo(net, settings: Settings, cipher, workdir: Path) -> None:  # noqa
 
 @main.group()
 def db() -> None:
-    """Database schema."""
+    """Database schema and backups."""
 
 
 @db.command("upgrade")
@@ -312,7 +369,7 @@ def db_upgrade(database_url: str | None) -> None:
     from gateway.db.session import make_engine
 
     settings = _settings(database_url=database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         migrate.upgrade(engine)
         click.echo(f"database at revision {migrate.current_revision(engine)}")
@@ -323,15 +380,110 @@ def db_upgrade(database_url: str | None) -> None:
         engine.dispose()
 
 
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("--database-url", help="SQLAlchemy URL (default: DVP_DATABASE_URL).")
+def db_backup(path: str, force: bool, database_url: str | None) -> None:
+    """Copy a SQLite database to PATH, consistently, while the gateway runs (SQLite's online
+    backup API), check the copy (PRAGMA integrity_check) and print its schema revision.
+    PostgreSQL: use pg_dump (the command is printed)."""
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    settings = _settings(database_url=database_url)
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError as exc:
+        _fail(f"DVP_DATABASE_URL is not a database URL: {exc}")
+    if url.get_backend_name() == "postgresql":
+        libpq = URL.create("postgresql", username=url.username, host=url.host, port=url.port,
+                           database=url.database, query=url.query).render_as_string(
+                               hide_password=False)  # libpq's form, without the password
+        _fail("db backup copies SQLite files; back up PostgreSQL with pg_dump, online and "
+              f"consistent:\n  pg_dump --format=custom --file={_shell_quote(path)} "
+              f"--dbname={_shell_quote(libpq)}\n(the password from PGPASSWORD or ~/.pgpass; "
+              "restore into an empty database with pg_restore --dbname=URL FILE)")
+    if url.get_backend_name() != "sqlite":
+        _fail(f"db backup supports SQLite (and names the command for PostgreSQL), not "
+              f"{url.get_backend_name()}")
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        _fail(f"db backup needs a SQLite database file, not {url.database or 'memory'!r}")
+    from gateway.db.session import BackupError, backup_sqlite
+
+    try:
+        revision, size = backup_sqlite(Path(url.database), Path(path), force=force)
+    except BackupError as exc:
+        _fail(str(exc))
+    click.echo(f"backed up {url.database} to {path}: {size} bytes, integrity_check ok, "
+               f"alembic revision {revision or 'none (not a migrated gateway database?)'}")
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 # --- enterprises -----------------------------------------------------------------------------
 
 
 @main.command("secrets-key")
 def secrets_key() -> None:
     """Print a new key for DVP_SECRETS_KEY (encryption at rest of managed keys)."""
-    from gateway.api.secrets import Cipher
+    from gateway.keys import Cipher
 
     click.echo(Cipher.generate_key())
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Encryption at rest (DVP_SECRETS_KEY): managed accounts' keys, managed buyers' secrets,
+    webhook signing secrets."""
+
+
+@secrets_group.command("rotate")
+@click.option("--database-url", help="DVP_DATABASE_URL")
+def secrets_rotate(database_url: str | None) -> None:
+    """Re-encrypt every stored secret with the newest key of DVP_SECRETS_KEY.
+
+    Rotation: set DVP_SECRETS_KEY=NEW,OLD (newest first) on every process and restart them,
+    run this, then set DVP_SECRETS_KEY=NEW. One transaction: all or nothing."""
+    from gateway.db.repository import UndecryptableError, rotate_encrypted
+
+    settings = _settings(database_url=database_url)
+    cipher = _cipher(settings)
+    if cipher is None:
+        _fail("DVP_SECRETS_KEY is not set: give the new key and then the old one, "
+              "comma-separated (DVP_SECRETS_KEY=NEW,OLD); `dvp-gateway secrets-key` makes one")
+    engine, factory = _session(settings)
+    try:
+        passes = []
+        for _ in range(2):  # the second finds what was written under an old key meanwhile
+            with factory.begin() as session:
+                passes.append(rotate_encrypted(session, cipher))
+    except UndecryptableError as exc:
+        _fail(f"{exc}. Nothing was changed by this pass.")
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        _fail(f"cannot rotate the secrets in {settings.database_url!r}: {exc}")
+    finally:
+        engine.dispose()
+    first, second = passes
+    total = 0
+    for table, (rewritten, current) in first.items():
+        rewritten += second[table][0]
+        total += rewritten + current
+        click.echo(f"{table}: {rewritten} re-encrypted, {current} already under the newest key")
+    late = sum(rewritten for rewritten, _ in second.values())
+    if late:
+        click.echo(f"warning: {late} secret(s) were written under an older key while this ran "
+                   "(and are rotated now): is a process still running with the old "
+                   "DVP_SECRETS_KEY? Restart it with the new key first, then run this again "
+                   "before dropping the old key.", err=True)
+        sys.exit(1)
+    click.echo(f"all {total} stored secret(s) are under the newest key"
+               + (": the older keys can now be removed from DVP_SECRETS_KEY"
+                  if cipher.key_count > 1 else ""))
 
 
 @main.group()
@@ -350,7 +502,7 @@ def _session(settings: Settings):  # noqa: ANN202
 
 
 def _cipher(settings: Settings):  # noqa: ANN202
-    from gateway.api.secrets import Cipher
+    from gateway.keys import Cipher
 
     if settings.secrets_key is None:
         return None
@@ -456,6 +608,170 @@ def enterprise_revoke(key_id: str, database_url: str | None) -> None:
     finally:
         engine.dispose()
     click.echo(f"revoked {key_id}")
+
+
+# --- self-custody buyer: take delivery ----------------------------------------------------------
+
+
+@main.command("take-delivery-tx")
+@click.option("--instructions", "instructions_file", required=True, type=click.File("r"),
+              help="The JSON document GET /v1/trades/{id}/instructions returned at step "
+                   "take_delivery (a file, or - for standard input).")
+@click.option("--secret", help="Your 32-byte secret, 0x and 64 hex digits (its sha256 is the "
+              "trade's hashlock). Prefer --secret-file: a command line is visible to others.")
+@click.option("--secret-file", type=click.File("r"), help="A file holding the secret.")
+@click.option("--rpc-url", help="The business chain's JSON-RPC node: check the chain id, the "
+              "time left and the claim itself (eth_call) there before printing or sending.")
+@click.option("--key-file", type=click.File("r"), help="With --send: a file holding your "
+              "business-chain private key (0x and 64 hex digits).")
+@click.option("--send", is_flag=True, help="Sign with --key-file, send through --rpc-url and "
+              "wait for the receipt.")
+def take_delivery_tx(instructions_file: Any, secret: str | None, secret_file: Any,
+                     rpc_url: str | None, key_file: Any, send: bool) -> None:
+    """Build the business-chain transaction with which a self-custody buyer takes delivery:
+    claim(lock, secret) on the DeliveryHTLC. Checks sha256(secret) against the lock's hashlock
+    before anything else (a claim with a wrong secret reverts, costs its fee and publishes
+    the wrong secret only; one mined after T_deliver publishes the right one for nothing), and
+    prints the transaction (chain_id, to, data) for your wallet, or sends it."""
+    from gateway.chain.htlc import GAS_DELIVERY_EXIT
+
+    if (secret is None) == (secret_file is None):
+        _fail("give the secret with --secret or --secret-file (one of them)")
+    if send and (rpc_url is None or key_file is None):
+        _fail("--send needs --rpc-url and --key-file")
+    if key_file is not None and not send:
+        _fail("--key-file is only used with --send")
+    preimage = _hex32(secret if secret is not None else secret_file.read(), "the secret")
+    lock, tx = _claim_template(instructions_file)
+    from gateway.chain.htlc import delivery_claim_calldata
+    from gateway.domain.locks import hashlock_of
+
+    if hashlock_of(preimage) != lock.hashlock:
+        _fail(f"sha256 of this secret is 0x{hashlock_of(preimage).hex()}, not the trade's "
+              f"hashlock 0x{lock.hashlock.hex()}: a claim with it would revert (and cost its "
+              "fee). Check that this is the secret of trade 0x" + lock.trade_id.hex())
+    data = delivery_claim_calldata(lock, preimage)
+    out = {"chain": "business", "chain_id": tx["chain_id"], "to": tx["to"],
+           "data": "0x" + data.hex(), "value": "0", "gas": GAS_DELIVERY_EXIT,
+           "description": f"take delivery of title #{lock.token_id}: claim it with your "
+                          f"secret before T_deliver {lock.timelock} (unix seconds, chain time)"}
+    if rpc_url is None:
+        click.echo(json.dumps(out, indent=2))
+        click.echo("note: sending this publishes your secret, which releases your payment to "
+                   f"the seller; it must be mined before T_deliver {lock.timelock}", err=True)
+        return
+    _send_claim(rpc_url, out, lock, key_file.read() if key_file is not None else None, send)
+
+
+def _hex32(text: str, what: str) -> bytes:
+    value = text.strip()
+    body = value[2:] if value[:2] in ("0x", "0X") else value
+    if len(body) != 64 or any(c not in "0123456789abcdefABCDEF" for c in body):
+        _fail(f"{what} must be 32 bytes: 0x and 64 hex digits")  # never echo it
+    return bytes.fromhex(body)
+
+
+def _claim_template(instructions_file: Any):  # noqa: ANN202 - (DeliveryLock, tx dict)
+    """The DeliveryHTLC claim in an instructions document, decoded: its lock and its tx."""
+    from eth_abi import decode as abi_decode
+    from eth_utils import is_address, keccak, to_checksum_address
+
+    from gateway.chain.htlc import DELIVERY_LOCK_TUPLE
+    from gateway.domain.locks import DeliveryLock
+
+    try:
+        doc = json.load(instructions_file)
+    except (ValueError, OSError) as exc:
+        _fail(f"--instructions is not a JSON document: {exc}")
+    if not isinstance(doc, dict) or not isinstance(doc.get("transactions"), list):
+        _fail("--instructions is not an instructions document (GET "
+              "/v1/trades/{id}/instructions): no transactions list")
+    if doc.get("step") != "take_delivery":
+        _fail(f"these instructions are for step {doc.get('step')!r}, not take_delivery"
+              + (f": {doc['note']}" if doc.get("note") else ""))
+    claims = [t for t in doc["transactions"] if isinstance(t, dict)
+              and t.get("chain") == "business"]
+    if len(claims) != 1 or len(doc["transactions"]) != 1:
+        _fail("a take_delivery step has exactly one business-chain transaction; this one has "
+              f"{len(doc['transactions'])}")
+    (tx,) = claims
+    selector = keccak(text=f"claim({DELIVERY_LOCK_TUPLE},bytes)")[:4]
+    try:
+        data = bytes.fromhex(str(tx.get("data", "")).removeprefix("0x"))
+        if data[:4] != selector:
+            raise ValueError("not a DeliveryHTLC claim")
+        fields, placeholder = abi_decode([DELIVERY_LOCK_TUPLE, "bytes"], data[4:])
+        if not is_address(tx.get("to")) or not isinstance(tx.get("chain_id"), int):
+            raise ValueError("no contract address or chain id")
+    except Exception as exc:  # noqa: BLE001 - any malformed document
+        _fail(f"the take_delivery transaction is not a DeliveryHTLC claim: {exc}")
+    if len(placeholder) != 32:
+        _fail("the take_delivery transaction's secret placeholder is not 32 bytes")
+    seller, buyer, token_id, document_hash, trade_id, hashlock, timelock = fields
+    lock = DeliveryLock(to_checksum_address(seller), to_checksum_address(buyer), token_id,
+                        document_hash, trade_id, hashlock, timelock)
+    return lock, {**tx, "to": to_checksum_address(tx["to"])}
+
+
+def _send_claim(rpc_url: str, out: dict, lock, key_text: str | None,  # noqa: ANN001
+                send: bool) -> None:
+    """Check the claim against the node (chain id, time left, eth_call); send it if asked."""
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    from gateway.chain.client import ChainClient
+    from gateway.contracts import load_artifact
+
+    logs.keep_secret(logs.url_secrets(rpc_url))
+    account = None
+    if key_text is not None:
+        try:
+            account = Account.from_key(_hex32(key_text, "the key in --key-file"))
+        except ValueError:
+            _fail("--key-file does not hold a valid private key")
+    client = ChainClient(Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30})),
+                         out["chain_id"], "business")
+    try:
+        actual = client.w3.eth.chain_id
+        now = client.head()[0]
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"the node at {rpc_url} is unreachable: {exc}")
+    if actual != out["chain_id"]:
+        _fail(f"the node at {rpc_url} is chain {actual}, the claim is for chain "
+              f"{out['chain_id']}")
+    if now + 1 >= lock.timelock:
+        _fail(f"too late: the next block cannot be before T_deliver {lock.timelock} (chain "
+              f"time {now}); do not send the claim: it would revert and still publish your "
+              "secret. The title and your payment go back to their owners.")
+    data = bytes.fromhex(out["data"][2:])
+    sender = account.address if account is not None else lock.buyer
+    try:
+        revert = client.simulate(sender, out["to"], data, gas=out["gas"],
+                                 abi=load_artifact("DeliveryHTLC").abi)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"cannot check the claim at {rpc_url}: {exc}")
+    if revert is not None:
+        _fail(f"the claim would revert on chain ({revert.name}{revert.values!r}); not sent")
+    if not send:
+        click.echo(json.dumps(out, indent=2))
+        click.echo(f"checked at {rpc_url}: the claim succeeds now (chain time {now}, T_deliver "
+                   f"{lock.timelock}); sending it publishes your secret", err=True)
+        return
+    assert account is not None
+    try:
+        raw = client.sign_with_nonce(account, to=out["to"], data=data, gas=out["gas"],
+                                     nonce=client.w3.eth.get_transaction_count(
+                                         account.address, "pending"),
+                                     fees=client.suggest_fees())
+        receipt = client.wait(client.send_raw(raw))
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"sending the claim failed: {exc}")
+    click.echo(json.dumps({**out, "tx_hash": "0x" + receipt.tx_hash.hex(),
+                           "block_number": receipt.block_number,
+                           "status": "succeeded" if receipt.succeeded else "reverted"},
+                          indent=2))
+    if not receipt.succeeded:
+        sys.exit(1)
 
 
 # --- relayer ----------------------------------------------------------------------------------
@@ -586,6 +902,20 @@ def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
             verify_contract(client, address, artifact)  # type: ignore[arg-type]
         except WrongContractError as exc:
             _fail(str(exc))
+    from gateway.contracts import load_artifact
+
+    for client, htlc, artifact, getter, setting in (
+            (clients["payment"], settings.payment_htlc, "PaymentHTLC", "token",
+             "payment_token"),
+            (clients["business"], settings.delivery_htlc, "DeliveryHTLC", "titles",
+             "title_registry")):
+        expected = getattr(settings, setting)
+        if expected is None:
+            continue
+        bound = getattr(client.contract(htlc, load_artifact(artifact)).functions, getter)().call()
+        if bound.lower() != expected.lower():
+            _fail(f"the {artifact} at {htlc} is bound to {getter} {bound}, not to "
+                  f"DVP_{setting.upper()} {expected}")
     return clients
 
 
@@ -645,7 +975,8 @@ def api(host: str, port: int) -> None:
 
     from gateway import logs
     from gateway.api.app import create_app
-    from gateway.api.context import ApiContext, ChainView
+    from gateway.api.context import ApiContext, ChainView, Limits
+    from gateway.api.ops import create_ops_app, serve_in_thread
     from gateway.contracts import load_artifact
     from gateway.domain.trade import Chain
     from gateway.engine.build import open_database
@@ -667,17 +998,29 @@ def api(host: str, port: int) -> None:
                           pay_htlc.functions.token().call()),
         business=ChainView(clients["business"], dlv_htlc.address,
                            dlv_htlc.functions.titles().call()),
-        cipher=_cipher(settings))
+        cipher=_cipher(settings), limits=Limits.from_settings(settings)).configure(settings)
+    stop_ops = None
+    if settings.ops_port is not None:  # /healthz, /readyz, /metrics there, not on --port
+        try:
+            stop_ops = serve_in_thread(create_ops_app(ctx), settings.ops_host,
+                                       settings.ops_port)
+        except OSError as exc:
+            engine.dispose()
+            _fail(f"cannot serve the operator endpoints on {settings.ops_host}:"
+                  f"{settings.ops_port} (DVP_OPS_HOST/DVP_OPS_PORT): {exc}")
     # As `run`: uvicorn's graceful shutdown re-raises the signal; exit 0 there instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         from gateway.engine.egress import Egress
 
-        uvicorn.run(create_app(ctx, webhook_egress=Egress(settings.webhook_allow_hosts)),
+        uvicorn.run(create_app(ctx, webhook_egress=Egress(settings.webhook_allow_hosts),
+                               ops_routes=stop_ops is None),
                     host=host, port=port, log_level="warning")
     except KeyboardInterrupt:
         pass
     finally:
+        if stop_ops is not None:
+            stop_ops()
         engine.dispose()
 
 

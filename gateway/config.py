@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.chain.devnet import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
+from gateway.chain.ids import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
 from gateway.domain.policy import TimingPolicy
 
 FinalityRule = Annotated[int, Field(ge=0, le=10_000)] | Literal["finalized", "safe"]
@@ -30,10 +30,22 @@ class Settings(BaseSettings):
     business_ws_url: str | None = None
     payment_htlc: str | None = None
     delivery_htlc: str | None = None
+    # The asset contracts the HTLCs must be bound to. Optional; when set, `api` and `relayer run`
+    # refuse to start unless PaymentHTLC.token() / DeliveryHTLC.titles() are these addresses
+    # (`dvp-gateway devnet` writes both). On the devnet they may be one address: two chains.
+    payment_token: str | None = None
+    title_registry: str | None = None
     payment_start_block: int = Field(0, ge=0)
     business_start_block: int = Field(0, ge=0)
     relayer_key: SecretStr | None = None
-    secrets_key: SecretStr | None = None  # Fernet key: managed keys and secrets at rest
+    # Fernet key(s): managed keys and secrets at rest. Several, comma-separated, newest first,
+    # while rotating: the newest encrypts, all decrypt (`dvp-gateway secrets rotate`).
+    secrets_key: SecretStr | None = None
+    # SQLite only: `PRAGMA synchronous`. "full" (default): every commit is on disk before it is
+    # acknowledged, so an API response given or a transaction recorded survives power loss.
+    # "normal": faster commits, but the last ones before a power cut (not a process crash) may
+    # be lost, and the relayer may then have sent a transaction it has no record of.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     payment_confirmations: int = Field(2, ge=0, le=1000)
     business_confirmations: int = Field(2, ge=0, le=1000)
@@ -69,7 +81,42 @@ class Settings(BaseSettings):
     # (the default): public addresses only (gateway.engine.egress).
     webhook_allow_hosts: str = ""
 
-    @field_validator("payment_htlc", "delivery_htlc")
+    # --- the HTTP API (`dvp-gateway api`, `dvp-gateway run`) ---
+    # Rate limits: token buckets in the database, shared by every API process on it (429
+    # problem+json with Retry-After when empty). One per enterprise, taken once its key is
+    # known: DVP_RATE_LIMIT_PER_SECOND refills it, up to DVP_RATE_LIMIT_BURST requests at once.
+    rate_limit_per_second: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    # And one per client address, taken before the API key is read: every /v1 request counts,
+    # failed authentications included (key guessing is throttled). Unset: twice the above.
+    client_rate_limit_per_second: float | None = Field(None, gt=0)
+    client_rate_limit_burst: int | None = Field(None, ge=1)
+    # The client address is the TCP peer. Behind reverse proxies, list them here (comma-
+    # separated addresses and CIDR networks, e.g. "10.0.0.5,10.1.0.0/16"): for a request from
+    # one of them, the right-most X-Forwarded-For address that is not one is the client. Empty
+    # (the default): X-Forwarded-For is ignored, and every client behind a proxy shares its
+    # bucket.
+    trusted_proxies: str = ""
+    # Seconds an Idempotency-Key is remembered: reused later, it is a new key. Expired keys are
+    # deleted by the API processes as they serve (gateway.api.housekeeping).
+    idempotency_ttl: int = Field(24 * 3600, ge=60)
+    # Operator endpoints (gateway.api.ops). /healthz touches nothing; /readyz probes the
+    # database and both nodes and /metrics reads the database, each at most once per
+    # DVP_OPS_CACHE_SECONDS however often they are called. With DVP_OPS_TOKEN set (16
+    # characters at least), /readyz and /metrics require `Authorization: Bearer <token>`.
+    # With DVP_OPS_PORT set, /healthz, /readyz and /metrics are served on
+    # DVP_OPS_HOST:DVP_OPS_PORT only, not on the public port.
+    ops_token: SecretStr | None = Field(None, min_length=16)
+    ops_host: str = "127.0.0.1"
+    ops_port: int | None = Field(None, ge=0, le=65535)
+    ops_cache_seconds: float = Field(2.0, ge=0.1, le=60)
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("payment_htlc", "delivery_htlc", "payment_token", "title_registry")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None:
@@ -86,6 +133,14 @@ class Settings(BaseSettings):
         from gateway.engine.egress import parse_allow
 
         parse_allow(value)  # raises on an entry that is neither a name nor an address
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        from gateway.api.ratelimit import parse_networks
+
+        parse_networks(value)  # raises on an entry that is neither an address nor a network
         return value
 
     @model_validator(mode="after")

@@ -4,16 +4,28 @@ Two trades between the demo enterprises: one settles (the buyer takes delivery a
 gateway releases the payment), one is refunded (the buyer never performs; after the
 deadlines both legs go back). Progress is shown as it happens; each trade's timeline (which
 chain, block and transaction, what changed) is printed at the end.
+
+The demo drives a gateway that is already running: the one `dvp-gateway run` (`make run`)
+started, at `DEFAULT_API` unless told another URL, with the demo enterprises' keys from the
+`demo.json` that `run` wrote in its workdir (`connect`). When nothing answers there it says
+so and stops; `dvp-gateway demo --own-gateway` starts a gateway of its own instead.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+from gateway.logs import trade_ref
+
+# Where `dvp-gateway run` (and so `make run`) listens by default.
+DEFAULT_API = "http://127.0.0.1:8000"
 
 
 class DemoFailed(RuntimeError):
@@ -63,7 +75,7 @@ def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool =
         trade = api.call("POST", "/v1/trades", api.seller_key, json=body,
                          headers={"Idempotency-Key": str(uuid.uuid4())})
         trade_id = trade["id"]
-        say(f"seller proposed {trade_id[:18]}…  phase {trade['phase']}")
+        say(f"seller proposed trade {trade_ref(trade_id)}  phase {trade['phase']}")
         api.call("POST", f"/v1/trades/{trade_id}/accept", api.buyer_key)
         say("buyer accepted: the gateway locks the buyer's payment, checks it on chain, and "
             "locks the seller's title")
@@ -81,6 +93,36 @@ def run_demo(api: Api, demo: dict, say: Callable[[str], None], *, refund: bool =
     say("")
     _balances(api, say)
     return results
+
+
+def connect(url: str, workdir: Path) -> dict:
+    """The running gateway at `url` and its demo keys (`workdir/demo.json`, as `dvp-gateway
+    run --workdir` wrote them): what `demo.json` holds, once the gateway has answered and
+    recognised the keys. DemoFailed, saying what to do, when it does not."""
+    hint = ("start one in another terminal with `make run` (`dvp-gateway run`), pass --api "
+            "URL for one elsewhere, or run `dvp-gateway demo --own-gateway` to start a gateway "
+            "of its own")
+    try:
+        healthy = httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    if not healthy:
+        raise DemoFailed(f"no gateway is running at {url}: {hint}")
+    keys = workdir / "demo.json"
+    if not keys.exists():
+        raise DemoFailed(f"a gateway answers at {url} but {keys} does not exist: pass the "
+                         "--workdir its `dvp-gateway run` was started with")
+    info = json.loads(keys.read_text())
+    me = httpx.get(f"{url}/v1/me", timeout=10, headers={
+        "Authorization": f"Bearer {info['enterprises']['buyer']['api_key']}"})
+    if me.status_code == 401:
+        raise DemoFailed(f"the gateway at {url} does not know the demo keys in {keys} (left "
+                         "by an earlier `dvp-gateway run`?): pass the --workdir of the running "
+                         "one")
+    if me.status_code != 200:
+        raise DemoFailed(f"{url} answers /v1/me with HTTP {me.status_code}: is it a "
+                         "dvp-gateway?")
+    return info
 
 
 def money(units: int) -> str:
@@ -116,7 +158,8 @@ def _wait(api: Api, trade_id: str, phases: set[str], say: Callable[[str], None],
         if trade["phase"] in phases:
             return trade
         time.sleep(0.25)
-    raise DemoFailed(f"trade {trade_id} did not reach {sorted(phases)} in {timeout} s")
+    raise DemoFailed(f"trade {trade_ref(trade_id)} did not reach {sorted(phases)} in "
+                     f"{timeout} s")
 
 
 def _timeline(trade: dict, say: Callable[[str], None], names: dict) -> None:

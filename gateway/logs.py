@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import structlog
@@ -42,6 +43,24 @@ def redact(text: str) -> str:
     return text
 
 
+def trade_ref(trade_id: bytes | str) -> str:
+    """A trade id as operators see it everywhere (log lines, API responses, webhook bodies,
+    CLI output): `0x` and 64 lowercase hex digits, so one can be grepped with the other.
+    Takes the 32 raw bytes or their hex (as stored: 64 digits, no prefix; or any case, with
+    one)."""
+    if isinstance(trade_id, bytes | bytearray | memoryview):
+        raw = bytes(trade_id)
+    else:
+        text = trade_id[2:] if trade_id[:2] in ("0x", "0X") else trade_id
+        try:
+            raw = bytes.fromhex(text) if len(text) == 64 else b""
+        except ValueError:
+            raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"not a 32-byte trade id: {trade_id!r}")
+    return "0x" + raw.hex()
+
+
 def _redact_event(_logger: object, _method: str, event: dict) -> dict:
     if _secrets:
         for key, value in event.items():
@@ -50,9 +69,14 @@ def _redact_event(_logger: object, _method: str, event: dict) -> dict:
     return event
 
 
-def configure(json: bool | None = None, level: int = logging.INFO) -> None:
+def configure(json: bool | None = None, level: int = logging.INFO,
+              file: TextIO | None = None) -> None:
+    """Log to `file` (standard error by default): JSON lines, or readable ones (`json=None`:
+    readable on a terminal). The API writes one line per request to `gateway.api.access`
+    (gateway.api.app.install_request_log)."""
+    file = file or sys.stderr
     if json is None:
-        json = not sys.stderr.isatty()
+        json = not file.isatty()
     renderer = (structlog.processors.JSONRenderer() if json
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
@@ -64,6 +88,6 @@ def configure(json: bool | None = None, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=file),
         cache_logger_on_first_use=False,
     )

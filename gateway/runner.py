@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.api.app import create_app
 from gateway.api.context import ApiContext, ChainView, Limits
 from gateway.api.enterprises import create_enterprise, managed_account
-from gateway.api.secrets import Cipher
 from gateway.chain.devnet import ISSUER, RELAYER, Devnet, start_devnet
 from gateway.config import Settings
 from gateway.db.models import ManagedKeyRow
 from gateway.domain.policy import TimingPolicy
 from gateway.engine.build import Gateway, build_gateway
 from gateway.engine.egress import Egress
+from gateway.keys import Cipher, write_private_file
 
 DEMO_FUNDS = 10_000_000_00  # 10,000,000.00 payment units for the demo buyer
 DEMO_TITLES = 5
@@ -82,8 +82,7 @@ def _cipher(settings: Settings, workdir: Path) -> Cipher:
         return Cipher(settings.secrets_key.get_secret_value())
     key_file = workdir / "secrets.key"  # demo only: production sets DVP_SECRETS_KEY
     if not key_file.exists():
-        key_file.write_text(Cipher.generate_key())
-        key_file.chmod(0o600)
+        write_private_file(key_file, Cipher.generate_key())
     return Cipher(key_file.read_text().strip())
 
 
@@ -130,8 +129,7 @@ def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
                     webhook_egress=egress)
     if demo:
         system.demo = create_demo_enterprises(devnet, gateway.session_factory, cipher)
-        (workdir / "demo.json").write_text(json.dumps(system.demo, indent=2))
-        (workdir / "demo.json").chmod(0o600)
+        write_private_file(workdir / "demo.json", json.dumps(system.demo, indent=2))
     return system
 
 

@@ -20,6 +20,7 @@ from gateway.db.repository import Repository
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Phase, Terms
 from gateway.engine.build import Gateway
+from gateway.logs import trade_ref
 
 MAX_UINT256 = 2**256 - 1
 CHAIN_NAMES: dict[int, str] = {}
@@ -107,7 +108,7 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
     gateway.dispatcher.propose(ActionProposeTrade(trade_id, terms))
     gateway.dispatcher.apply_action(ActionAcceptTrade(trade_id))
     note(TimelineEntry("gateway", None, None,
-                       f"trade {trade_id.hex()[:12]}… agreed: {amount} units against title "
+                       f"trade {trade_ref(trade_id)} agreed: {amount} units against title "
                        f"#{token_id}, T_deliver {t_deliver}, T_pay {t_pay} "
                        f"(margin {t_pay - t_deliver} s >= {gateway.policy.required_margin} s)"))
 
@@ -144,7 +145,7 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
         relay_until(Phase.PAYMENT_REFUNDED)
 
     return SwapResult(
-        trade_id=trade_id.hex(),
+        trade_id=trade_ref(trade_id),
         phase=current_phase().value,
         timeline=tuple(timeline),
         buyer_paid=buyer_before - balance(buyer.address),

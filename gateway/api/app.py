@@ -1,20 +1,22 @@
 """The FastAPI application factory: `/v1` for enterprises, health and metrics for operators."""
 
-import asyncio
 import time
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
+from fastapi.responses import JSONResponse
 
 from gateway.api import problems
 from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
+from gateway.api.housekeeping import expire_idempotency_key
+from gateway.api.ops import add_ops_routes
 from gateway.api.problems import BodyLimit, Problem
+from gateway.api.ratelimit import client_address, client_bucket, enterprise_bucket
 from gateway.api.schemas import (
     Balances,
     Clock,
@@ -39,7 +41,10 @@ from gateway.engine.egress import Egress
 PHASES = tuple(p.value for p in Phase)
 
 
-def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> FastAPI:
+def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None,
+               ops_routes: bool = True) -> FastAPI:
+    """The API. `ops_routes=False`: without /healthz, /readyz and /metrics (served on their
+    own port instead, by `gateway.api.ops.create_ops_app`)."""
     app = FastAPI(
         title="dvp-gateway",
         version="0.1.0",
@@ -51,40 +56,33 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> Fast
     app.state.ctx = ctx
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=ctx.limits.max_body_bytes)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # noqa: ANN001, ANN202
-        from gateway.engine.metrics import HTTP_REQUESTS, HTTP_SECONDS
-
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_SECONDS.labels(path).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    install_request_log(app, ctx)
 
     async def caller(request: Request,
                      authorization: Annotated[str | None, Header()] = None) -> Enterprise:
+        """The enterprise whose API key the request carries, after the client address's rate
+        limit (taken first, whatever the key: failed authentications count) and then the
+        enterprise's (gateway.api.ratelimit)."""
         scheme, _, token = (authorization or "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:  # RFC 9110 11.1: schemes ignore case
+        token = token.strip() if scheme.lower() == "bearer" else ""  # RFC 9110 11.1: any case
+        route = request.scope.get("route")
+        proposal_key = (request.headers.get("idempotency-key")
+                        if request.method == "POST" and getattr(route, "path", None)
+                        == "/v1/trades" else None)
+        outcome, value, enterprise_id = await run_in_threadpool(
+            _admit, ctx, _client(request, ctx), token, proposal_key)
+        if enterprise_id is not None:
+            request.state.enterprise_id = enterprise_id  # for the access log
+        if outcome == "limited":
+            raise Problem(429, "rate limit exceeded", headers={"Retry-After": str(int(value) + 1)},
+                          kind="rate-limited")
+        if outcome == "no-key":
             raise Problem(401, "send your API key as 'Authorization: Bearer <key>'",
                           headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
-
-        def lookup() -> Enterprise | None:
-            with ctx.session_factory() as session:
-                return authenticate(session, token)
-
-        enterprise = await run_in_threadpool(lookup)
-        if enterprise is None:
+        if outcome == "unknown-key":
             raise Problem(401, "unknown or revoked API key",
                           headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
-        wait = ctx.rate_limiter.take(enterprise.id)
-        if wait:
-            raise Problem(429, "rate limit exceeded", headers={"Retry-After": str(int(wait) + 1)},
-                          kind="rate-limited")
-        return enterprise
+        return value
 
     Caller = Annotated[Enterprise, Depends(caller)]
 
@@ -118,11 +116,21 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> Fast
     # --- trades -------------------------------------------------------------------------
 
     @app.post("/v1/trades", status_code=201, response_model=Trade, tags=["trades"],
-              responses={200: {"description": "replay of an earlier identical request"},
-                         409: {"description": "conflict (problem+json)"}})
+              response_description="The trade proposed. A replay (the same Idempotency-Key "
+                                   "and body) answers the original's status, 201, and body.",
+              responses=problems.documented({
+                  409: "the buyer's open exposure would exceed its cap (type exposure-cap, "
+                       "field payment.amount), or the hashlock is already in use (type "
+                       "hashlock-reused, field hashlock)",
+                  422: "invalid request, or an Idempotency-Key reused with another body",
+                  503: "no secrets key to keep a managed buyer's secret, or the database "
+                       "is unavailable"}))
     async def propose(body: TradeCreate, who: Caller,
                       idempotency_key: Annotated[str, Header(min_length=1, max_length=200)],
                       ) -> JSONResponse:
+        """Propose a trade as buyer or seller. Idempotent by `Idempotency-Key`: a replay
+        with the same body answers exactly what the original answered (201 and the same
+        trade, even after the trade moved on); the same key with another body is a 422."""
         status, payload = await run_in_threadpool(create_trade, ctx, who, body, idempotency_key)
         return JSONResponse(payload, status_code=status)
 
@@ -162,8 +170,12 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> Fast
         return endpoint
 
     @app.post("/v1/trades/{trade_id}/accept", response_model=Trade, tags=["trades"],
-              name="accept", responses={404: {"description": "no such trade"},
-                                        409: {"description": "not allowed in this phase"}})
+              name="accept", responses=problems.documented({
+                  404: "no such trade",
+                  409: "not allowed in this phase or by this party; the buyer's open exposure "
+                       "would exceed its cap (type exposure-cap, field payment.amount); or "
+                       "the hashlock is already in use (type hashlock-reused, field hashlock)",
+                  422: "invalid request (a missing, malformed or unexpected hashlock)"}))
     def accept(trade_id: str, who: Caller,
                body: Annotated[TradeAccept | None, Body()] = None) -> Trade:
         """The counterparty accepts. A self-custody buyer accepting a seller's proposal gives
@@ -183,43 +195,8 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None) -> Fast
 
     # --- operations ---------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"])
-    async def readyz() -> JSONResponse:
-        checks: dict[str, str] = {}
-
-        def probe() -> None:
-            try:
-                with ctx.session_factory() as session:
-                    session.execute(text("SELECT 1"))
-                checks["database"] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                checks["database"] = f"down: {type(exc).__name__}"
-            for name, view in (("payment_chain", ctx.payment), ("business_chain", ctx.business)):
-                try:
-                    view.client.w3.eth.block_number  # noqa: B018
-                    checks[name] = "ok"
-                except Exception as exc:  # noqa: BLE001
-                    checks[name] = f"down: {type(exc).__name__}"
-        await asyncio.wait_for(run_in_threadpool(probe), timeout=10)
-        lag = await run_in_threadpool(_relayer_lag, ctx)
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "relayer_lag_blocks": lag},
-                            status_code=200 if ready else 503)
-
-    from gateway.engine import metrics as _metrics
-
-    served_metrics = _metrics.registry(
-        ctx.session_factory,
-        {chain.value: chain_id for chain, chain_id in ctx.dispatcher.chain_ids.items()})
-
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
-        body, content_type = await run_in_threadpool(_metrics.render, served_metrics)
-        return Response(body, media_type=content_type)
+    if ops_routes:  # else served on the operator port (DVP_OPS_PORT): gateway.api.ops
+        add_ops_routes(app, ctx)
 
     document_security(app)
     return app
@@ -259,20 +236,103 @@ def document_security(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _relayer_lag(ctx: ApiContext) -> dict[str, int | None]:
-    """Blocks between each chain's head and the relayer's last processed block."""
-    from gateway.db.models import CursorRow
+# --- every request: metrics, access log, admission ---------------------------------------------
 
-    lag: dict[str, int | None] = {}
+ACCESS_LOG = "gateway.api.access"
+
+
+def install_request_log(app: FastAPI, ctx: ApiContext) -> None:
+    """Count and time every request (Prometheus), and write one structured line for it to
+    the `gateway.api.access` log: method, route template, path, status, duration, client
+    address and, once authenticated, the enterprise id. Never a header, key or body."""
+    log = structlog.get_logger(ACCESS_LOG)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # noqa: ANN001, ANN202
+        from gateway.engine.metrics import HTTP_REQUESTS, HTTP_SECONDS
+
+        started = time.perf_counter()
+        status = 500  # unless a response comes back
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(route).observe(elapsed)
+            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+            fields = {"method": request.method, "route": route,
+                      "path": request.url.path[:256], "status": status,
+                      "duration_ms": round(elapsed * 1000, 1), "client": _client(request, ctx)}
+            enterprise_id = getattr(request.state, "enterprise_id", None)
+            if enterprise_id is not None:
+                fields["enterprise_id"] = enterprise_id
+            trade = _trade_of(request)
+            if trade is not None:
+                fields["trade"] = trade  # the form every log line and view uses
+            log.info("http_request", **fields)
+
+
+def _trade_of(request: Request) -> str | None:
+    """The trade a request names, as `0x` + 64 lowercase hex however the client wrote it."""
+    from gateway.logs import trade_ref
+
+    raw = request.scope.get("path_params", {}).get("trade_id")
+    if not isinstance(raw, str):
+        return None
     try:
-        with ctx.session_factory() as session:
-            for name, view in (("payment", ctx.payment), ("business", ctx.business)):
-                cursor = session.get(CursorRow, view.chain_id)
-                head = view.client.w3.eth.block_number
-                lag[name] = head - cursor.block_number if cursor else None
-    except Exception:  # noqa: BLE001 - readiness reports what it can
-        return lag
-    return lag
+        return trade_ref(raw)
+    except ValueError:
+        return None
+
+
+def _client(request: Request, ctx: ApiContext) -> str:
+    """The client's address (DVP_TRUSTED_PROXIES: gateway.api.ratelimit.client_address)."""
+    address = getattr(request.state, "client_address", None)
+    if address is None:
+        address = request.state.client_address = client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"), ctx.trusted_proxies)
+    return address
+
+
+def _admit(ctx: ApiContext, address: str, token: str,
+           proposal_key: str | None) -> tuple[str, Any, str | None]:
+    """Admission of a /v1 request, in one database session: the client address's bucket,
+    then the key, then the enterprise's bucket. (outcome, value, enterprise id if known):
+    ("limited", seconds to wait) | ("no-key", None) | ("unknown-key", None) | ("ok",
+    enterprise). Before a proposal, the caller's
+    expired row for its Idempotency-Key (`proposal_key`) is deleted: a key reused after
+    DVP_IDEMPOTENCY_TTL is a new key. Now and then, the housekeeping sweep."""
+    limits, limiter = ctx.limits, ctx.rate_limiter
+    with ctx.session_factory() as session:
+        wait = limiter.take(session, client_bucket(address), limits.client_rate,
+                            limits.client_capacity)
+        session.commit()
+        if wait:
+            return "limited", wait, None
+        if not token:
+            return "no-key", None, None
+        enterprise = authenticate(session, token)
+        if enterprise is None:
+            return "unknown-key", None, None
+        wait = limiter.take(session, enterprise_bucket(enterprise.id), limits.rate_per_second,
+                            limits.burst)
+        if not wait and proposal_key:
+            expire_idempotency_key(session, enterprise.id, proposal_key,
+                                   limits.idempotency_ttl, limiter.clock())
+        session.commit()
+        if wait:
+            return "limited", wait, enterprise.id
+        if ctx.housekeeping.due():
+            try:
+                ctx.housekeeping.sweep(session)
+            except Exception as exc:  # noqa: BLE001 - the request is served all the same
+                session.rollback()
+                structlog.get_logger("gateway.api").warning(
+                    "housekeeping_failed", error=f"{type(exc).__name__}: {exc}")
+        return "ok", enterprise, enterprise.id
 
 
 def _erc20():  # noqa: ANN202

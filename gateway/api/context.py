@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.api.secrets import Cipher
+from gateway.api.ratelimit import Network, RateLimiter, parse_networks
 from gateway.chain.client import ChainClient
 from gateway.domain.policy import TimingPolicy
 from gateway.engine.dispatcher import Dispatcher
+from gateway.keys import Cipher
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 MAX_DEADLINE_AHEAD = 30 * 24 * 3600  # the contracts' MAX_LOCK_DURATION
 
@@ -38,30 +42,38 @@ class ChainView:
 class Limits:
     max_body_bytes: int = 64 * 1024
     max_page_size: int = 100
+    # Rate limits (gateway.api.ratelimit), shared by every API process on the database: per
+    # enterprise, once authenticated...
     rate_per_second: float = 50.0
     burst: int = 100
+    # ...and per client address, before authentication (None: twice the enterprise's).
+    client_rate_per_second: float | None = None
+    client_burst: int | None = None
     exposure_cap: int = 10**15  # payment units an enterprise may have locked-in as buyer
+    idempotency_ttl: float = 24 * 3600.0  # seconds an Idempotency-Key is remembered
+    ops_cache_seconds: float = 2.0  # /readyz, /metrics' stored gauges: at most once per this
 
+    @property
+    def client_rate(self) -> float:
+        return self.client_rate_per_second or 2 * self.rate_per_second
 
-class RateLimiter:
-    """A token bucket per API key, in process memory."""
+    @property
+    def client_capacity(self) -> int:
+        return self.client_burst or 2 * self.burst
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = defaultdict(lambda: (burst, 0.0))
-        self._lock = threading.Lock()
+    def bucket_refill_seconds(self) -> float:
+        """How long an untouched bucket of either kind takes to be full again."""
+        return max(self.burst / self.rate_per_second,
+                   self.client_capacity / self.client_rate)
 
-    def take(self, key: str) -> float:
-        """0 if allowed, else the seconds to wait."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets[key]
-            tokens = min(self.burst, tokens + (now - last) * self.rate if last else tokens)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(rate_per_second=settings.rate_limit_per_second,
+                   burst=settings.rate_limit_burst,
+                   client_rate_per_second=settings.client_rate_limit_per_second,
+                   client_burst=settings.client_rate_limit_burst,
+                   idempotency_ttl=float(settings.idempotency_ttl),
+                   ops_cache_seconds=settings.ops_cache_seconds)
 
 
 @dataclass
@@ -74,9 +86,25 @@ class ApiContext:
     cipher: Cipher | None
     limits: Limits = field(default_factory=Limits)
     relayer_lag: dict[str, int] = field(default_factory=dict)
+    # DVP_OPS_TOKEN: when set, /readyz and /metrics require it as a Bearer token.
+    ops_token: str | None = None
+    # DVP_TRUSTED_PROXIES: peers whose X-Forwarded-For names the client (gateway.api.ratelimit).
+    trusted_proxies: tuple[Network, ...] = ()
+    clock: Callable[[], float] = time.time  # Unix seconds: rate buckets, key expiry
 
     def __post_init__(self) -> None:
-        self.rate_limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+        from gateway.api.housekeeping import Housekeeping
+
+        self.rate_limiter = RateLimiter(self.clock)
+        self.housekeeping = Housekeeping(self)
+
+    def configure(self, settings: Settings) -> ApiContext:
+        """The operator settings of the API (DVP_OPS_TOKEN, DVP_TRUSTED_PROXIES); the limits
+        are `Limits.from_settings`."""
+        self.ops_token = (settings.ops_token.get_secret_value()
+                          if settings.ops_token is not None else None)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        return self
 
 
 def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,

@@ -11,8 +11,9 @@ from eth_utils import is_address, to_checksum_address
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.api.secrets import Cipher, display_prefix, hash_api_key, new_api_key
+from gateway.api.secrets import display_prefix, hash_api_key, new_api_key
 from gateway.db.models import ApiKeyRow, EnterpriseRow, ManagedKeyRow
+from gateway.keys import Cipher
 
 
 class EnterpriseError(ValueError):

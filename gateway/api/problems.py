@@ -51,6 +51,48 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "request")
 
 
+def line_and_column(text: str | bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of `offset` in `text` (characters of a str,
+    bytes of bytes: the column then counts the characters before it, invalid bytes as one
+    each)."""
+    offset = max(0, min(offset, len(text)))
+    if isinstance(text, bytes):
+        start = text.rfind(b"\n", 0, offset) + 1
+        return text.count(b"\n", 0, offset) + 1, \
+            len(text[start:offset].decode("utf-8", "replace")) + 1
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _error_of(error: dict, body: Any) -> dict[str, str]:
+    """One `errors[]` entry of a validation error. A body that is not JSON is located in
+    words (FastAPI gives a character offset as its "location", which would read as a field
+    named "17"): field `body`, "line 1, column 18"."""
+    if error.get("type") == "json_invalid":
+        loc = tuple(error.get("loc", ()))
+        # json's messages end "... at" where they expect a position ("Invalid control
+        # character at"): the position follows in words.
+        reason = str((error.get("ctx") or {}).get("error") or "malformed").removesuffix(" at")
+        if len(loc) > 1 and isinstance(loc[-1], int) and isinstance(body, str | bytes):
+            line, column = line_and_column(body, loc[-1])
+            reason += f" at line {line}, column {column}"
+        return {"field": "body", "message": f"not valid JSON: {reason}"}
+    return {"field": _field(tuple(error.get("loc", ()))),
+            "message": str(error.get("msg", "invalid"))}
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> list[dict[str, str]]:
+    """The `errors` of a 400 for a JSON body that is not UTF-8 (FastAPI answers 400 "There
+    was an error parsing the body" and keeps the decoding error as the cause): where the first
+    invalid byte is, in words."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, UnicodeDecodeError):
+        return []
+    line, column = line_and_column(cause.object, cause.start)
+    return [{"field": "body", "message": f"the body is not UTF-8 text: invalid byte "
+                                         f"0x{cause.object[cause.start]:02x} at line {line}, "
+                                         f"column {column} (byte {cause.start + 1})"}]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -59,8 +101,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(tuple(e.get("loc", ()))),
-                   "message": str(e.get("msg", "invalid"))} for e in exc.errors()]
+        errors = [_error_of(e, exc.body) for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(422, detail, errors, instance=request.url.path)
 
@@ -69,7 +110,9 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return problem_response(exc.status_code, str(exc.detail), headers=headers,
+        errors = _unreadable_body(exc)
+        return problem_response(exc.status_code, errors[0]["message"] if errors else
+                                str(exc.detail), errors, headers=headers,
                                 instance=request.url.path)
 
     @app.exception_handler(Exception)
@@ -137,3 +180,11 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+def documented(answers: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of a route for the problem+json answers it gives: status ->
+    description."""
+    return {status: {"description": f"{text} (problem+json)",
+                     "content": {PROBLEM: {"schema": {"type": "object"}}}}
+            for status, text in answers.items()}

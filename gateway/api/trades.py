@@ -44,6 +44,7 @@ from gateway.domain.trade import (
     ActionProposeTrade,
     ActionTakeDelivery,
     InvalidTransition,
+    Phase,
     Terms,
     TradeState,
     terms_problems,
@@ -66,17 +67,20 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
                           field="counterparty")
         other = Enterprise.from_row(counterparty)
-        exposure = _open_exposure(session, caller.id if body.role == "buyer" else other.id)
+        if body.role == "buyer":  # an early answer; decided in the trade's transaction (also)
+            check_exposure(ctx, session, caller.id, int(body.payment.amount))
     buyer, seller = (caller, other) if body.role == "buyer" else (other, caller)
 
     if body.payment.token != ctx.payment.asset:
         raise Problem(422, f"the payment token of this gateway is {ctx.payment.asset}",
                       field="payment.token")
     amount = int(body.payment.amount)
-    if exposure + amount > ctx.limits.exposure_cap:
-        raise Problem(409, f"the buyer's open exposure would exceed its cap of "
-                           f"{ctx.limits.exposure_cap} units ({exposure} open)",
-                      field="payment.amount", kind="exposure-cap")
+    if amount > ctx.limits.exposure_cap:
+        # Whoever proposes: no buyer could ever accept it. This reads nothing of the buyer's
+        # (the cap is the gateway's), so it tells a seller nothing about its counterparty.
+        raise Problem(409, f"the amount exceeds the open exposure a buyer may have, "
+                           f"{ctx.limits.exposure_cap} units", field="payment.amount",
+                      kind="exposure-cap")
     secret = None
     if buyer.managed:
         if body.hashlock is not None:
@@ -120,7 +124,11 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
 
     def also(session: Session) -> None:
         """The parties, the encrypted secret and the idempotency record commit with the
-        trade: a concurrent request with the same key loses on the key's primary key."""
+        trade: a concurrent request with the same key loses on the key's primary key. A buyer
+        proposing commits itself: its cap is checked here, in the transaction that makes the
+        trade (it holds the trade-writes lock), so two concurrent proposals cannot both fit."""
+        if body.role == "buyer":
+            check_exposure(ctx, session, buyer.id, amount)
         session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
                                   seller_id=seller.id, proposer_id=caller.id,
                                   amount=str(amount)))
@@ -141,9 +149,33 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
             replay = _replay(session, caller, idempotency_key, request_hash)
         if replay is not None:
             return replay  # the same request, committed first by a concurrent call
-        raise Problem(409, "this hashlock is already used by another trade: every trade needs "
-                           "its own secret", field="hashlock", kind="hashlock-reused") from None
+        raise hashlock_in_use() from None
     return 201, response
+
+
+HASHLOCK_IN_USE = ("this hashlock is already in use: every trade needs its own secret; draw a "
+                   "new 32-byte secret and give its sha256")
+
+
+def hashlock_in_use() -> Problem:
+    """The answer to a hashlock that a trade already uses, at proposal or at accept.
+
+    Uniqueness is enforced across all tenants (the unique `trades.hashlock` column): one secret
+    opening two trades' locks is a money-safety fault (revealing it for one exposes the other),
+    and the relayer routes chain events by hashlock. So a collision must be refused, and the
+    refusal necessarily tells the caller one bit: "some trade uses this hashlock".
+
+    Design: that bit is all it tells. The answer is one constant 409 (status, type, detail,
+    `errors[0].field == "hashlock"`) whether the other trade is the caller's own or another
+    tenant's: it never names, links or counts the other trade, its parties or its phase, and
+    it is decided by the same database constraint in both cases (no separate lookup whose
+    cost could differ). The remaining bit is harmless: a hashlock is sha256 of a buyer's
+    32-byte secret, so nobody can guess one (2**-256); before it is locked on chain only the
+    buyer that chose it (it first reaches the gateway in the very request that reserves it)
+    and that trade's counterparty know it, both already parties to the trade; and once
+    locked it is public anyway (every PaymentHTLC `Locked` event carries it). A tenant can
+    only ask about a hashlock it already knows, and learns nothing about whom it belongs to."""
+    return Problem(409, HASHLOCK_IN_USE, field="hashlock", kind="hashlock-reused")
 
 
 REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery",
@@ -175,12 +207,31 @@ def _check_deadlines(ctx: ApiContext, deadlines: Deadlines) -> None:
                                f"(latest allowed {now + MAX_DEADLINE_AHEAD})", field=field)
 
 
-def _open_exposure(session: Session, buyer_id: str) -> int:
-    """Payment units of the buyer's open trades (exact: summed as Python integers)."""
+def open_exposure(session: Session, buyer_id: str) -> int:
+    """Payment units the buyer has committed itself to (exact: summed as Python integers):
+    its open trades that it proposed itself, or that it accepted (past `proposed`: only the
+    buyer's accept moves a seller's proposal on). A proposal made TO the buyer that it has not
+    accepted commits it to nothing and does not count: otherwise any tenant could fill a
+    victim's cap with proposals naming it as buyer, which stay open until their T_pay (up to
+    30 days)."""
     rows = session.scalars(select(TradePartyRow.amount).join(
         TradeRow, TradePartyRow.trade_id == TradeRow.id).where(
-        TradePartyRow.buyer_id == buyer_id, TradeRow.active.is_(True)))
+        TradePartyRow.buyer_id == buyer_id, TradeRow.active.is_(True),
+        or_(TradePartyRow.proposer_id == buyer_id, TradeRow.phase != Phase.PROPOSED.value)))
     return sum(int(amount or 0) for amount in rows)
+
+
+def check_exposure(ctx: ApiContext, session: Session, buyer_id: str, amount: int) -> None:
+    """409 `exposure-cap` (field payment.amount) when committing the buyer to `amount` more
+    would take it over the cap. Called only when the buyer itself commits (it proposes, or it
+    accepts), inside the dispatcher's transaction that does so: that transaction holds the
+    trade-writes lock (`Repository.lock_trade_writes`), so no other proposal or accept can
+    commit between this read and the new trade's commit."""
+    exposure = open_exposure(session, buyer_id)
+    if exposure + amount > ctx.limits.exposure_cap:
+        raise Problem(409, f"the buyer's open exposure would exceed its cap of "
+                           f"{ctx.limits.exposure_cap} units ({exposure} open)",
+                      field="payment.amount", kind="exposure-cap")
 
 
 # --- read --------------------------------------------------------------------------------------
@@ -349,7 +400,7 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
     with ctx.session_factory() as session:
         parties = _parties(session, trade_id, caller)
 
-    def check(state: TradeState) -> None:
+    def check(state: TradeState, session: Session) -> None:
         if action == "accept" and caller.id == parties.proposer_id:
             raise Problem(409, "only the counterparty can accept a proposal", kind="conflict")
         if action == "accept" and not hashlock_from_buyer(state, parties):
@@ -364,6 +415,10 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
             if request.secret is None:  # type: ignore[union-attr]
                 raise Problem(503, "the gateway cannot read this trade's secret (no secrets "
                                    "key configured)", kind="no-secrets-key")
+        if action == "accept" and caller.id == parties.buyer_id and \
+                state.phase is Phase.PROPOSED:
+            # The buyer commits itself now: its cap, read in the accept's own transaction.
+            check_exposure(ctx, session, caller.id, state.terms.amount)
 
     match action:
         case "accept":
@@ -385,8 +440,7 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
         field, _, message = str(exc).partition(": ")
         raise Problem(422, message or field, field=field if message else None) from None
     except IntegrityError:
-        raise Problem(409, "this hashlock is already used by another trade: every trade needs "
-                           "its own secret", field="hashlock", kind="hashlock-reused") from None
+        raise hashlock_in_use() from None
     with ctx.session_factory() as session:
         return trade_view(session, ctx, trade_id, caller)
 

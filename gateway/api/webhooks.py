@@ -25,6 +25,7 @@ from gateway.api.schemas import Strict
 from gateway.db.models import TradeEventRow, WebhookDeliveryRow, WebhookEndpointRow
 from gateway.engine.egress import Egress, EgressRefused
 from gateway.engine.webhooks import EVENT_TYPE, EVENT_TYPES, public_error, utc
+from gateway.logs import trade_ref
 
 MAX_ACTIVE_ENDPOINTS = 10
 SECRET_PREFIX = "whsec_"
@@ -198,7 +199,7 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
             rows = session.execute(
                 query.order_by(d.trade_event_id.desc()).limit(limit + 1)).all()
         items = [WebhookDelivery(
-            id=r.id, trade_id="0x" + e.trade_id, old=e.payload.get("old"),
+            id=r.id, trade_id=trade_ref(e.trade_id), old=e.payload.get("old"),
             new=e.payload.get("new"), flag=e.payload.get("flag"),
             reason=e.payload.get("reason"),
             type=EVENT_TYPES[e.payload.get("__type__", "EventPhaseChanged")],

@@ -16,14 +16,45 @@ from web3.contract import Contract
 
 from gateway.chain.client import ChainClient
 from gateway.chain.htlc import DeliveryHTLCProxy, PaymentHTLCProxy
+from gateway.chain.ids import DEFAULT_BUSINESS_CHAIN_ID, DEFAULT_PAYMENT_CHAIN_ID
 from gateway.contracts import load_artifact
 
-DEFAULT_PAYMENT_CHAIN_ID = 71_001
-DEFAULT_BUSINESS_CHAIN_ID = 71_002
 DEV_ACCOUNTS = 10
 # Role -> index into the development keys.
 ISSUER, BUYER, SELLER, RELAYER = 0, 1, 2, 3
 INITIAL_BALANCE = 1_000_000_00  # payment-token units (2 decimals): 1,000,000.00 each
+
+
+# What the development keys are, for every output that shows them or their addresses.
+DEV_KEYS_NOTE = (
+    f"development keys: the well-known private keys 0x00...01 to 0x00...{DEV_ACCOUNTS:02x} "
+    f"(the integers 1 to {DEV_ACCOUNTS} as 32-byte keys, eth-tester's defaults): anyone can "
+    "sign with them, so never use them, or send anything of value to their addresses, on a "
+    "real chain")
+
+
+def asset_env(info: DevnetInfo) -> list[str]:
+    """The asset contracts as `DVP_*` lines (Settings.payment_token / title_registry)."""
+    return [f"DVP_PAYMENT_TOKEN={info.payment.token}",
+            f"DVP_TITLE_REGISTRY={info.business.titles}"]
+
+
+def shared_address_notes(info: DevnetInfo) -> list[str]:
+    """Why two contracts can show one address: each chain's contracts are deployed by the
+    same issuer key in the same order, and an address is the deployer's and its nonce's, so
+    the same address on two chains is two different contracts."""
+    notes = []
+    for what, one, other in (
+            ("the payment token (payment chain) and the title registry (business chain)",
+             info.payment.token, info.business.titles),
+            ("PaymentHTLC (payment chain) and DeliveryHTLC (business chain)",
+             info.payment.htlc, info.business.htlc)):
+        if one.lower() == other.lower():
+            notes.append(f"{what} share the address {one}: they are different contracts on "
+                         f"different chains (chain ids {info.payment.chain_id} and "
+                         f"{info.business.chain_id}), deployed by the same key at the same "
+                         "nonce")
+    return notes
 
 
 class SameChainIdError(ValueError):

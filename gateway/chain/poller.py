@@ -20,6 +20,12 @@ judged one block deeper and halt (the safe side). A batch of one or two blocks c
 call; a larger one one `eth_getBlockByNumber` per checkpoint (at most `max_reorg_depth / 2`).
 Without `max_reorg_depth` there are no checkpoints: the fork point is known only to one batch.
 
+Only the watched contract's logs are applied: the node's `address` filter is not trusted (a
+buggy or hostile node can return another contract's logs, with the same event topics: a
+"lock" on a contract of anyone's making). Each log's emitter is compared with the HTLC's
+address (case-insensitively); any other is dropped, logged (`foreign_logs_dropped`, a
+warning) and counted in `dvp_foreign_logs_total{chain}`.
+
 Chain time is watched too: when the newest block is older than `stall_after` seconds of wall
 clock, a `chain_stalled` alert is logged (once per stall) and `dvp_chain_head_age_seconds`
 says by how much. Wall-clock time is only ever used for that alert: deadlines are judged by
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 
 import structlog
 from eth_utils import to_checksum_address
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from web3.exceptions import BlockNotFound
 
 from gateway.chain.client import ChainClient, Log
@@ -55,6 +61,10 @@ log = structlog.get_logger("gateway.poller")
 
 CHAIN_HEAD_AGE = Gauge("dvp_chain_head_age_seconds",
                        "Wall-clock seconds since the newest block's timestamp", ["chain"])
+FOREIGN_LOGS = Counter(
+    "dvp_foreign_logs_total",
+    "Logs the node returned for the HTLC's log filter that another contract emitted (a buggy "
+    "or hostile node): dropped by the poller, never applied", ["chain"])
 
 
 # Block hashes are kept for 256 blocks below the cursor (`gateway.db.repository.RECENT_HASHES`):
@@ -99,6 +109,7 @@ class ChainPoller:
         self.finality = finality
         self.client = client
         self.htlc_address = to_checksum_address(htlc_address)
+        self._htlc_lower = self.htlc_address.lower()
         self.confirmations = confirmations
         self.batch_blocks = batch_blocks
         self.start_block = start_block
@@ -207,12 +218,21 @@ class ChainPoller:
 
     def _inputs(self, start: int, end: int) -> list[ContractReceive]:
         inputs = []
+        foreign: list[str] = []
         for found in self.client.get_logs(start, end, self.htlc_address):
+            if str(found.log.address).lower() != self._htlc_lower:
+                foreign.append(str(found.log.address))
+                continue
             if found.removed:
                 continue
             inp = to_input(self.chain, found.log, self.client.chain_id, found.block_number,
                            found.tx_hash)
             if inp is not None:
                 inputs.append(inp)
+        if foreign:
+            FOREIGN_LOGS.labels(self.chain.value).inc(len(foreign))
+            log.warning("foreign_logs_dropped", chain=self.chain.value, count=len(foreign),
+                        emitters=sorted(set(foreign))[:5], expected=self.htlc_address,
+                        from_block=start, to_block=end)
         inputs.sort(key=lambda i: (i.ref.block_number, i.ref.log_index))
         return inputs

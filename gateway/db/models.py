@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -278,8 +279,23 @@ class IdempotencyRow(Base):
     request_hash: Mapped[str] = mapped_column(HEX32)
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
+    # Keys expire after DVP_IDEMPOTENCY_TTL: swept by this index (gateway.api.housekeeping).
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True,
                                                  default=utcnow, server_default=func.now())
+
+
+class RateBucketRow(Base):
+    """A token bucket of the API's rate limits (gateway.api.ratelimit), shared by every API
+    process on this database: `tokens` left as of `updated_at` (Unix seconds, the API
+    processes' clocks), and whether the request that last touched it was `allowed`. A bucket
+    idle long enough to be full again is the same as none: swept by `updated_at`."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Double, index=True)
 
 
 # --- webhooks ----------------------------------------------------------------------------------

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+# SQLite's `PRAGMA synchronous` (see `Settings.sqlite_synchronous`): FULL, the default, syncs
+# the write-ahead log at every commit, so a committed transaction (an API response given, a
+# signed transaction recorded before it is sent) survives power loss; NORMAL syncs only at
+# checkpoints, so the last commits before a power cut can be lost (never corrupted).
+SQLITE_SYNCHRONOUS = ("full", "normal")
+SQLITE_SYNCHRONOUS_ENV = "DVP_SQLITE_SYNCHRONOUS"
 
-def make_engine(url: str) -> Engine:
+
+def sqlite_synchronous(value: str | None = None) -> str:
+    """The synchronous level: `value`, else DVP_SQLITE_SYNCHRONOUS, else "full"."""
+    chosen = (value if value is not None
+              else os.environ.get(SQLITE_SYNCHRONOUS_ENV) or "full").strip().lower()
+    if chosen not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"{SQLITE_SYNCHRONOUS_ENV} must be one of "
+                         f"{', '.join(SQLITE_SYNCHRONOUS)}, not {chosen!r}")
+    return chosen
+
+
+def make_engine(url: str, *, synchronous: str | None = None) -> Engine:
+    """`synchronous`: SQLite's level, "full" or "normal"; None: DVP_SQLITE_SYNCHRONOUS (read
+    here because every process opens its database through this function), default "full"."""
     if url.startswith("sqlite"):
+        level = sqlite_synchronous(synchronous).upper()
         # The busy timeout: a writer waits up to 30 s for another's write lock (processes on
         # one file take it first thing in every trade-state transaction:
         # `Repository.lock_trade_writes`) instead of failing with "database is locked".
@@ -17,7 +40,7 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA synchronous={level}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -46,3 +69,86 @@ def _postgres_connect_args(url: str) -> dict[str, object]:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class BackupError(Exception):
+    """A backup that was not made (the message says why); nothing is left at the target."""
+
+
+def backup_sqlite(source: Path, target: Path, *, force: bool = False) -> tuple[str | None, int]:
+    """Copy the SQLite database `source` to `target` with SQLite's online backup API: one
+    consistent snapshot (a read transaction; in WAL mode writers carry on meanwhile, and a
+    write transaction open elsewhere is not in the copy), into a new file of mode 0600 (it
+    holds encrypted keys and API key hashes), checked with `PRAGMA integrity_check`, made a
+    single self-contained file (rollback journal, no -wal), synced and only then renamed to
+    `target`. An existing `target` is refused unless `force`. Returns the copy's alembic
+    revision (None without one) and its size in bytes."""
+    import sqlite3
+
+    if not source.is_file():
+        raise BackupError(f"no SQLite database at {source}")
+    if target.exists() and not force:
+        raise BackupError(f"{target} exists: give --force to overwrite it")
+    if target.resolve() == source.resolve():
+        raise BackupError(f"{target} is the database itself")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise BackupError(f"cannot create {tmp}: {exc}") from exc
+    try:
+        try:
+            src = sqlite3.connect(source.resolve().as_uri() + "?mode=rw", uri=True, timeout=30)
+            try:
+                dst = sqlite3.connect(tmp)
+                try:
+                    src.backup(dst)  # all pages in one step: one snapshot
+                    dst.execute("PRAGMA journal_mode=DELETE")
+                    check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
+                    try:
+                        row = dst.execute("SELECT version_num FROM alembic_version").fetchone()
+                        revision = row[0] if row else None
+                    except sqlite3.OperationalError:  # no such table
+                        revision = None
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            raise BackupError(f"cannot back up {source}: {exc}") from exc
+        if check != ["ok"]:
+            raise BackupError(f"the copy of {source} fails PRAGMA integrity_check: "
+                              + "; ".join(check[:5]))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        size = tmp.stat().st_size
+        try:
+            if force:
+                os.replace(tmp, target)
+            else:
+                os.link(tmp, target)  # fails if `target` appeared meanwhile: never clobbered
+                tmp.unlink()
+        except FileExistsError as exc:
+            raise BackupError(f"{target} exists: give --force to overwrite it") from exc
+        except OSError as exc:
+            raise BackupError(f"cannot write {target}: {exc}") from exc
+        _fsync_directory(target.parent)
+        return revision, size
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

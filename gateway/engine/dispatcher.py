@@ -53,6 +53,7 @@ from gateway.domain.trade import (
 )
 from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
+from gateway.logs import trade_ref
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -173,18 +174,19 @@ class Dispatcher:
         return state
 
     def apply_action(self, action: Input,
-                     check: Callable[[TradeState], None] | None = None) -> TradeState:
+                     check: Callable[[TradeState, Session], None] | None = None) -> TradeState:
         """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition; `check`
-        may refuse the action on the state read inside the transaction."""
+        may refuse the action on the state read inside the transaction, and may read more
+        through that transaction's session (under its trade-writes lock)."""
         trade_id: bytes = action.trade_id  # type: ignore[union-attr]
         with self.session_factory.begin() as session:
             work = _Work(Repository(session))
             work.repo.lock_trade_writes()
             state = work.load(trade_id)
             if state is None:
-                raise UnknownTrade(trade_id.hex())
+                raise UnknownTrade(trade_ref(trade_id))
             if check is not None:
-                check(state)
+                check(state, session)
             state, early = self._catch_up(state, self._clocks(work.repo, (Chain.PAYMENT,
                                                                           Chain.BUSINESS)))
             new_state, effects = state_transition(state, action, self.policy)
@@ -274,7 +276,7 @@ class Dispatcher:
         try:
             return state_transition(state, inp, self.policy)
         except InvariantViolated as exc:
-            log.critical("invariant_violated", trade=state.trade_id.hex(),
+            log.critical("invariant_violated", trade=trade_ref(state.trade_id),
                          input=type(inp).__name__, error=str(exc))
             flag = f"invariant_violated:{type(inp).__name__}"
             if flag in state.flags:
@@ -345,7 +347,7 @@ class Dispatcher:
             try:
                 state, more = state_transition(state, inp, self.policy)
             except (InvalidTransition, ValueError):
-                log.warning("replay_refused_action", trade="0x" + old.trade_id.hex(),
+                log.warning("replay_refused_action", trade=trade_ref(old.trade_id),
                             action=type(inp).__name__)
                 continue  # an action that only the orphaned facts had allowed
             out.extend(more)
@@ -398,7 +400,7 @@ class Dispatcher:
             writes.settled.append(state.trade_id)
         writes.events.extend((state.trade_id, note, ref) for note in notes)  # type: ignore[misc]
         for note in notes:
-            log.info("trade_event", trade="0x" + state.trade_id.hex(),
+            log.info("trade_event", trade=trade_ref(state.trade_id),
                      kind=type(note).__name__, phase=state.phase.value)
             _alert(note)
         if self.on_effects and effects:
@@ -441,11 +443,11 @@ def _alert(note: Effect) -> None:
     """Critical log lines and the alert counter for what an operator must act on."""
     if isinstance(note, EventPhaseChanged) and note.new in ALERT_PHASES:
         metrics.TRADE_ALERTS.labels(note.new.value).inc()
-        log.critical("trade_alert", trade="0x" + note.trade_id.hex(), phase=note.new.value,
+        log.critical("trade_alert", trade=trade_ref(note.trade_id), phase=note.new.value,
                      advice=ALERT_ADVICE[note.new])
     elif isinstance(note, EventTradeFlagged):
         metrics.TRADE_ALERTS.labels(note.flag.partition(":")[0]).inc()
-        log.critical("trade_flagged", trade="0x" + note.trade_id.hex(), flag=note.flag,
+        log.critical("trade_flagged", trade=trade_ref(note.trade_id), flag=note.flag,
                      reason=note.reason)
 
 

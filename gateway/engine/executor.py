@@ -115,6 +115,7 @@ from gateway.domain.trade import (
 )
 from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
+from gateway.logs import trade_ref
 
 log = structlog.get_logger("gateway.executor")
 
@@ -251,7 +252,7 @@ class Executor:
             try:
                 self.on_refused(refused)
             except Exception as exc:  # noqa: BLE001 - the next pass refuses it again
-                log.error("effect_refusal_not_applied", trade="0x" + refused.trade_id.hex(),
+                log.error("effect_refusal_not_applied", trade=trade_ref(refused.trade_id),
                           key=refused.key, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _next_nonce(self, ep: ChainEndpoint, repo: Repository, sender: str) -> int:
@@ -390,7 +391,7 @@ class Executor:
         metrics.TX_REVERTED.labels(ep.chain.value).inc()
         log.warning("tx_reverted", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce,
                     sender=attempt.sender, block=receipt.block_number, gas_used=receipt.gas_used,
-                    reason=reason, trades=sorted({"0x" + r.trade_id for r in rows}),
+                    reason=reason, trades=sorted({trade_ref(r.trade_id) for r in rows}),
                     effects=[r.key for r in rows])
 
     def _stuck(self, attempt: AttemptRow) -> bool:
@@ -428,7 +429,7 @@ class Executor:
         if not head:
             head.append(ep.client.head())
         return self._deadline(head[0][0], tuple(c.lock.timelock for c in claims),
-                              tuple(sorted({"0x" + c.trade_id.hex() for c in claims})))
+                              tuple(sorted({trade_ref(c.trade_id) for c in claims})))
 
     def _check_cap(self, ep: ChainEndpoint, attempt: AttemptRow, deadline: _Deadline,
                    base_fee: int) -> None:
@@ -573,7 +574,8 @@ class Executor:
                 txs.extend([approval, tx] if approval else [tx])
             except KeyError_ as exc:
                 row.status, row.last_error = "failed", str(exc)
-                log.error("effect_failed", key=row.key, error=str(exc))
+                log.error("effect_failed", trade=trade_ref(row.trade_id), key=row.key,
+                          error=str(exc))
         if len(claims) == 1:
             (_, claim), = claims
             found = self._on_chain(ep, claim)
@@ -686,7 +688,7 @@ class Executor:
         if seen in self._reported and (told or self.on_refused is None):
             return
         self._reported.add(seen)
-        fields = {"chain": ep.chain.value, "trade": "0x" + effect.trade_id.hex(),
+        fields = {"chain": ep.chain.value, "trade": trade_ref(effect.trade_id),
                   "key": effect.key, "reason": reason, "final": final,
                   "already_flagged": told}
         if missing:

@@ -42,6 +42,7 @@ from gateway.domain.trade import (
 )
 from gateway.engine import metrics
 from gateway.engine.dispatcher import Dispatcher
+from gateway.logs import trade_ref
 
 log = structlog.get_logger("gateway.reconciler")
 
@@ -121,7 +122,7 @@ class Reconciler:
             if d not in self._reported:
                 self._reported.add(d)
                 metrics.CHAIN_DISAGREEMENTS.labels(chain.value).inc()
-                log.critical("chain_disagrees", trade="0x" + d.trade_id.hex(),
+                log.critical("chain_disagrees", trade=trade_ref(d.trade_id),
                              chain=chain.value, lock_id="0x" + d.lock_id.hex(),
                              recorded=d.recorded, on_chain=d.on_chain, block=block,
                              verified=verified)
@@ -133,7 +134,7 @@ class Reconciler:
         return sorted(standing, key=lambda d: (d.trade_id, d.lock_id))
 
     def _flag(self, d: Disagreement) -> None:
-        def unflagged(state: TradeState) -> None:
+        def unflagged(state: TradeState, _session: object) -> None:
             if flag_for(d.lock_id) in state.flags:
                 raise _AlreadyFlagged
 
@@ -144,5 +145,5 @@ class Reconciler:
         except _AlreadyFlagged:
             pass
         except Exception as exc:  # noqa: BLE001 - the alert is out; the flag is tried next run
-            log.error("chain_disagrees_flag_failed", trade="0x" + d.trade_id.hex(),
+            log.error("chain_disagrees_flag_failed", trade=trade_ref(d.trade_id),
                       error=f"{type(exc).__name__}: {exc}"[:500])

@@ -46,7 +46,6 @@ import structlog
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from gateway.api.secrets import Cipher
 from gateway.db.models import (
     TradeEventRow,
     TradePartyRow,
@@ -55,6 +54,8 @@ from gateway.db.models import (
     WebhookEndpointRow,
 )
 from gateway.engine.egress import Destination, Egress, EgressRefused
+from gateway.keys import Cipher
+from gateway.logs import trade_ref
 
 if TYPE_CHECKING:
     import httpx
@@ -291,7 +292,7 @@ class WebhookSender:
         body = json.dumps({
             "id": item.id,
             "type": EVENT_TYPES[item.payload.get("__type__", "EventPhaseChanged")],
-            "trade_id": "0x" + item.trade_id,
+            "trade_id": trade_ref(item.trade_id),
             **({"old": item.payload.get("old"), "new": item.payload.get("new")}
                if item.payload.get("__type__", "EventPhaseChanged") == "EventPhaseChanged"
                else {"flag": item.payload.get("flag"), "reason": item.payload.get("reason")}),

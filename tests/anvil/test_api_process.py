@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 from web3 import HTTPProvider, Web3
 
-from gateway.api.secrets import Cipher
 from gateway.chain.client import ChainClient
 from gateway.contracts import load_artifact
+from gateway.keys import Cipher
 from tests.e2e.test_run_command import _free_port, _wait_healthy
 from tests.helpers import balance_of, terminate
 from tests.postgres.waiting import wait_for

@@ -72,15 +72,16 @@ def self_custody_parties(system: System, document: bytes):  # noqa: ANN201
 
 
 def module_system(tmp_path_factory, name: str):  # noqa: ANN001, ANN201
-    """A whole gateway shared by a module's tests, the rate limit out of the way (a
-    generator: `yield from` it in a module-scoped fixture)."""
+    """A whole gateway shared by a module's tests, the rate limit out of the way and /readyz
+    and /metrics never cached (a generator: `yield from` it in a module-scoped fixture)."""
     from gateway.api.context import Limits
     from tests.databases import create_database, drop_database
 
     workdir = tmp_path_factory.mktemp(name)
     url = create_database(workdir)
     system = build_system(Settings(_env_file=None), workdir / "run",
-                          limits=Limits(rate_per_second=1e6, burst=10**6), database_url=url)
+                          limits=Limits(rate_per_second=1e6, burst=10**6, ops_cache_seconds=0),
+                          database_url=url)
     yield system
     system.close()
     drop_database(url)

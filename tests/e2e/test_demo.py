@@ -4,11 +4,25 @@ balances checked on both chains."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import socket
+import stat
 import threading
+from pathlib import Path
 
+import pytest
+import structlog
+import uvicorn
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from gateway import demo as demo_module
+from gateway.cli import main
 from gateway.config import Settings
+from gateway.db.models import TradeRow
 from gateway.demo import Api, money, run_demo
 from gateway.domain.policy import TimingPolicy
 from gateway.runner import build_system
@@ -90,3 +104,95 @@ def test_money_is_exact_in_base_units() -> None:
     assert money(5) == "0.05"
     assert money(10**24 + 1) == "10,000,000,000,000,000,000,000.01"  # no float rounding
     assert money(-250) == "-2.50"
+
+
+@pytest.fixture
+def restore_logging():  # noqa: ANN201
+    """`dvp-gateway demo` configures structlog for the whole process: put it back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_demo_drives_the_gateway_that_run_started(tmp_path, database_url, monkeypatch) -> None:
+    """`make demo` (`dvp-gateway demo`, no option) drives the gateway `make run` started: the
+    one at the default URL, with the keys its workdir's demo.json holds. It starts none of
+    its own, and prints each trade's id in full, as the API, logs and webhooks show it."""
+    workdir = tmp_path / ".dvp"
+    system = build_system(Settings(_env_file=None), workdir, policy=FAST,
+                          database_url=database_url)
+    server = uvicorn.Server(uvicorn.Config(system.app, host="127.0.0.1", port=_free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    try:
+        system.start_relayer(0.02)
+        _start_lockstep_blocks(system)
+        thread.start()
+        while not server.started and thread.is_alive():
+            thread.join(0.05)
+        assert server.started
+        url = f"http://127.0.0.1:{server.config.port}"
+        monkeypatch.setattr(demo_module, "DEFAULT_API", url)
+
+        # Keys the running gateway does not know (a demo.json left by another run): said so.
+        stale = tmp_path / "stale"
+        stale.mkdir()
+        other = json.loads((workdir / "demo.json").read_text())
+        other["enterprises"]["buyer"]["api_key"] = "dvp_" + "0" * 40
+        (stale / "demo.json").write_text(json.dumps(other))
+        refused = CliRunner().invoke(main, ["demo", "--workdir", str(stale), "--no-refund"])
+        assert refused.exit_code != 0
+        assert "does not know the demo keys" in refused.output
+
+        result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), "--no-refund"])
+        with system.gateway.session_factory() as session:
+            trades = {"0x" + row.id: row.phase for row in session.scalars(select(TradeRow))}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        system.close()
+    assert result.exit_code == 0, result.output
+    assert f"driving the gateway running at {url}" in result.output
+    assert "started a gateway" not in result.output
+    assert list(trades.values()) == ["settled"]  # the trade is the running gateway's
+    (trade_id,) = trades
+    assert f"seller proposed trade {trade_id}" in result.output
+    assert result.output.rstrip().endswith(f"trade {trade_id}: settled")
+    # Every trade id printed is the whole id, in the one form (no shortened prefix).
+    shown = set(re.findall(r"0x[0-9a-fA-F]+", result.output))
+    assert not {s for s in shown if trade_id.startswith(s.lower()) and s != trade_id}
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_demo_says_so_when_no_gateway_is_running(tmp_path, monkeypatch) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setattr(demo_module, "DEFAULT_API", url)
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / ".dvp"),
+                                       "--no-refund"])
+    assert result.exit_code != 0
+    assert f"no gateway is running at {url}" in result.output
+    assert "make run" in result.output and "--own-gateway" in result.output
+    assert "started a gateway" not in result.output
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_demo_with_its_own_gateway_announces_it_and_keeps_its_keys_private(monkeypatch) -> None:
+    monkeypatch.setattr(demo_module, "DEFAULT_API", "http://127.0.0.1:9")  # never asked
+    result = CliRunner().invoke(main, ["demo", "--own-gateway", "--no-refund"])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"started a gateway of its own for this demo at (\S+) \(workdir (\S+),",
+                      result.output)
+    assert found, result.output
+    keys = Path(found.group(2)) / "demo.json"
+    try:
+        assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    finally:
+        shutil.rmtree(keys.parent, ignore_errors=True)
+    assert re.search(r"trade 0x[0-9a-f]{64}: settled$", result.output.rstrip())

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import func, inspect, select, update
 
 from gateway.db import migrate
 from gateway.db.models import AttemptRow, Base, InputRow, OutboxRow, TradeEventRow, TradeRow
@@ -146,7 +147,10 @@ def test_trades_in_flight_from_the_previous_release_settle_after_upgrade(
     changed = _rewrite_as_previous_release(engine)
     with engine.begin() as c:
         inputs = c.execute(select(func.count()).select_from(InputRow.__table__)).scalar_one()
-        c.execute(text("UPDATE alembic_version SET version_num = '0005'"))  # its head
+        # its head: the schema as 0005 left it
+        config = migrate.alembic_config(database_url)
+        config.attributes["connection"] = c
+        command.downgrade(config, "0005")
     assert changed == {"trades": 3, "inputs": inputs}, changed  # new fields, `_clock`
     engine.dispose()
 
@@ -188,3 +192,24 @@ def test_trades_in_flight_from_the_previous_release_settle_after_upgrade(
     # The relayer's transactions: three payment claims and the reorged trade's title claim.
     assert sorted(a.status for a in attempts) == ["mined"] * 4, \
         [(a.status, a.chain_id, a.nonce) for a in attempts]
+
+
+def test_0006_adds_rate_buckets_and_indexes_idempotency_keys_by_age(database_url) -> None:
+    """0006 on a 0005 database: the shared rate-limit buckets, and the index the sweep of
+    expired idempotency keys reads; its downgrade removes both."""
+    engine = make_engine(database_url)
+    migrate.upgrade(engine, "0005")
+    assert "rate_buckets" not in inspect(engine).get_table_names()
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0006"
+    assert "rate_buckets" in inspect(engine).get_table_names()
+    assert "ix_idempotency_keys_created_at" in {
+        i["name"] for i in inspect(engine).get_indexes("idempotency_keys")}
+    with engine.begin() as c:
+        config = migrate.alembic_config(database_url)
+        config.attributes["connection"] = c
+        command.downgrade(config, "0005")
+    assert "rate_buckets" not in inspect(engine).get_table_names()
+    assert "ix_idempotency_keys_created_at" not in {
+        i["name"] for i in inspect(engine).get_indexes("idempotency_keys")}
+    engine.dispose()

@@ -88,7 +88,7 @@ def _write(role: str, url: str, pause=None) -> None:  # noqa: ANN001
     try:
         if role == "api":
             dispatcher.apply_action(ActionAcceptTrade(TRADE_ID),
-                                    check=(lambda _state: pause()) if pause else None)
+                                    check=(lambda _state, _session: pause()) if pause else None)
             return
         if pause is not None:
             from gateway.db.repository import Repository

@@ -1,0 +1,120 @@
+"""The layers of shared/ARCHITECTURE.md, checked on the source: data flows down, never back up.
+
+domain (pure) <- chain, db <- engine <- api <- cli/runner. Each rule reads every module's
+imports (top level and inside functions) with `ast`, so a late import cannot slip through.
+Where the code does not yet keep a rule, the exceptions are listed by name: the list may only
+shrink (a module that stops needing its exception fails the test until it is struck off).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "gateway"
+CHAIN_LIBRARIES = ("web3", "eth_account", "eth_utils", "eth_abi", "eth_typing", "hexbytes",
+                   "eth_tester", "eth", "coincurve", "eth_keys")
+
+# Modules outside gateway/chain that still touch the EVM libraries (issue 12 §2 seals these).
+CHAIN_LIBRARY_EXCEPTIONS = {
+    "gateway.cli",  # take-delivery-tx signing, `relayer run` key loading
+    "gateway.config",  # address checksums of the settings
+    "gateway.api.schemas",  # address checksums of requests
+    "gateway.api.enterprises",  # managed account key generation
+    "gateway.engine.build",  # the relayer's LocalAccount
+    "gateway.engine.executor",  # LocalAccount type of the signing keys
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, anywhere in it (absolute names)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+MODULES = _modules()
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_domain_is_pure() -> None:
+    """The trade machine imports only the standard library and itself: no I/O, no clock."""
+    stdlib = sys.stdlib_module_names
+    for name, path in MODULES.items():
+        if not _within(name, "gateway.domain"):
+            continue
+        for imported in _imports(path):
+            top = imported.split(".")[0]
+            assert top in stdlib or top == "__future__" or _within(imported, "gateway.domain"), \
+                f"{name} imports {imported}"
+
+
+@pytest.mark.parametrize("lower", ["gateway.domain", "gateway.chain", "gateway.db",
+                                   "gateway.engine"])
+def test_no_layer_imports_the_api_or_the_cli(lower: str) -> None:
+    for name, path in MODULES.items():
+        if not _within(name, lower):
+            continue
+        for imported in _imports(path):
+            assert not any(_within(imported, upper) for upper in
+                           ("gateway.api", "gateway.cli", "gateway.runner", "gateway.demo")), \
+                f"{name} imports {imported}: data flows down, never back up"
+
+
+def test_the_chain_layer_does_not_import_the_engine_or_the_database() -> None:
+    for name, path in MODULES.items():
+        if _within(name, "gateway.chain"):
+            for imported in _imports(path):
+                assert not _within(imported, "gateway.engine") and \
+                    not _within(imported, "gateway.db"), f"{name} imports {imported}"
+
+
+def test_only_the_chain_layer_imports_the_evm_libraries() -> None:
+    offenders = set()
+    for name, path in MODULES.items():
+        if _within(name, "gateway.chain") or _within(name, "gateway.contracts"):
+            continue
+        if any(imported.split(".")[0] in CHAIN_LIBRARIES for imported in _imports(path)):
+            offenders.add(name)
+    assert offenders <= CHAIN_LIBRARY_EXCEPTIONS, \
+        f"outside gateway/chain, new users of the EVM libraries: " \
+        f"{sorted(offenders - CHAIN_LIBRARY_EXCEPTIONS)}"
+    assert CHAIN_LIBRARY_EXCEPTIONS <= offenders, \
+        f"no longer needed, strike them off: {sorted(CHAIN_LIBRARY_EXCEPTIONS - offenders)}"
+
+
+def test_settings_load_without_web3() -> None:
+    """`Settings()` is read by every command first: it must not pay for loading web3 (about a
+    second) nor tie configuration to the chain library."""
+    code = textwrap.dedent("""
+        import sys
+        from gateway.config import Settings
+        Settings()
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("web3", "eth_account"))
+        print(",".join(loaded))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT.parent, env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "", f"loading settings loads {out.stdout.strip()[:200]}"
