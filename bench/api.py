@@ -5,7 +5,9 @@ Three workloads, one after the other, against the system `build_system` makes (i
 chains, SQLite, the two demo enterprises; rate limit raised out of the way):
 - create: POST /v1/trades, each with a new Idempotency-Key (a write: dispatcher, SQLite);
 - get: GET /v1/trades/{id} of the trades just made (with their timeline);
-- list: GET /v1/trades?limit=50 (a page of trades).
+- list: GET /v1/trades?limit=50 (a page of trades);
+- batch create: POST /v1/trades/batch of BATCH_SIZE proposals each (one transaction per
+  batch), reported also as trades per second.
 Requests per second are completed requests over the workload's wall-clock time; latencies
 are per request, from send to the last byte, in milliseconds.
 """
@@ -38,6 +40,8 @@ from tests.e2e.test_api_server import serve  # noqa: E402
 CONCURRENCY = 8
 REQUESTS = 400  # per workload
 WARMUP = 20
+BATCH_SIZE = 100  # proposals per batch request (DVP_BATCH_MAX's default)
+BATCHES = 20  # batch requests in the batch workload
 
 
 def _summary(latencies: list[float], wall: float, errors: int) -> dict:
@@ -76,14 +80,32 @@ def measure(concurrency: int = CONCURRENCY, requests: int = REQUESTS,
             system.close()
 
 
+def _issue_titles(system: System, holder: str, n: int) -> list[dict]:
+    """`n` new titles held by `holder` (a batch offers each of its titles once)."""
+    import hashlib
+
+    from gateway.chain.devnet import ISSUER
+
+    d, out = system.devnet, []
+    for i in range(n):
+        doc = hashlib.sha256(f"bench bill {i}".encode()).digest()
+        assert d.business.client.transact(d.account(ISSUER), to=d.titles.address, gas=300_000,
+                                          data=d.titles.encode_abi("issue", [holder, doc])
+                                          ).succeeded
+        out.append({"token_id": str(d.titles.functions.issuedCount().call()),
+                    "document_hash": "0x" + doc.hex()})
+    return out
+
+
 def _measure(system: System, concurrency: int, requests: int) -> dict:
     ents = system.demo["enterprises"]
     seller = {"Authorization": f"Bearer {ents['seller']['api_key']}"}
     titles = ents["seller"]["titles"]
+    batch_titles = _issue_titles(system, ents["seller"]["business_address"], BATCH_SIZE)
     now = max(system.ctx.payment.now(), system.ctx.business.now())
     token = system.devnet.info.payment.token
 
-    def proposal(i: int) -> dict:
+    def proposal(i: int, titles: list[dict] = titles) -> dict:
         title = titles[i % len(titles)]
         return {"role": "seller", "counterparty": ents["buyer"]["id"],
                 "payment": {"token": token, "amount": str(1000 + i)},
@@ -111,6 +133,12 @@ def _measure(system: System, concurrency: int, requests: int) -> dict:
             return http.post("/v1/trades", json=proposal(i),
                              headers={"Idempotency-Key": str(uuid.uuid4())})
 
+        def create_batch(http: httpx.Client, _: int) -> httpx.Response:
+            return http.post("/v1/trades/batch",
+                             json={"trades": [proposal(i, batch_titles)
+                                              for i in range(BATCH_SIZE)]},
+                             headers={"Idempotency-Key": str(uuid.uuid4())})
+
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="bench") as pool:
                 _run(pool, client, WARMUP, create, 201)
@@ -121,13 +149,18 @@ def _measure(system: System, concurrency: int, requests: int) -> dict:
                 listed, _ = _run(pool, client, requests,
                                  lambda http, i: http.get("/v1/trades",
                                                           params={"limit": 50}), 200)
+                _run(pool, client, 2, create_batch, 201)  # warm-up
+                batched, _ = _run(pool, client, BATCHES, create_batch, 201)
+                batched["batch_size"] = BATCH_SIZE
+                batched["trades_per_s"] = round(batched["rps"] * BATCH_SIZE, 1)
         finally:
             for http in clients:
                 http.close()
     return {"server": "uvicorn on 127.0.0.1, in-process chains, SQLite",
             "concurrency": concurrency,
             "trades_in_database": WARMUP + requests,
-            "create_trade": created, "get_trade": got, "list_trades_limit_50": listed}
+            "create_trade": created, "get_trade": got, "list_trades_limit_50": listed,
+            "batch_create_100": batched}
 
 
 def main() -> int:

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # Seconds an Idempotency-Key is remembered: reused later, it is a new key. Expired keys are
     # deleted by the API processes as they serve (gateway.api.housekeeping).
     idempotency_ttl: int = Field(24 * 3600, ge=60)
+    # Most trades in one batch request (`POST /v1/trades/batch`, `/v1/trades/accept-batch`):
+    # each batch is one database transaction. A batch must also fit the 64 KiB body limit.
+    batch_max: int = Field(100, ge=1, le=1000)
     # Operator endpoints (gateway.api.ops). /healthz touches nothing; /readyz probes the
     # database and both nodes and /metrics reads the database, each at most once per
     # DVP_OPS_CACHE_SECONDS however often they are called. With DVP_OPS_TOKEN set (16

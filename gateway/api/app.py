@@ -7,8 +7,12 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import problems
 from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
@@ -24,12 +28,16 @@ from gateway.api.schemas import (
     Me,
     Trade,
     TradeAccept,
+    TradeBatchResult,
     TradeCreate,
     TradePage,
+    batch_models,
 )
 from gateway.api.trades import (
+    accept_trades,
     act,
     create_trade,
+    create_trades,
     instructions,
     list_trades,
     parse_trade_id,
@@ -68,7 +76,7 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None,
         route = request.scope.get("route")
         proposal_key = (request.headers.get("idempotency-key")
                         if request.method == "POST" and getattr(route, "path", None)
-                        == "/v1/trades" else None)
+                        in ("/v1/trades", "/v1/trades/batch") else None)
         outcome, value, enterprise_id = await run_in_threadpool(
             _admit, ctx, _client(request, ctx), token, proposal_key)
         if enterprise_id is not None:
@@ -133,6 +141,65 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None,
         trade, even after the trade moved on); the same key with another body is a 422."""
         status, payload = await run_in_threadpool(create_trade, ctx, who, body, idempotency_key)
         return JSONResponse(payload, status_code=status)
+
+    TradeBatch, TradeAcceptBatch = batch_models(ctx.limits.batch_max)  # noqa: N806
+
+    def batch_route(path: str, **kw):  # noqa: ANN003, ANN202
+        """POST `path` on the app's own router (so 405's Allow names it), its validation
+        errors naming items as `trades[3].payment.amount` (ItemIndexedRoute)."""
+        def add(endpoint):  # noqa: ANN001, ANN202
+            app.router.add_api_route(path, endpoint, methods=["POST"], tags=["trades"],
+                                     route_class_override=ItemIndexedRoute, **kw)
+            return endpoint
+        return add
+
+    @batch_route(
+        "/v1/trades/batch", status_code=201, response_model=TradeBatchResult,
+        response_description="The trades proposed, in the request's order. A replay (the same "
+                             "Idempotency-Key and body) answers the original's status, 201, "
+                             "and body.",
+        responses=problems.documented({
+            409: "an item would take the buyer's open exposure over its cap, counting the "
+                 "batch's earlier items (type exposure-cap, field trades[i].payment.amount), "
+                 "or an item's hashlock is already in use (type hashlock-reused, field "
+                 "trades[i].hashlock)",
+            422: "invalid request: every invalid item's fields are named (trades[i].<field>), "
+                 "including two items with one hashlock or one title; more than "
+                 f"{ctx.limits.batch_max} items; or an Idempotency-Key reused with another "
+                 "request",
+            503: "no secrets key to keep a managed buyer's secret, or the database is "
+                 "unavailable"}))
+    async def propose_batch(body: TradeBatch, who: Caller,  # type: ignore[valid-type]
+                            idempotency_key: Annotated[str, Header(min_length=1,
+                                                                   max_length=200)],
+                            ) -> JSONResponse:
+        """Propose several trades at once, each as `POST /v1/trades` would, in ONE
+        transaction: all are made or none. Every item is checked before anything is written,
+        and every problem is answered at once, each naming its item (`trades[3].payment.
+        amount`). The buyer's cap and hashlock uniqueness hold across the batch's own items
+        too. Idempotent as a whole by `Idempotency-Key` (the keys of single proposals and
+        batches share one namespace: a key used for the other kind is a 422)."""
+        status, payload = await run_in_threadpool(create_trades, ctx, who,
+                                                  body.trades, idempotency_key)
+        return JSONResponse(payload, status_code=status)
+
+    @batch_route(
+        "/v1/trades/accept-batch", response_model=TradeBatchResult,
+        response_description="The trades accepted, in the request's order.",
+        responses=problems.documented({
+            409: "an item may not be accepted in its phase or by the caller (field "
+                 "trades[i]); the buyer's open exposure would exceed its cap, counting the "
+                 "batch's earlier items (type exposure-cap, field trades[i].payment.amount); "
+                 "or an item's hashlock is already in use (type hashlock-reused)",
+            422: "invalid request: an item's trade does not exist or is not the caller's "
+                 "(field trades[i].id), is named twice, or its hashlock is missing, "
+                 f"malformed or unexpected; more than {ctx.limits.batch_max} items"}))
+    def accept_batch(body: TradeAcceptBatch, who: Caller) -> TradeBatchResult:  # type: ignore[valid-type]
+        """Accept several proposals at once, each as `POST /v1/trades/{trade_id}/accept`
+        would, in ONE transaction: all are accepted or none. As buyer, the caller's cap is
+        checked across all of them."""
+        return TradeBatchResult(trades=accept_trades(
+            ctx, who, [(item.id, item.hashlock) for item in body.trades]))
 
     @app.get("/v1/trades", response_model=TradePage, tags=["trades"])
     async def trades(who: Caller,
@@ -200,6 +267,49 @@ def create_app(ctx: ApiContext, *, webhook_egress: Egress | None = None,
 
     document_security(app)
     return app
+
+
+class ItemIndexedRoute(APIRoute):
+    """A batch route: its validation errors name an item's field as `trades[3].payment.amount`
+    (by default a list index reads as one more dotted part, `trades.3.payment.amount`). Its
+    path is its own: another method on it is a 405 whose Allow names this route's methods
+    only, never routed on to `/v1/trades/{trade_id}` (which would read `batch` as a trade
+    id)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        return (Match.FULL if match is Match.PARTIAL else match), child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            response = problems.problem_response(
+                405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(self.methods))},
+                instance=scope["path"])
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
+
+    def get_route_handler(self):  # noqa: ANN201
+        handler = super().get_route_handler()
+
+        async def indexed(request: Request):  # noqa: ANN202
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise RequestValidationError([_indexed(e) for e in exc.errors()],
+                                             body=exc.body) from None
+        return indexed
+
+
+def _indexed(error: dict) -> dict:
+    loc, out = tuple(error.get("loc", ())), []
+    for part in loc:
+        if isinstance(part, int) and out and isinstance(out[-1], str) and \
+                out[-1] not in ("body", "query", "path", "header"):
+            out[-1] = f"{out[-1]}[{part}]"
+        else:
+            out.append(part)
+    return {**error, "loc": tuple(out)}
 
 
 def document_security(app: FastAPI) -> None:

@@ -52,6 +52,7 @@ class Limits:
     exposure_cap: int = 10**15  # payment units an enterprise may have locked-in as buyer
     idempotency_ttl: float = 24 * 3600.0  # seconds an Idempotency-Key is remembered
     ops_cache_seconds: float = 2.0  # /readyz, /metrics' stored gauges: at most once per this
+    batch_max: int = 100  # trades in one batch request (DVP_BATCH_MAX)
 
     @property
     def client_rate(self) -> float:
@@ -73,7 +74,8 @@ class Limits:
                    client_rate_per_second=settings.client_rate_limit_per_second,
                    client_burst=settings.client_rate_limit_burst,
                    idempotency_ttl=float(settings.idempotency_ttl),
-                   ops_cache_seconds=settings.ops_cache_seconds)
+                   ops_cache_seconds=settings.ops_cache_seconds,
+                   batch_max=settings.batch_max)
 
 
 @dataclass

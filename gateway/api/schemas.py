@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 HEX32 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
@@ -97,6 +97,31 @@ class TradeAccept(Strict):
         "seller's proposal (which carries none), refused otherwise."))
 
 
+class TradeAcceptItem(Strict):
+    id: str = Field(max_length=66, pattern=r"^(0x)?[0-9a-fA-F]{64}$",
+                    description="The trade's id (0x + 64 hex digits).")
+    hashlock: Hex32 | None = Field(None, description=(
+        "As in `POST /v1/trades/{trade_id}/accept`: sha256 of the buyer's secret, given by a "
+        "self-custody buyer accepting a seller's proposal, refused otherwise."))
+
+
+def batch_models(max_items: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The request bodies of `POST /v1/trades/batch` and `POST /v1/trades/accept-batch`, with
+    1..`max_items` (DVP_BATCH_MAX) items: (TradeBatch, TradeAcceptBatch)."""
+    items = {"min_length": 1, "max_length": max_items}
+    batch = create_model(
+        "TradeBatch", __base__=Strict,
+        __doc__=f"Up to {max_items} proposals, made all together or none.",
+        trades=(list[TradeCreate], Field(description="The proposals, each as for "
+                                                     "`POST /v1/trades`.", **items)))
+    accepts = create_model(
+        "TradeAcceptBatch", __base__=Strict,
+        __doc__=f"Up to {max_items} proposals to accept, all together or none.",
+        trades=(list[TradeAcceptItem], Field(description="The trades to accept, each at "
+                                                         "most once.", **items)))
+    return batch, accepts
+
+
 class Party(BaseModel):
     enterprise_id: str
     payment_address: str
@@ -145,6 +170,10 @@ class Trade(BaseModel):
     flags: list[str]
     created_at: datetime
     timeline: list[TimelineEvent] | None = None
+
+
+class TradeBatchResult(BaseModel):
+    trades: list[Trade] = Field(description="One view per item, in the request's order.")
 
 
 class TradePage(BaseModel):

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
@@ -37,6 +38,7 @@ from gateway.db.models import (
 )
 from gateway.domain.codec import decode
 from gateway.domain.locks import hashlock_of
+from gateway.domain.marks import EffectKey
 from gateway.domain.trade import (
     AWAITING_HASHLOCK,
     ActionAcceptTrade,
@@ -49,7 +51,7 @@ from gateway.domain.trade import (
     TradeState,
     terms_problems,
 )
-from gateway.engine.dispatcher import UnknownTrade
+from gateway.engine.dispatcher import ActionsRefused, UnknownTrade
 
 # --- create ------------------------------------------------------------------------------------
 
@@ -69,57 +71,9 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         other = Enterprise.from_row(counterparty)
         if body.role == "buyer":  # an early answer; decided in the trade's transaction (also)
             check_exposure(ctx, session, caller.id, int(body.payment.amount))
-    buyer, seller = (caller, other) if body.role == "buyer" else (other, caller)
-
-    if body.payment.token != ctx.payment.asset:
-        raise Problem(422, f"the payment token of this gateway is {ctx.payment.asset}",
-                      field="payment.token")
-    amount = int(body.payment.amount)
-    if amount > ctx.limits.exposure_cap:
-        # Whoever proposes: no buyer could ever accept it. This reads nothing of the buyer's
-        # (the cap is the gateway's), so it tells a seller nothing about its counterparty.
-        raise Problem(409, f"the amount exceeds the open exposure a buyer may have, "
-                           f"{ctx.limits.exposure_cap} units", field="payment.amount",
-                      kind="exposure-cap")
-    secret = None
-    if buyer.managed:
-        if body.hashlock is not None:
-            raise Problem(422, "the gateway draws the secret of a managed buyer: omit hashlock",
-                          field="hashlock")
-        if ctx.cipher is None:
-            raise Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep a "
-                               "managed buyer's secret", kind="no-secrets-key")
-        secret = secrets.token_bytes(32)
-        hashlock = hashlock_of(secret)
-    elif body.role == "seller":
-        # Trust rule 1: a seller who chose the hashlock could claim the buyer's payment itself
-        # with a secret of its own, having delivered nothing.
-        if body.hashlock is not None:
-            raise Problem(422, "only the buyer sets the hashlock: a seller's proposal to a buyer "
-                               "that keeps its own secret carries none; the buyer gives it "
-                               "when it accepts", field="hashlock")
-        hashlock = AWAITING_HASHLOCK
-    elif body.hashlock is None:
-        raise Problem(422, "a self-custody buyer keeps its own secret: give its sha256 hashlock",
-                      field="hashlock")
-    else:
-        hashlock = bytes.fromhex(body.hashlock[2:])
-    _check_deadlines(ctx, body.deadlines)
-    check_title(ctx, seller.business_address, body.delivery.token_id,
-                body.delivery.document_hash)
-
-    terms = Terms(buyer.payment_address, seller.payment_address, buyer.business_address,
-                  seller.business_address, amount, int(body.delivery.token_id),
-                  bytes.fromhex(body.delivery.document_hash[2:]), hashlock,
-                  body.deadlines.delivery, body.deadlines.payment)
-    problems = terms_problems(terms, ctx.policy)
-    if problems:
-        raise Problem(422, problems[0][1], errors=[
-            {"field": REQUEST_FIELDS.get(name, name), "message": message}
-            for name, message in problems])
-    trade_id = secrets.token_bytes(32)
-    action = ActionProposeTrade(trade_id, terms, managed_buyer=buyer.managed,
-                                managed_seller=seller.managed)
+    proposal = _prepare(ctx, caller, other, body, _chain_now(ctx))
+    assert proposal is not None  # (not gathering: the first problem was raised)
+    trade_id = proposal.action.trade_id
     response: dict = {}
 
     def also(session: Session) -> None:
@@ -128,14 +82,8 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         proposing commits itself: its cap is checked here, in the transaction that makes the
         trade (it holds the trade-writes lock), so two concurrent proposals cannot both fit."""
         if body.role == "buyer":
-            check_exposure(ctx, session, buyer.id, amount)
-        session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
-                                  seller_id=seller.id, proposer_id=caller.id,
-                                  amount=str(amount)))
-        if secret is not None:
-            assert ctx.cipher is not None
-            session.add(SecretRow(trade_id=trade_id.hex(),
-                                  encrypted_secret=ctx.cipher.encrypt(secret)))
+            check_exposure(ctx, session, proposal.buyer.id, proposal.amount)
+        _add_parties(ctx, session, caller, proposal)
         session.flush()
         response.update(trade_view(session, ctx, trade_id, caller).model_dump(mode="json"))
         session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
@@ -143,7 +91,7 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                                    response=response))
 
     try:
-        ctx.dispatcher.propose(action, also=also)
+        ctx.dispatcher.propose(proposal.action, also=also)
     except IntegrityError:
         with ctx.session_factory() as session:
             replay = _replay(session, caller, idempotency_key, request_hash)
@@ -151,6 +99,359 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
             return replay  # the same request, committed first by a concurrent call
         raise hashlock_in_use() from None
     return 201, response
+
+
+@dataclass
+class _Proposal:
+    """One proposal checked and built, ready for the dispatcher (`_prepare`)."""
+
+    body: TradeCreate
+    buyer: Enterprise
+    seller: Enterprise
+    amount: int
+    secret: bytes | None  # a managed buyer's, drawn by the gateway
+    action: ActionProposeTrade
+
+
+def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body: TradeCreate,
+             now: int, gather: list[Problem] | None = None) -> _Proposal | None:
+    """Check a proposal against everything but the buyer's cap and the hashlock's
+    uniqueness (decided in the transaction that makes the trade) and build its action.
+
+    `gather` None (a single proposal): the first problem is raised. A list (an item of a
+    batch): every problem found is appended to it and None returned, so the client hears of
+    them all at once; checks that need what an earlier one refused are skipped (those that
+    need the counterparty, when `other` is None: the caller has already been told)."""
+    def refuse(problem: Problem) -> None:
+        if gather is None:
+            raise problem
+        gather.append(problem)
+
+    found = len(gather) if gather is not None else 0
+    if body.payment.token != ctx.payment.asset:
+        refuse(Problem(422, f"the payment token of this gateway is {ctx.payment.asset}",
+                       field="payment.token"))
+    amount = int(body.payment.amount)
+    if amount > ctx.limits.exposure_cap:
+        # Whoever proposes: no buyer could ever accept it. This reads nothing of the buyer's
+        # (the cap is the gateway's), so it tells a seller nothing about its counterparty.
+        refuse(Problem(409, f"the amount exceeds the open exposure a buyer may have, "
+                            f"{ctx.limits.exposure_cap} units", field="payment.amount",
+                       kind="exposure-cap"))
+    secret = None
+    hashlock: bytes | None = None
+    buyer = caller if body.role == "buyer" else other
+    seller = caller if body.role == "seller" else other
+    if buyer is not None:
+        if buyer.managed:
+            if body.hashlock is not None:
+                refuse(Problem(422, "the gateway draws the secret of a managed buyer: omit "
+                                    "hashlock", field="hashlock"))
+            elif ctx.cipher is None:
+                refuse(Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep "
+                                    "a managed buyer's secret", kind="no-secrets-key"))
+            else:
+                secret = secrets.token_bytes(32)
+                hashlock = hashlock_of(secret)
+        elif body.role == "seller":
+            # Trust rule 1: a seller who chose the hashlock could claim the buyer's payment
+            # itself with a secret of its own, having delivered nothing.
+            if body.hashlock is not None:
+                refuse(Problem(422, "only the buyer sets the hashlock: a seller's proposal to a "
+                                    "buyer that keeps its own secret carries none; the buyer "
+                                    "gives it when it accepts", field="hashlock"))
+            else:
+                hashlock = AWAITING_HASHLOCK
+        elif body.hashlock is None:
+            refuse(Problem(422, "a self-custody buyer keeps its own secret: give its sha256 "
+                                "hashlock", field="hashlock"))
+        else:
+            hashlock = bytes.fromhex(body.hashlock[2:])
+    for problem in _deadline_problems(ctx, body.deadlines, now):
+        refuse(problem)
+    if seller is not None:
+        try:
+            check_title(ctx, seller.business_address, body.delivery.token_id,
+                        body.delivery.document_hash)
+        except Problem as problem:
+            refuse(problem)
+    if buyer is None or seller is None:
+        return None
+    terms = Terms(buyer.payment_address, seller.payment_address, buyer.business_address,
+                  seller.business_address, amount, int(body.delivery.token_id),
+                  bytes.fromhex(body.delivery.document_hash[2:]),
+                  AWAITING_HASHLOCK if hashlock is None else hashlock,
+                  body.deadlines.delivery, body.deadlines.payment)
+    problems = terms_problems(terms, ctx.policy)
+    if problems:
+        refuse(Problem(422, problems[0][1], errors=[
+            {"field": REQUEST_FIELDS.get(name, name), "message": message}
+            for name, message in problems]))
+    if hashlock is None or (gather is not None and len(gather) > found):
+        return None
+    action = ActionProposeTrade(secrets.token_bytes(32), terms, managed_buyer=buyer.managed,
+                                managed_seller=seller.managed)
+    return _Proposal(body, buyer, seller, amount, secret, action)
+
+
+def _add_parties(ctx: ApiContext, session: Session, caller: Enterprise,
+                 proposal: _Proposal) -> None:
+    """A new trade's parties and, for a managed buyer, its encrypted secret."""
+    trade_id = proposal.action.trade_id.hex()
+    session.add(TradePartyRow(trade_id=trade_id, buyer_id=proposal.buyer.id,
+                              seller_id=proposal.seller.id, proposer_id=caller.id,
+                              amount=str(proposal.amount)))
+    if proposal.secret is not None:
+        assert ctx.cipher is not None
+        session.add(SecretRow(trade_id=trade_id,
+                              encrypted_secret=ctx.cipher.encrypt(proposal.secret)))
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+# A batch's Idempotency-Key shares the namespace of single proposals' keys (one table): its
+# stored request hash covers the route as well as the body, so a key used for a proposal and
+# then for a batch (or the reverse) is a key reused with another request, never a replay of
+# the other kind's response. (A single proposal's hash is of its body alone, as before.)
+BATCH_ROUTE = "POST /v1/trades/batch"
+
+
+def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
+                  idempotency_key: str) -> tuple[int, dict]:
+    """A batch of proposals (`POST /v1/trades/batch`): one transaction, all or none. Every
+    item is checked before anything is written, and every problem found is answered at once,
+    each field named under its item (`trades[3].payment.amount`). The buyer's cap and
+    hashlock uniqueness hold across the batch's own items as well."""
+    request_hash = hashlib.sha256(
+        (BATCH_ROUTE + "\n" + json.dumps([b.model_dump(mode="json") for b in bodies],
+                                         sort_keys=True)).encode()).hexdigest()
+    with ctx.session_factory() as session:
+        replay = _replay(session, caller, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
+        ids = {b.counterparty for b in bodies} - {caller.id}
+        others = {row.id: Enterprise.from_row(row) for row in session.scalars(
+            select(EnterpriseRow).where(EnterpriseRow.id.in_(ids)))} if ids else {}
+        exposure = open_exposure(session, caller.id) \
+            if any(b.role == "buyer" for b in bodies) else 0
+    now = _chain_now(ctx)
+    found: list[tuple[int, Problem]] = []
+    proposals: list[_Proposal] = []
+    hashlocks: dict[str, int] = {}
+    titles: dict[int, int] = {}
+    over_cap = False
+    for i, body in enumerate(bodies):
+        gathered: list[Problem] = []
+        other = others.get(body.counterparty)
+        if other is None:
+            gathered.append(Problem(422, "no such counterparty enterprise (and not yourself)",
+                                    field="counterparty"))
+        proposal = _prepare(ctx, caller, other, body, now, gathered)
+        if body.hashlock is not None:
+            first = hashlocks.setdefault(body.hashlock, i)
+            if first != i:
+                gathered.append(Problem(422, f"the same hashlock as trades[{first}]: every "
+                                             "trade needs its own secret", field="hashlock"))
+        token_id = int(body.delivery.token_id)
+        first = titles.setdefault(token_id, i)
+        if first != i:
+            gathered.append(Problem(422, f"title #{token_id} is already offered in "
+                                         f"trades[{first}] of this batch",
+                                    field="delivery.token_id"))
+        if body.role == "buyer" and not over_cap and not gathered:
+            # An early answer, as for a single proposal: decided in the batch's transaction.
+            exposure += int(body.payment.amount)
+            if exposure > ctx.limits.exposure_cap:
+                over_cap = True
+                gathered.append(_over_cap(ctx, exposure - int(body.payment.amount)))
+        found.extend((i, problem) for problem in gathered)
+        if proposal is not None:
+            proposals.append(proposal)
+    if found:
+        raise batch_problem(found, len(bodies))
+    response: dict = {}
+
+    def also(session: Session) -> None:
+        """As a single proposal's: the parties, secrets and idempotency record commit with the
+        trades; the caller's cap, as buyer of any, is decided here, across all of them."""
+        if session.get(IdempotencyRow, (caller.id, idempotency_key)) is not None:
+            raise _KeyTaken  # a concurrent request with this key committed first: replay it
+        if any(p.body.role == "buyer" for p in proposals):
+            open_now = open_exposure(session, caller.id)
+            for i, p in enumerate(proposals):
+                if p.body.role == "buyer":
+                    if open_now + p.amount > ctx.limits.exposure_cap:
+                        raise batch_problem([(i, _over_cap(ctx, open_now))], len(bodies))
+                    open_now += p.amount
+        for p in proposals:
+            _add_parties(ctx, session, caller, p)
+        session.flush()
+        response["trades"] = _batch_views(session, ctx, caller,
+                                          [p.action.trade_id for p in proposals])
+        session.add(IdempotencyRow(enterprise_id=caller.id, key=idempotency_key,
+                                   request_hash=request_hash, status_code=201,
+                                   response=response))
+
+    try:
+        ctx.dispatcher.propose_many([p.action for p in proposals], also=also)
+    except (IntegrityError, _KeyTaken):
+        with ctx.session_factory() as session:
+            replay = _replay(session, caller, idempotency_key, request_hash)
+            if replay is not None:
+                return replay  # the same request, committed first by a concurrent call
+            used = _hashlocks_in_use(session, {i: p.action.terms.hashlock
+                                               for i, p in enumerate(proposals)})
+        raise _hashlocks_problem(used, len(bodies)) from None
+    return 201, response
+
+
+class _KeyTaken(Exception):
+    """Inside a batch's transaction: its Idempotency-Key was stored meanwhile."""
+
+
+def _over_cap(ctx: ApiContext, exposure: int) -> Problem:
+    return Problem(409, f"the buyer's open exposure would exceed its cap of "
+                        f"{ctx.limits.exposure_cap} units ({exposure} open, counting this "
+                        f"batch's earlier items)", field="payment.amount", kind="exposure-cap")
+
+
+def batch_problem(found: list[tuple[int, Problem]], size: int) -> Problem:
+    """One answer for the problems of a batch's items, (item index, problem) each: every
+    field named under its item (`trades[3].payment.amount`; `trades[3]` for a problem of the
+    item as a whole). Its status: 422 if any item is invalid, else 409 (a conflict: the cap,
+    a hashlock in use, a phase), else that of the problems (503); its type that of its
+    problems when they share one."""
+    status = next(s for s in (422, 409, *sorted({p.status for _, p in found}))
+                  if any(p.status == s for _, p in found))
+    kinds = {p.kind for _, p in found if p.status == status}
+    errors = []
+    for i, problem in sorted(found, key=lambda f: f[0]):
+        for error in problem.errors or [{"message": problem.detail}]:
+            field = error.get("field")
+            errors.append({"field": f"trades[{i}]" + (f".{field}" if field else ""),
+                           "message": error["message"]})
+    items = sorted({i for i, _ in found})
+    first_i, first = min(found, key=lambda f: (f[1].status != status, f[0]))
+    detail = f"trades[{first_i}]: {first.detail}"
+    if len(found) > 1:
+        detail = (f"{len(items)} of the {size} trades refused, nothing was made or changed; "
+                  f"first: {detail}")
+    return Problem(status, detail, errors=errors,
+                   kind=kinds.pop() if len(kinds) == 1 else None)
+
+
+def _hashlocks_in_use(session: Session, hashlocks: dict[int, bytes]) -> list[int]:
+    """The items whose hashlock some trade uses (after the unique constraint refused a batch:
+    to say which; it tells no more than the constraint did, and nothing of whose)."""
+    wanted = {h.hex(): i for i, h in hashlocks.items() if h != AWAITING_HASHLOCK}
+    if not wanted:
+        return []
+    used = session.scalars(select(TradeRow.hashlock).where(TradeRow.hashlock.in_(wanted)))
+    return sorted(wanted[h] for h in used)
+
+
+def _hashlocks_problem(items: list[int], size: int) -> Problem:
+    if not items:  # refused by the constraint, gone since (cannot happen: trades stay)
+        problem = hashlock_in_use()
+        return Problem(409, problem.detail, field="trades", kind=problem.kind)
+    return batch_problem([(i, hashlock_in_use()) for i in items], size)
+
+
+def _batch_views(session: Session, ctx: ApiContext, caller: Enterprise,
+                 trade_ids: list[bytes]) -> list[dict]:
+    """The views of trades the caller is a party to, in the order given (one query per kind,
+    as `_views`)."""
+    ids = [t.hex() for t in trade_ids]
+    trades = {r.id: r for r in session.scalars(select(TradeRow).where(TradeRow.id.in_(ids)))}
+    parties = {r.trade_id: r for r in session.scalars(
+        select(TradePartyRow).where(TradePartyRow.trade_id.in_(ids)))}
+    return [view.model_dump(mode="json") for view in _views(
+        session, ctx, [(trades[t], parties[t]) for t in ids], caller)]
+
+
+def accept_trades(ctx: ApiContext, caller: Enterprise,
+                  items: list[tuple[str, str | None]]) -> list[Trade]:
+    """A batch of accepts (`POST /v1/trades/accept-batch`), (trade id, hashlock) each: one
+    transaction, all or none, every item judged as `act` judges one accept; the caller's cap,
+    as buyer, across all of them. A trade that does not exist or is not the caller's is a 422
+    naming its item (`trades[2].id`), the same answer for both."""
+    found: list[tuple[int, Problem]] = []
+    ids: list[bytes] = []
+    seen_ids: dict[bytes, int] = {}
+    seen_hashlocks: dict[str, int] = {}
+    for i, (text, hashlock) in enumerate(items):
+        try:
+            trade_id = parse_trade_id(text)
+        except Problem:
+            trade_id = b""
+        ids.append(trade_id)
+        first = seen_ids.setdefault(trade_id, i)
+        if trade_id and first != i:
+            found.append((i, Problem(422, f"the same trade as trades[{first}]", field="id")))
+        if hashlock is not None:
+            first = seen_hashlocks.setdefault(hashlock, i)
+            if first != i:
+                found.append((i, Problem(422, f"the same hashlock as trades[{first}]: every "
+                                              "trade needs its own secret", field="hashlock")))
+    with ctx.session_factory() as session:
+        rows = {r.trade_id: r for r in session.scalars(select(TradePartyRow).where(
+            TradePartyRow.trade_id.in_([t.hex() for t in ids if t])))}
+    parties: list[TradePartyRow] = []
+    for i, trade_id in enumerate(ids):
+        row = rows.get(trade_id.hex())
+        if row is None or caller.id not in (row.buyer_id, row.seller_id):
+            found.append((i, Problem(422, "no such trade", field="id")))
+        else:
+            parties.append(row)
+    if found:
+        raise batch_problem(found, len(items))
+
+    def check(states: list[TradeState], session: Session) -> None:
+        refused = [(i, problem) for i, (state, row) in enumerate(zip(states, parties,
+                                                                      strict=True))
+                   if (problem := _accept_refusal(caller, row, state)) is not None]
+        if refused:
+            raise batch_problem(refused, len(items))
+        committing = [(i, state.terms.amount) for i, (state, row) in
+                      enumerate(zip(states, parties, strict=True))
+                      if caller.id == row.buyer_id and state.phase is Phase.PROPOSED]
+        if committing:
+            # The buyer commits itself to each of these now: its cap, across them all, read
+            # in the accepts' own transaction.
+            exposure = open_exposure(session, caller.id)
+            for i, amount in committing:
+                if exposure + amount > ctx.limits.exposure_cap:
+                    raise batch_problem([(i, _over_cap(ctx, exposure))], len(items))
+                exposure += amount
+
+    actions: list = [ActionAcceptTrade(trade_id, bytes.fromhex(hashlock[2:]) if hashlock
+                                       else None)
+                     for trade_id, (_, hashlock) in zip(ids, items, strict=True)]
+    try:
+        ctx.dispatcher.apply_actions(actions, check=check)
+    except ActionsRefused as exc:
+        raise batch_problem([(i, _action_problem(error)) for i, error in exc.refused],
+                            len(items)) from None
+    except IntegrityError:
+        with ctx.session_factory() as session:
+            used = _hashlocks_in_use(session, {i: bytes.fromhex(h[2:])
+                                               for i, (_, h) in enumerate(items) if h})
+        raise _hashlocks_problem(used, len(items)) from None
+    with ctx.session_factory() as session:
+        trades = {r.id: r for r in session.scalars(
+            select(TradeRow).where(TradeRow.id.in_([t.hex() for t in ids])))}
+        return _views(session, ctx, [(trades[t.hex()], row)
+                                     for t, row in zip(ids, parties, strict=True)], caller)
+
+
+def _action_problem(error: Exception) -> Problem:
+    """What `act` answers for an action the dispatcher refused."""
+    if isinstance(error, UnknownTrade):
+        return Problem(422, "no such trade", field="id")
+    if isinstance(error, InvalidTransition):
+        return Problem(409, str(error), kind="invalid-transition")
+    field, _, message = str(error).partition(": ")
+    return Problem(422, message or field, field=field if message else None)
 
 
 HASHLOCK_IN_USE = ("this hashlock is already in use: every trade needs its own secret; draw a "
@@ -195,16 +496,24 @@ def _replay(session: Session, caller: Enterprise, key: str,
     return seen.status_code, seen.response
 
 
-def _check_deadlines(ctx: ApiContext, deadlines: Deadlines) -> None:
-    now = max(ctx.payment.now(), ctx.business.now())
+def _chain_now(ctx: ApiContext) -> int:
+    """Chain time, by which deadlines are judged: the later of the two chains' latest blocks."""
+    return max(ctx.payment.now(), ctx.business.now())
+
+
+def _deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[Problem]:
+    problems = []
     for field, value in (("deadlines.delivery", deadlines.delivery),
                          ("deadlines.payment", deadlines.payment)):
         if value <= now + ctx.policy.claim_lead_time:
-            raise Problem(422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
-                               f" (chain time now {now})", field=field)
-        if value > now + MAX_DEADLINE_AHEAD:
-            raise Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
-                               f"(latest allowed {now + MAX_DEADLINE_AHEAD})", field=field)
+            problems.append(Problem(
+                422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
+                     f" (chain time now {now})", field=field))
+        elif value > now + MAX_DEADLINE_AHEAD:
+            problems.append(Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
+                                         f"(latest allowed {now + MAX_DEADLINE_AHEAD})",
+                                    field=field))
+    return problems
 
 
 def open_exposure(session: Session, buyer_id: str) -> int:
@@ -333,7 +642,7 @@ def _to_trade(session: Session, ctx: ApiContext, row: TradeRow, parties: TradePa
         deadlines=Deadlines(delivery=t.t_deliver, payment=t.t_pay),
         margin=t.t_pay - t.t_deliver, required_margin=ctx.policy.required_margin,
         legs={"payment": leg(state.payment), "delivery": leg(state.delivery)},
-        pending=sorted(k.split(":")[0] for k in state.pending), flags=list(state.flags),
+        pending=sorted(EffectKey(k).kind.value for k in state.pending), flags=list(state.flags),
         created_at=parties.created_at, timeline=events)
 
 
@@ -401,12 +710,8 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
         parties = _parties(session, trade_id, caller)
 
     def check(state: TradeState, session: Session) -> None:
-        if action == "accept" and caller.id == parties.proposer_id:
-            raise Problem(409, "only the counterparty can accept a proposal", kind="conflict")
-        if action == "accept" and not hashlock_from_buyer(state, parties):
-            raise Problem(409, "the seller chose this trade's hashlock, and only the buyer may "
-                               "(a seller who knows the secret can take the payment without "
-                               "delivering): cancel it and propose again", kind="conflict")
+        if action == "accept" and (refusal := _accept_refusal(caller, parties, state)):
+            raise refusal
         if action == "take-delivery":
             if caller.id != parties.buyer_id or not state.managed_buyer:
                 raise Problem(409, "only a managed buyer takes delivery through the gateway; "
@@ -443,6 +748,18 @@ def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,
         raise hashlock_in_use() from None
     with ctx.session_factory() as session:
         return trade_view(session, ctx, trade_id, caller)
+
+
+def _accept_refusal(caller: Enterprise, parties: TradePartyRow,
+                    state: TradeState) -> Problem | None:
+    """Why the caller may not accept this trade whatever its phase, or None."""
+    if caller.id == parties.proposer_id:
+        return Problem(409, "only the counterparty can accept a proposal", kind="conflict")
+    if not hashlock_from_buyer(state, parties):
+        return Problem(409, "the seller chose this trade's hashlock, and only the buyer may "
+                            "(a seller who knows the secret can take the payment without "
+                            "delivering): cancel it and propose again", kind="conflict")
+    return None
 
 
 def hashlock_from_buyer(state: TradeState, parties: TradePartyRow) -> bool:

@@ -237,6 +237,9 @@ class ChainClient:
         self.chain_id = chain_id
         self.name = name or str(chain_id)
         self._nonces: dict[str, int] = {}
+        self._view_params: dict[str, str] | None = None
+        if self._json_rpc:
+            _cache_chain_id(w3)
         # Fixed fees of `sign`/`transact` (the development tools' path).
         self.max_fee_per_gas = DEFAULT_MAX_FEE_PER_GAS
         self.priority_fee_per_gas = DEFAULT_PRIORITY_FEE_PER_GAS
@@ -301,6 +304,16 @@ class ChainClient:
     def _json_rpc(self) -> bool:
         return getattr(self.w3.provider, "endpoint_uri", None) is not None
 
+    def view_params(self) -> dict[str, str]:
+        """The transaction fields of a read (`eth_call` of a view) with no sender of its own:
+        none on a JSON-RPC node; on eth-tester the sender web3's eth-tester middleware would
+        fill in (its first account), asked once here: the middleware asks eth-tester for its
+        accounts three times a call, several milliseconds each."""
+        if self._view_params is None:
+            accounts = [] if self._json_rpc else self.w3.eth.accounts
+            self._view_params = {"from": accounts[0]} if accounts else {}
+        return dict(self._view_params)  # a copy: web3 builds on the dict it is given
+
     def get_logs(self, from_block: int, to_block: int, address: str) -> list[ChainLog]:
         """The logs of one contract in a block range, in the node's order."""
         if self._json_rpc:
@@ -327,7 +340,8 @@ class ChainClient:
         if not self._json_rpc:
             try:
                 block_hash = bytes(self.w3.eth.get_block(block)["hash"])
-                return block_hash, [bytes(self.w3.eth.call({"to": to, "data": data},
+                return block_hash, [bytes(self.w3.eth.call({**self.view_params(), "to": to,
+                                                            "data": data},
                                                            block_identifier=block))
                                     for to, data in calls]
             except (BlockNotFound, *_tester_missing_block()):
@@ -349,6 +363,48 @@ class ChainClient:
         if len(hashes) != 1:
             return None  # the block at that height changed between two requests
         return _hex_bytes(hashes.pop()), results
+
+    def _batch(self, requests: list[tuple[str, list[Any]]], what: str) -> list[Any]:
+        """JSON-RPC batch requests (`CALL_BATCH` a request) of a JSON-RPC node: each
+        request's result as the node sent it, in order. An error answer raises `RPCError`,
+        as one request's error would (web3's, or `_rpc`'s)."""
+        results: list[Any] = []
+        for start in range(0, len(requests), CALL_BATCH):
+            chunk = requests[start:start + CALL_BATCH]
+            answers = self.w3.provider.make_batch_request(chunk)  # type: ignore[arg-type]
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                raise RPCError(f"batch {what}: {answers!r}"[:500])
+            for answer in answers:
+                if "error" in answer:
+                    raise RPCError(f"batch {what}: {answer['error']}"[:500])
+                results.append(answer.get("result"))
+        return results
+
+    def calls(self, calls: list[tuple[str, bytes]]) -> list[bytes]:
+        """`eth_call` of every (to, data) at the latest block, the raw results in order: one
+        JSON-RPC batch request (per `CALL_BATCH` calls) on a JSON-RPC node; on eth-tester,
+        which takes no batches, one call after another. A call that fails (a revert, a node
+        error) raises: for reads that do not revert (a view such as `statusOf`)."""
+        if not calls:
+            return []
+        if not self._json_rpc:
+            return [bytes(self.w3.eth.call({**self.view_params(), "to": to, "data": data}))
+                    for to, data in calls]
+        return [_hex_bytes(result) for result in self._batch(
+            [("eth_call", [{"to": to, "data": "0x" + data.hex()}, "latest"])
+             for to, data in calls], "eth_call")]
+
+    def receipts(self, tx_hashes: list[bytes]) -> list[Receipt | None]:
+        """`receipt()` of every transaction, in order (None: not mined, or unknown): one JSON-RPC
+        batch request (per `CALL_BATCH` hashes) on a JSON-RPC node, one lookup each on
+        eth-tester."""
+        if not tx_hashes:
+            return []
+        if not self._json_rpc:
+            return [self.receipt(tx_hash) for tx_hash in tx_hashes]
+        return [_receipt_from_json(found) if found else None for found in self._batch(
+            [("eth_getTransactionReceipt", ["0x" + h.hex()]) for h in tx_hashes],
+            "eth_getTransactionReceipt")]
 
     def is_known(self, tx_hash: bytes) -> bool:
         """Does the node know the transaction (pending in its pool, or mined)?"""
@@ -437,7 +493,7 @@ class ChainClient:
         """Call a view or simulate a transaction; a revert raises RevertError, decoded."""
         try:
             return getattr(contract.functions, fn)(*args).call(
-                {"from": sender} if sender else {}, block_identifier=block
+                {"from": sender} if sender else self.view_params(), block_identifier=block
             )
         except _call_errors() as exc:
             raise decode_revert(_revert_data(exc), contract.abi) from exc
@@ -457,6 +513,18 @@ class ChainClient:
         except _call_errors() as exc:
             return decode_revert(_revert_data(exc), list(abi))
         return None
+
+
+def _cache_chain_id(w3: Web3) -> None:
+    """web3's validation middleware asks the node for its chain id before and after every
+    `eth_call` (two `eth_chainId` requests per call, to check a `chainId` field our calls
+    never carry): the provider keeps the node's answer instead (web3's request cache, for
+    `eth_chainId` alone). A provider configured with a request cache of its own is left
+    as it is."""
+    provider = w3.provider
+    if not getattr(provider, "cache_allowed_requests", True):
+        provider.cacheable_requests = {"eth_chainId"}  # type: ignore[union-attr,assignment]
+        provider.cache_allowed_requests = True  # type: ignore[union-attr]
 
 
 def _tester_failed() -> tuple[type[BaseException], ...]:

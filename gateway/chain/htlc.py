@@ -36,7 +36,7 @@ from gateway.domain.locks import (
 )
 
 __all__ = ["DeliveryHTLCProxy", "PaymentHTLCProxy", "decode_htlc_log", "decode_receipt",
-           "revert_abi"]
+           "revert_abi", "statuses_of"]
 
 GAS_LOCK = 150_000
 GAS_CLAIM = 120_000
@@ -143,6 +143,14 @@ def read_statuses(client: ChainClient, htlc: str, lock_ids: list[bytes],
     return block_hash, [abi_decode(["uint8"], result)[0] for result in results]
 
 
+def statuses_of(client: ChainClient, locks: list[tuple[str, bytes]]) -> list[int]:
+    """`statusOf` of every (HTLC address, lock id), PaymentHTLC or DeliveryHTLC, at the latest
+    block (see STATUS_NAMES), in order: one batched read (`ChainClient.calls`), one call each
+    on eth-tester."""
+    results = client.calls([(htlc, _STATUS_OF(lock_id)) for htlc, lock_id in locks])
+    return [abi_decode(["uint8"], result)[0] for result in results]
+
+
 def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
 
@@ -205,16 +213,19 @@ class PaymentHTLCProxy:
     def token(self) -> Contract:
         """The ERC-20 this HTLC locks (fixed at its deployment: read once)."""
         if self._token is None:
-            self._token = self.client.contract(self.htlc.functions.token().call(),
+            self._token = self.client.contract(self.htlc.functions.token().call(
+                self.client.view_params()),
                                                _artifact("PaymentToken"))
         return self._token
 
     def balance_of(self, owner: str, block: str | int = "latest") -> int:
-        return self.token.functions.balanceOf(owner).call(block_identifier=block)
+        return self.token.functions.balanceOf(owner).call(self.client.view_params(),
+                                                          block_identifier=block)
 
     def allowance(self, owner: str, block: str | int = "latest") -> int:
         """What this HTLC may pull from `owner`."""
-        return self.token.functions.allowance(owner, self.address).call(block_identifier=block)
+        return self.token.functions.allowance(owner, self.address).call(
+            self.client.view_params(), block_identifier=block)
 
     def approve_calldata(self) -> tuple[str, bytes]:
         """(token address, calldata) of a standing approval of this HTLC."""
@@ -256,7 +267,7 @@ class PaymentHTLCProxy:
         return self.client.transact(caller, to=self.address, data=data, gas=gas)
 
     def status(self, lock_id: bytes) -> int:
-        return self.htlc.functions.statusOf(lock_id).call()
+        return self.htlc.functions.statusOf(lock_id).call(self.client.view_params())
 
 
 @dataclass
@@ -273,24 +284,27 @@ class DeliveryHTLCProxy:
     def titles(self) -> Contract:
         """The ERC-721 title registry this HTLC locks (fixed at its deployment: read once)."""
         if self._titles is None:
-            self._titles = self.client.contract(self.htlc.functions.titles().call(),
+            self._titles = self.client.contract(self.htlc.functions.titles().call(
+                self.client.view_params()),
                                                 _artifact("TitleDocument"))
         return self._titles
 
     def owner_of(self, token_id: int, block: str | int = "latest") -> str | None:
         """The title's owner; None if no such title exists."""
         try:
-            return checksum(self.titles.functions.ownerOf(token_id).call(block_identifier=block))
+            return checksum(self.titles.functions.ownerOf(token_id).call(
+                self.client.view_params(), block_identifier=block))
         except _call_errors():  # ERC721NonexistentToken
             return None
 
     def document_hash(self, token_id: int, block: str | int = "latest") -> bytes:
-        return bytes(self.titles.functions.documentHash(token_id).call(block_identifier=block))
+        return bytes(self.titles.functions.documentHash(token_id).call(
+            self.client.view_params(), block_identifier=block))
 
     def is_approved_for_all(self, owner: str, block: str | int = "latest") -> bool:
         """May this HTLC take `owner`'s titles?"""
         return self.titles.functions.isApprovedForAll(owner, self.address).call(
-            block_identifier=block)
+            self.client.view_params(), block_identifier=block)
 
     def approve_calldata(self) -> tuple[str, bytes]:
         """(title registry address, calldata) of a standing approval of this HTLC."""
@@ -322,4 +336,4 @@ class DeliveryHTLCProxy:
         return self.client.transact(caller, to=self.address, data=data, gas=GAS_DELIVERY_EXIT)
 
     def status(self, lock_id: bytes) -> int:
-        return self.htlc.functions.statusOf(lock_id).call()
+        return self.htlc.functions.statusOf(lock_id).call(self.client.view_params())

@@ -121,6 +121,11 @@ class InputRow(Base):
     orphaned: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(),
                                                  default=utcnow, server_default=func.now())
+    # Set only while no trade claims the log (trade_id NULL): the keys it routes by, so that a
+    # trade that gets its hashlock later (a buyer locking before it accepts or proposes)
+    # adopts the logs mined before (gateway.engine.dispatcher `_adopt_early_logs`).
+    route_hashlock: Mapped[str | None] = mapped_column(HEX32, index=True)
+    route_lock_id: Mapped[str | None] = mapped_column(HEX32, index=True)
 
 
 class OutboxRow(Base):

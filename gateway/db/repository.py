@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.models import (
@@ -58,6 +58,15 @@ def _payload(inp: Input, clock: Clock | None) -> dict:
     if clock is not None:
         payload["_clock"] = list(clock)
     return payload
+
+
+def _route_keys(trade_id: bytes | None, inp: Input) -> tuple[str | None, str | None]:
+    """(hashlock, lock id) a log routes by, kept only while no trade claims it."""
+    route = getattr(inp, "route", None)
+    if trade_id is not None or route is None:
+        return None, None
+    return (route.hashlock.hex() if route.hashlock is not None else None,
+            route.lock_id.hex() if route.lock_id is not None else None)
 
 
 def _clock(payload: dict) -> Clock | None:
@@ -190,6 +199,13 @@ class Repository:
     def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
         self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
 
+    def add_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
+        """New trades in one executemany INSERT (a batch proposal); a hashlock already in use
+        raises IntegrityError, as in `add_trade`."""
+        rows = [_trade_values(state, wakes) for state, wakes in trades]
+        if rows:
+            self.session.execute(insert(_TRADES), rows)
+
     def save_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
         """One executemany UPDATE by primary key for all of them (Core: the ORM's bulk
         update costs more than the statement itself)."""
@@ -242,6 +258,7 @@ class Repository:
         in the log, at its new place."""
         row.orphaned, row.block_number = False, ref.block_number
         row.payload, row.trade_id = _payload(inp, clock), trade_id.hex() if trade_id else None
+        row.route_hashlock, row.route_lock_id = _route_keys(trade_id, inp)
 
     def record_input(self, trade_id: bytes | None, inp: Input, ref: ChainRef | None = None,
                      clock: Clock | None = None) -> None:
@@ -255,15 +272,48 @@ class Repository:
         take-delivery on, and a replay takes it from there."""
         rows = []
         for trade_id, inp, ref, clock in entries:
+            hashlock, lock_id = _route_keys(trade_id, inp)
             rows.append({"trade_id": trade_id.hex() if trade_id else None,
                          "kind": type(inp).__name__, "payload": _payload(inp, clock),
                          "chain_id": ref.chain_id if ref else None,
                          "block_number": ref.block_number if ref else None,
                          "tx_hash": ref.tx_hash.hex() if ref else None,
                          "log_index": ref.log_index if ref else None, "orphaned": False,
-                         "created_at": utcnow()})
+                         "created_at": utcnow(), "route_hashlock": hashlock,
+                         "route_lock_id": lock_id})
         if rows:
             self.session.execute(insert(_INPUTS), rows)
+
+    def unmatched_inputs(self, hashlocks: Iterable[bytes] = (),
+                         lock_ids: Iterable[bytes] = ()) -> list[tuple[InputRow, Input]]:
+        """Chain logs no trade has claimed that route by one of these hashlocks or lock ids,
+        still on chain, in log order."""
+        hashlocks, lock_ids = [h.hex() for h in hashlocks], [i.hex() for i in lock_ids]
+        keys = [*([InputRow.route_hashlock.in_(hashlocks)] if hashlocks else []),
+                *([InputRow.route_lock_id.in_(lock_ids)] if lock_ids else [])]
+        if not keys:
+            return []
+        rows = self.session.scalars(select(InputRow).where(
+            InputRow.trade_id.is_(None), InputRow.orphaned.is_(False), or_(*keys)
+        ).order_by(InputRow.id))
+        return [(row, decode(Input, row.payload)) for row in rows]
+
+    def adopt_inputs(self, trade_id: bytes,
+                     adopted: list[tuple[InputRow, Input, Clock | None]]) -> None:
+        """Give unmatched logs to the trade that now claims them, at the end of its input log
+        (moved, not copied: a log is in the input log once), each with the chain times it was
+        applied at, so a replay after a reorg applies them where the trade first did."""
+        if not adopted:
+            return
+        self.session.execute(delete(_INPUTS).where(
+            _INPUTS.c.id.in_([row.id for row, _, _ in adopted])))
+        self.session.execute(insert(_INPUTS), [{
+            "trade_id": trade_id.hex(), "kind": row.kind, "payload": _payload(inp, clock),
+            "chain_id": row.chain_id, "block_number": row.block_number, "tx_hash": row.tx_hash,
+            "log_index": row.log_index, "orphaned": False, "created_at": row.created_at,
+            "route_hashlock": None, "route_lock_id": None} for row, inp, clock in adopted])
+        for row, _, _ in adopted:
+            self.session.expunge(row)
 
     def inputs_for_trade(self, trade_id: bytes) -> list[tuple[Input, Clock | None]]:
         """The trade's inputs still on chain (or actions), in order, each with the chain times

@@ -89,6 +89,8 @@ def _decoder(tp: Any) -> Callable[[Any], Any]:
         return instance
     if isinstance(tp, type) and issubclass(tp, Enum):
         return tp
+    if isinstance(tp, type) and issubclass(tp, str) and tp is not str:
+        return tp  # a typed string (gateway.domain.marks): stored as the plain string
     if tp is bytes:
         return lambda data: bytes.fromhex(data[2:])
     return lambda data: data

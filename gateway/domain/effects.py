@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.marks import EffectKey, EffectKind, Flag
 from gateway.domain.state import Chain, Phase
 
 
@@ -15,8 +16,8 @@ class ContractSendPaymentLock:
     lock: PaymentLock
 
     @property
-    def key(self) -> str:
-        return "payment_lock"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.PAYMENT_LOCK)
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class ContractSendDeliveryLock:
     lock: DeliveryLock
 
     @property
-    def key(self) -> str:
-        return "delivery_lock"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.DELIVERY_LOCK)
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class ContractSendPaymentClaim:
     preimage: bytes
 
     @property
-    def key(self) -> str:
-        return f"payment_claim:{self.lock_id.hex()}"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.PAYMENT_CLAIM, self.lock_id)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class ContractSendDeliveryClaim:
     preimage: bytes
 
     @property
-    def key(self) -> str:
-        return f"delivery_claim:{self.lock_id.hex()}"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.DELIVERY_CLAIM, self.lock_id)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class ContractSendPaymentRefund:
     lock: PaymentLock
 
     @property
-    def key(self) -> str:
-        return f"payment_refund:{self.lock_id.hex()}"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.PAYMENT_REFUND, self.lock_id)
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class ContractSendDeliveryRefund:
     lock: DeliveryLock
 
     @property
-    def key(self) -> str:
-        return f"delivery_refund:{self.lock_id.hex()}"
+    def key(self) -> EffectKey:
+        return EffectKey.of(EffectKind.DELIVERY_REFUND, self.lock_id)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class EventTradeFlagged:
     webhook like a phase change."""
 
     trade_id: bytes
-    flag: str
+    flag: Flag
     reason: str
 
 

@@ -4,10 +4,22 @@ blocks (the only clock), and what the executor and reconciler learn from the cha
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.marks import EffectKey
 from gateway.domain.state import Chain, Terms
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a chain log finds its trade: by the lock id a trade recorded (on the log's chain),
+    then by hashlock; whichever is given, in that order. Every log kind says its own, so the
+    dispatcher routes every kind with one function (`gateway.engine.dispatcher.route`)."""
+
+    lock_id: bytes | None = None
+    hashlock: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -58,12 +70,20 @@ class ContractReceivePaymentLocked:
     lock: PaymentLock
     ref: ChainRef
 
+    @property
+    def route(self) -> Route:
+        return Route(hashlock=self.lock.hashlock)  # a new lock: only its hashlock names a trade
+
 
 @dataclass(frozen=True)
 class ContractReceiveDeliveryLocked:
     lock_id: bytes
     lock: DeliveryLock
     ref: ChainRef
+
+    @property
+    def route(self) -> Route:
+        return Route(hashlock=self.lock.hashlock)
 
 
 @dataclass(frozen=True)
@@ -73,12 +93,22 @@ class ContractReceiveClaimed:
     preimage: bytes
     ref: ChainRef
 
+    @property
+    def route(self) -> Route:
+        """The trade that recorded the lock, else the trade of the secret's hashlock (a claim
+        of a lock the trade never recorded still makes the secret public to it)."""
+        return Route(lock_id=self.lock_id, hashlock=hashlib.sha256(self.preimage).digest())
+
 
 @dataclass(frozen=True)
 class ContractReceiveRefunded:
     chain: Chain
     lock_id: bytes
     ref: ChainRef
+
+    @property
+    def route(self) -> Route:
+        return Route(lock_id=self.lock_id)
 
 
 @dataclass(frozen=True)
@@ -110,7 +140,7 @@ class EffectRefused:
     pending, is not sent while the chain says no, and the trade is flagged `blocked:<key>`."""
 
     trade_id: bytes
-    key: str
+    key: EffectKey
     reason: str
     final: bool = True
 

@@ -66,6 +66,7 @@ from gateway.domain.inputs import (
     PreimageRevealed,
 )
 from gateway.domain.locks import PREIMAGE_LENGTH
+from gateway.domain.marks import EffectKey, EffectKind, Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.state import (
     AWAITING_HASHLOCK,
@@ -133,7 +134,7 @@ def state_transition(state: TradeState, inp: Input,
             if not seller_can_still_be_paid(state, policy):
                 raise InvalidTransition(state.phase, "take delivery (the payment could no "
                                                      "longer be claimed for the seller) of")
-            step.state = replace(state, flags=_add(state.flags, "take_delivery"),
+            step.state = replace(state, flags=_add(state.flags, Flag.of(FlagKind.TAKE_DELIVERY)),
                                  buyer_secret=inp.secret)
         case ActionProposeTrade():
             raise InvalidTransition(state.phase, "propose again")
@@ -146,10 +147,11 @@ def state_transition(state: TradeState, inp: Input,
         case ContractReceiveRefunded():
             _on_exit(step, inp.chain, inp.lock_id, LegStatus.REFUNDED, None)
         case EffectRefused():
-            flag = f"{inp.key.partition(':')[0]}_failed" if inp.final else f"blocked:{inp.key}"
+            key = EffectKey(inp.key)
+            flag = Flag.failed(key.kind) if inp.final else Flag.of(FlagKind.BLOCKED, key)
             _flag(step, flag, inp.reason)
         case ChainDisagrees():
-            _flag(step, f"chain_disagrees:{inp.lock_id.hex()}",
+            _flag(step, Flag.of(FlagKind.CHAIN_DISAGREES, inp.lock_id),
                   f"{inp.chain} lock recorded {inp.recorded}, {inp.on_chain} on chain")
         case PreimageRevealed():
             if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
@@ -174,7 +176,7 @@ def state_transition(state: TradeState, inp: Input,
     return step.state, step.events + effects
 
 
-def _flag(step: _Step, flag: str, reason: str) -> None:
+def _flag(step: _Step, flag: Flag, reason: str) -> None:
     if flag not in step.state.flags:
         step.state = replace(step.state, flags=(*step.state.flags, flag))
         step.events.append(EventTradeFlagged(step.state.trade_id, flag, reason))
@@ -190,11 +192,15 @@ def _hashlock_at_accept(state: TradeState, inp: ActionAcceptTrade) -> dict:
         raise ValueError("hashlock: the buyer gives the sha256 hashlock of its 32-byte secret "
                          "when it accepts (32 bytes, not all zero)")
     return {"terms": replace(state.terms, hashlock=inp.hashlock),
-            "flags": _add(state.flags, "hashlock_from_buyer")}
+            "flags": _add(state.flags, Flag.of(FlagKind.HASHLOCK_FROM_BUYER))}
 
 
-def _add(flags: tuple[str, ...], flag: str) -> tuple[str, ...]:
+def _add(flags: tuple[Flag, ...], flag: Flag) -> tuple[Flag, ...]:
     return flags if flag in flags else (*flags, flag)
+
+
+def _contradictory(lock_id: bytes) -> Flag:
+    return Flag.of(FlagKind.CONTRADICTORY_EXIT, lock_id)
 
 
 def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
@@ -203,13 +209,14 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
     known = [leg.lock_id for leg in (s.payment, *s.rejected_payments) if leg is not None]
     if e.lock_id in known:
         return
-    if f"foreign_payment_lock:{e.lock_id.hex()}" in s.flags:
+    if Flag.of(FlagKind.FOREIGN_PAYMENT_LOCK, e.lock_id) in s.flags:
         return
     if e.lock.sender != s.terms.buyer_payment:
         # Anyone can lock with a public hashlock; only the buyer's lock can be this trade's.
         step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id,
                                              ("sender is not the buyer",)))
-        step.state = replace(s, flags=_add(s.flags, f"foreign_payment_lock:{e.lock_id.hex()}"))
+        foreign = Flag.of(FlagKind.FOREIGN_PAYMENT_LOCK, e.lock_id)
+        step.state = replace(s, flags=_add(s.flags, foreign))
         return
     problems = payment_lock_problems(e.lock, s.terms, policy)
     leg = PaymentLeg(e.lock_id, e.lock, block_number=e.ref.block_number)
@@ -224,7 +231,8 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
 
 def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
     s = step.state
-    seen = (f"mismatched_delivery:{e.lock_id.hex()}", f"extra_delivery_lock:{e.lock_id.hex()}")
+    seen = (Flag.of(FlagKind.MISMATCHED_DELIVERY, e.lock_id),
+            Flag.of(FlagKind.EXTRA_DELIVERY_LOCK, e.lock_id))
     if any(flag in s.flags for flag in seen):
         return
     other = (*s.other_deliveries, DeliveryLeg(e.lock_id, e.lock))
@@ -240,12 +248,11 @@ def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
         # the buyer takes it, its secret is public and the seller is paid all the same.
         step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                              tuple(problems)))
-        step.state = replace(s, flags=_add(s.flags, f"mismatched_delivery:{e.lock_id.hex()}"),
-                             other_deliveries=other)
+        step.state = replace(s, flags=_add(s.flags, seen[0]), other_deliveries=other)
         return
     flags = s.flags
     if s.payment is None:
-        flags = _add(flags, "delivery_locked_before_payment")
+        flags = _add(flags, Flag.of(FlagKind.DELIVERY_LOCKED_BEFORE_PAYMENT))
     step.state = replace(s, delivery=DeliveryLeg(e.lock_id, e.lock,
                                                  block_number=e.ref.block_number), flags=flags)
 
@@ -259,7 +266,7 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
         if s.payment is not None and s.payment.lock_id == lock_id:
             if s.payment.status is not LegStatus.OPEN:
                 if s.payment.status is not status:  # a lock exits once; no chain says twice
-                    s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+                    s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
                 step.state = s
                 return
             s = replace(s, payment=replace(s.payment, status=status))
@@ -269,13 +276,13 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
                 if leg.lock_id == lock_id and leg.status is LegStatus.OPEN:
                     leg = replace(leg, status=status)
                 elif leg.lock_id == lock_id and leg.status is not status:
-                    s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+                    s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
                 legs.append(leg)
             s = replace(s, rejected_payments=tuple(legs))
     elif s.delivery is not None and s.delivery.lock_id == lock_id:
         if s.delivery.status is not LegStatus.OPEN:
             if s.delivery.status is not status:
-                s = replace(s, flags=_add(s.flags, f"contradictory_exit:{lock_id.hex()}"))
+                s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
         else:
             s = replace(s, delivery=replace(s.delivery, status=status))
     else:
@@ -321,7 +328,7 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
             if claim.key not in s.pending:
                 notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
                                               to_claim.lock.timelock, sent=True))
-        elif not any(f.startswith("at_risk:payment_claim:") for f in s.flags):
+        elif not any(f.is_a(FlagKind.AT_RISK) for f in s.flags):
             # Reported once per trade: the operator acts on the trade, not on each lock.
             notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
                                           to_claim.lock.timelock, sent=False))
@@ -339,8 +346,8 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
             # the buyer gets the title.
             wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
                                                     s.preimage))
-        elif "take_delivery" in s.flags and s.buyer_secret is not None and \
-                "delivery_claim_failed" not in s.flags and \
+        elif Flag.of(FlagKind.TAKE_DELIVERY) in s.flags and s.buyer_secret is not None and \
+                Flag.failed(EffectKind.DELIVERY_CLAIM) not in s.flags and \
                 policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock) and \
                 seller_can_still_be_paid(s, policy):
             # The managed buyer's private secret goes out only if the claim will be mined and
@@ -349,11 +356,12 @@ def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], li
                                                     s.buyer_secret))
     # Acting for managed parties: only while the counterparty still has time to act in turn.
     if s.managed_buyer and s.phase is Phase.AGREED and pay is None and \
-            "payment_lock_failed" not in s.flags and \
+            Flag.failed(EffectKind.PAYMENT_LOCK) not in s.flags and \
             policy.leaves_time(s.payment_time, t.t_deliver):
         wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
     if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
-            "delivery_lock_failed" not in s.flags and seller_is_safe_to_deliver(s, policy):
+            Flag.failed(EffectKind.DELIVERY_LOCK) not in s.flags and \
+            seller_is_safe_to_deliver(s, policy):
         wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
     return wanted, notes
 
@@ -368,10 +376,11 @@ def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
         if isinstance(note, EventClaimAtRisk) and not note.sent:
             leg = payment_to_claim(s)
             assert leg is not None
-            flags = _add(flags, f"at_risk:payment_claim:{leg.lock_id.hex()}")
+            flags = _add(flags, Flag.of(FlagKind.AT_RISK,
+                                          EffectKey.of(EffectKind.PAYMENT_CLAIM, leg.lock_id)))
     # A held effect (`blocked:<key>`: its lock was missing on chain) that is no longer pending
     # was done or given up: the flag goes with it.
-    flags = tuple(f for f in flags if not f.startswith("blocked:") or f[8:] in keys)
+    flags = tuple(f for f in flags if not f.is_a(FlagKind.BLOCKED) or f.subject in keys)
     # Pending effects the facts no longer call for (the chain showed their result, or the
     # moment passed) are dropped; those still wanted stay pending exactly once.
     step.state = replace(s, pending=frozenset(keys), flags=flags)
@@ -396,7 +405,7 @@ def check_invariants(before: TradeState, after: TradeState) -> None:
             raise InvariantViolated(f"leg {old.lock_id.hex()} left {old.status}")
     if after.payment and after.payment.status is LegStatus.CLAIMED and after.preimage is None:
         raise InvariantViolated("payment claimed but no public preimage recorded")
-    if any(k.startswith("payment_claim") for k in after.pending) and after.preimage is None:
+    if any(k.kind is EffectKind.PAYMENT_CLAIM for k in after.pending) and after.preimage is None:
         raise InvariantViolated("payment claim pending without a public preimage")
     if after.preimage is not None and \
             hashlib.sha256(after.preimage).digest() != after.terms.hashlock:

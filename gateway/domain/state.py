@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.domain.locks import DeliveryLock, PaymentLock
+from gateway.domain.marks import EffectKey, Flag
 from gateway.domain.policy import TimingPolicy
 
 
@@ -137,8 +138,8 @@ class TradeState:
     business_time: int = 0
     payment_finalized: int = 0  # highest payment block final by the chain's finality rule
     business_finalized: int = 0
-    pending: frozenset[str] = frozenset()  # keys of ContractSend* emitted, result not yet seen
-    flags: tuple[str, ...] = ()
+    pending: frozenset[EffectKey] = frozenset()  # ContractSend* emitted, result not yet seen
+    flags: tuple[Flag, ...] = ()
 
 
 def is_active(state: TradeState) -> bool:

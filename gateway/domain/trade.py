@@ -54,11 +54,18 @@ from gateway.domain.inputs import (  # noqa: F401
     EffectRefused,
     Input,
     PreimageRevealed,
+    Route,
 )
 from gateway.domain.machine import (  # noqa: F401
     check_invariants,
     new_trade,
     state_transition,
+)
+from gateway.domain.marks import (  # noqa: F401
+    EffectKey,
+    EffectKind,
+    Flag,
+    FlagKind,
 )
 from gateway.domain.state import (  # noqa: F401
     ALERT_PHASES,

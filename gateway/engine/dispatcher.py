@@ -8,7 +8,6 @@ before the commit loses nothing (the batch is fetched again), a crash after it r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db.repository import Clock, Repository, Wakes
+from gateway.domain.marks import EffectKey, EffectKind, Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
     ALERT_PHASES,
@@ -31,7 +31,6 @@ from gateway.domain.trade import (
     ContractReceiveClaimed,
     ContractReceiveDeliveryLocked,
     ContractReceivePaymentLocked,
-    ContractReceiveRefunded,
     ContractSend,
     ContractSendDeliveryClaim,
     ContractSendDeliveryLock,
@@ -47,6 +46,7 @@ from gateway.domain.trade import (
     PreimageRevealed,
     TradeState,
     is_active,
+    is_hashlock,
     new_trade,
     state_transition,
     wake_times,
@@ -83,19 +83,21 @@ class _RoutingIndex:
         self.by_lock[(chain, lock_id)] = trade_id
 
     def route(self, chain: Chain, inp: ContractReceive) -> bytes | None:
-        match inp:
-            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
-                return self.by_hashlock.get(inp.lock.hashlock)
-            case ContractReceiveClaimed():
-                return self.by_lock.get((chain, inp.lock_id)) or \
-                    self.by_hashlock.get(hashlib.sha256(inp.preimage).digest())
-            case ContractReceiveRefunded():
-                return self.by_lock.get((chain, inp.lock_id))
-        return None
+        return route(inp, lambda lock_id: self.by_lock.get((chain, lock_id)),
+                     self.by_hashlock.get)
 
 
 class UnknownTrade(LookupError):
     pass
+
+
+class ActionsRefused(Exception):
+    """`Dispatcher.apply_actions` applied nothing: `refused` holds (index of the action, its
+    UnknownTrade, InvalidTransition or ValueError) for every action that could not be."""
+
+    def __init__(self, refused: list[tuple[int, Exception]]) -> None:
+        super().__init__("; ".join(f"[{i}] {exc}" for i, exc in refused))
+        self.refused = refused
 
 
 @dataclass
@@ -166,12 +168,46 @@ class Dispatcher:
             effects.extend(more)
             repo.add_trade(state, wake_times(state, self.policy))
             repo.record_input(state.trade_id, action, clock=_clock_of(state))
+            adopted, more = self._adopt_early_logs(repo, state)
+            if adopted is not state:
+                state = adopted
+                effects.extend(more)
+                repo.save_trades([(state, wake_times(state, self.policy))])
             writes = _Writes(new_trades=frozenset({state.trade_id}))
             self._store_effects(writes, state, effects, None)
             writes.flush(repo)
             if also is not None:
                 also(session)
         return state
+
+    def propose_many(self, actions: list[ActionProposeTrade],
+                     also: Callable[[Session], None] | None = None) -> list[TradeState]:
+        """Create several trades in one transaction, all or none (a batch proposal), as
+        `propose` creates one; `also` writes the caller's own rows in the same transaction."""
+        with self.session_factory.begin() as session:
+            repo = Repository(session)
+            repo.lock_trade_writes()
+            clocks = self._clocks(repo, (Chain.PAYMENT, Chain.BUSINESS))
+            made: list[tuple[TradeState, list[Effect]]] = []
+            for action in actions:
+                state, effects = new_trade(action, self.policy)
+                state, more = self._catch_up(state, clocks)
+                made.append((state, effects + more))
+            repo.add_trades([(state, wake_times(state, self.policy)) for state, _ in made])
+            repo.record_inputs([(state.trade_id, action, None, _clock_of(state))
+                                for (state, _), action in zip(made, actions, strict=True)])
+            for n, (state, effects) in enumerate(made):
+                adopted, more = self._adopt_early_logs(repo, state)
+                if adopted is not state:
+                    made[n] = (adopted, effects + more)
+                    repo.save_trades([(adopted, wake_times(adopted, self.policy))])
+            writes = _Writes(new_trades=frozenset(state.trade_id for state, _ in made))
+            for state, effects in made:
+                self._store_effects(writes, state, effects, None)
+            writes.flush(repo)
+            if also is not None:
+                also(session)
+        return [state for state, _ in made]
 
     def apply_action(self, action: Input,
                      check: Callable[[TradeState, Session], None] | None = None) -> TradeState:
@@ -194,9 +230,96 @@ class Dispatcher:
             work.repo.record_input(trade_id, action, clock=_clock_of(state))
             if new_state.terms.hashlock != state.terms.hashlock:
                 work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
+                new_state, more = self._adopt_early_logs(work.repo, new_state)
+                effects.extend(more)
             work.states[trade_id] = new_state
             self._finish(work, {trade_id: effects}, None)
         return new_state
+
+    def apply_actions(self, actions: list[Input],
+                      check: Callable[[list[TradeState], Session], None] | None = None,
+                      ) -> list[TradeState]:
+        """Several actions (a batch of accepts) in one transaction, all or none, each as
+        `apply_action` applies one, in order. Raises ActionsRefused naming, by index, every
+        action whose trade is unknown or that its trade's machine refuses; `check` sees the
+        states of all the actions' trades (in the actions' order) read inside the transaction,
+        under its trade-writes lock, before any is applied, and may refuse them all."""
+        with self.session_factory.begin() as session:
+            work = _Work(Repository(session))
+            work.repo.lock_trade_writes()
+            states: list[TradeState] = []
+            unknown: list[tuple[int, Exception]] = []
+            for i, action in enumerate(actions):
+                trade_id: bytes = action.trade_id  # type: ignore[union-attr]
+                state = work.load(trade_id)
+                if state is None:
+                    unknown.append((i, UnknownTrade(trade_ref(trade_id))))
+                else:
+                    states.append(state)
+            if unknown:
+                raise ActionsRefused(unknown)
+            if check is not None:
+                check(states, session)
+            clocks = self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
+            effects: dict[bytes, list[Effect]] = {}
+            inputs: list[tuple[bytes | None, Input, ChainRef | None, Clock | None]] = []
+            refused: list[tuple[int, Exception]] = []
+            given: list[bytes] = []  # trades given their hashlock by these actions
+            for i, action in enumerate(actions):
+                trade_id = action.trade_id  # type: ignore[union-attr]
+                state, early = self._catch_up(work.states[trade_id], clocks)
+                try:
+                    new_state, out = state_transition(state, action, self.policy)
+                except (InvalidTransition, ValueError) as exc:
+                    refused.append((i, exc))
+                    continue
+                inputs.append((trade_id, action, None, _clock_of(state)))
+                if new_state.terms.hashlock != state.terms.hashlock:
+                    work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
+                    given.append(trade_id)
+                work.states[trade_id] = new_state
+                effects.setdefault(trade_id, []).extend(early + out)
+            if refused:
+                raise ActionsRefused(refused)
+            work.repo.record_inputs(inputs)
+            for trade_id in given:
+                work.states[trade_id], more = self._adopt_early_logs(work.repo,
+                                                                     work.states[trade_id])
+                effects[trade_id].extend(more)
+            self._finish(work, effects, None)
+        return [work.states[a.trade_id] for a in actions]  # type: ignore[union-attr]
+
+    def _adopt_early_logs(self, repo: Repository, state: TradeState) -> tuple[TradeState,
+                                                                               list[Effect]]:
+        """Apply the logs of this trade mined before it had its hashlock (the buyer locked
+        before it proposed, or before it gave its hashlock accepting a seller's proposal):
+        they were kept in the input log with no trade, and now move to the end of this
+        trade's, so that a lock the gateway never routed is still claimed for the seller once
+        the secret is public (trust rule 3). Locks first found by hashlock bring their claims
+        and refunds, found by lock id. Called in the transaction that gives the trade its
+        hashlock, after the action is logged."""
+        if not is_hashlock(state.terms.hashlock):
+            return state, []
+        found = dict(repo.unmatched_inputs(hashlocks=[state.terms.hashlock]))
+        lock_ids = [inp.lock_id for inp in found.values() if isinstance(
+            inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked)]
+        found.update(repo.unmatched_inputs(lock_ids=lock_ids))
+        if not found:
+            return state, []
+        chains = {chain_id: chain for chain, chain_id in self.chain_ids.items()}
+        out: list[Effect] = []
+        adopted = []
+        for row, inp in sorted(found.items(), key=lambda item: item[0].id):
+            clock = _clock_of(state)
+            state, more = self._transition(state, inp)
+            out.extend(more)
+            adopted.append((row, inp, clock))
+            if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked) \
+                    and row.chain_id in chains:
+                repo.link_locks(chains[row.chain_id].value, [(inp.lock_id, state.trade_id)])
+        repo.adopt_inputs(state.trade_id, adopted)
+        log.info("early_logs_adopted", trade=trade_ref(state.trade_id), logs=len(adopted))
+        return state, out
 
     # --- chain batches (poller) -----------------------------------------------------------
 
@@ -278,21 +401,14 @@ class Dispatcher:
         except InvariantViolated as exc:
             log.critical("invariant_violated", trade=trade_ref(state.trade_id),
                          input=type(inp).__name__, error=str(exc))
-            flag = f"invariant_violated:{type(inp).__name__}"
+            flag = Flag.of(FlagKind.INVARIANT_VIOLATED, type(inp).__name__)
             if flag in state.flags:
                 return state, []
             return replace(state, flags=(*state.flags, flag)), []
 
     def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
-        match inp:
-            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
-                return repo.trade_id_by_hashlock(inp.lock.hashlock)
-            case ContractReceiveClaimed():
-                return repo.trade_id_by_lock(chain.value, inp.lock_id) or \
-                    repo.trade_id_by_hashlock(hashlib.sha256(inp.preimage).digest())
-            case ContractReceiveRefunded():
-                return repo.trade_id_by_lock(chain.value, inp.lock_id)
-        return None
+        return route(inp, lambda lock_id: repo.trade_id_by_lock(chain.value, lock_id),
+                     repo.trade_id_by_hashlock)
 
     def _rewind(self, work: _Work, batch: ChainBatch,
                 effects: dict[bytes, list[Effect]]) -> None:
@@ -446,7 +562,7 @@ def _alert(note: Effect) -> None:
         log.critical("trade_alert", trade=trade_ref(note.trade_id), phase=note.new.value,
                      advice=ALERT_ADVICE[note.new])
     elif isinstance(note, EventTradeFlagged):
-        metrics.TRADE_ALERTS.labels(note.flag.partition(":")[0]).inc()
+        metrics.TRADE_ALERTS.labels(Flag(note.flag).name).inc()
         log.critical("trade_flagged", trade=trade_ref(note.trade_id), flag=note.flag,
                      reason=note.reason)
 
@@ -471,28 +587,27 @@ def _clock_of(state: TradeState) -> Clock:
     return (state.payment_time, state.business_time)
 
 
+def route(inp: ContractReceive, by_lock: Callable[[bytes], bytes | None],
+          by_hashlock: Callable[[bytes], bytes | None]) -> bytes | None:
+    """The trade a chain log concerns, by the keys the log gives (`Route`): the one place that
+    decides it, over an in-memory index or the database alike."""
+    keys = inp.route
+    return (keys.lock_id is not None and by_lock(keys.lock_id)) or \
+        (keys.hashlock is not None and by_hashlock(keys.hashlock)) or None
+
+
 def _names(inputs: list[ContractReceive]) -> tuple[list[bytes], list[bytes]]:
-    """The hashlocks and lock ids a batch's logs route by (see `_RoutingIndex.route`)."""
-    hashlocks: list[bytes] = []
-    lock_ids: list[bytes] = []
-    for inp in inputs:
-        match inp:
-            case ContractReceivePaymentLocked() | ContractReceiveDeliveryLocked():
-                hashlocks.append(inp.lock.hashlock)
-            case ContractReceiveClaimed():
-                lock_ids.append(inp.lock_id)
-                hashlocks.append(hashlib.sha256(inp.preimage).digest())
-            case ContractReceiveRefunded():
-                lock_ids.append(inp.lock_id)
-    return hashlocks, lock_ids
+    """The hashlocks and lock ids a batch's logs route by, to load their trades at once."""
+    keys = [inp.route for inp in inputs]
+    return ([k.hashlock for k in keys if k.hashlock is not None],
+            [k.lock_id for k in keys if k.lock_id is not None])
 
 
-def _result_seen(state: TradeState, key: str) -> bool:
-    kind, _, lock_hex = key.partition(":")
-    if kind == "payment_lock":
+def _result_seen(state: TradeState, key: EffectKey) -> bool:
+    if key.kind is EffectKind.PAYMENT_LOCK:
         return state.payment is not None or bool(state.rejected_payments)
-    if kind == "delivery_lock":
+    if key.kind is EffectKind.DELIVERY_LOCK:
         return state.delivery is not None
     legs = [state.payment, state.delivery, *state.rejected_payments]
-    return any(leg is not None and leg.lock_id.hex() == lock_hex
+    return any(leg is not None and leg.lock_id == key.lock_id
                and leg.status is not LegStatus.OPEN for leg in legs)

@@ -6,7 +6,8 @@ For every pending effect, in order:
    whose lock does not exist on chain (status None: a reorg or a node short of blocks removed
    it) is not done: it is not sent (it would revert), the trade is told once
    (`EffectRefused(final=False)`, flag `blocked:<key>`, logged critical `lock_missing`), and
-   it goes out when the lock is back.
+   it goes out when the lock is back. The statuses of every effect a pass checks are read
+   together, one JSON-RPC batch request per pass and chain (`statuses_of`).
 2. Is a transaction for it in flight? Then wait for it (or resend it after a restart).
 3. Would it revert? Never send a transaction known to revert: a managed party's lock is
    checked at the latest block (the buyer's balance covers the amount, the seller owns the
@@ -29,7 +30,8 @@ Payment claims due on the same chain go out together as one `claimMany`. Claims 
 are sent from the relayer key (the contracts pay only the named party, whoever calls);
 locks for managed parties are sent from their own keys.
 
-What becomes of a sent transaction (`_settle_attempts`, every pass, per chain):
+What becomes of a sent transaction (`_settle_attempts`, every pass, per chain; the receipts
+of all of them read in one batch request, `ChainClient.receipts`):
 - mined (by its hash, or a sibling at the same nonce was): recorded, siblings `replaced`; one
   that reverted is a warning (`tx_reverted`, with the revert reason replayed on its parent
   block when the node can) and its effects are planned again (and checked: item 3 above);
@@ -97,10 +99,12 @@ from gateway.chain.htlc import (
     payment_lock_calldata,
     payment_refund_calldata,
     revert_abi,
+    statuses_of,
 )
 from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
 from gateway.domain.codec import decode
+from gateway.domain.marks import Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
     Chain,
@@ -295,8 +299,9 @@ class Executor:
             latest: dict[str, int] = {}
             head: list[tuple[int, int]] = []  # the node's latest block, read once if needed
             live = repo.unsettled_attempts(ep.chain_id)
-            for attempt in live:
-                receipt: Receipt | None = ep.client.receipt(bytes.fromhex(attempt.tx_hash))
+            # Every receipt in one batch request (one lookup each where the node takes none).
+            receipts = ep.client.receipts([bytes.fromhex(a.tx_hash) for a in live])
+            for attempt, receipt in zip(live, receipts, strict=True):
                 if receipt is not None:
                     self._mined(ep, repo, attempt, receipt)
                     continue
@@ -533,6 +538,7 @@ class Executor:
         refusals = [] if refusals is None else refusals
         claims: list[tuple[OutboxRow, ContractSendPaymentClaim]] = []
         txs: list[_Tx] = []
+        pending: list[tuple[OutboxRow, ContractSend, bool]] = []  # (row, effect, retry)
         for row, effect in repo.pending_effects(ep.chain.value):
             retry = False
             if row.attempt_id is not None:
@@ -540,13 +546,16 @@ class Executor:
                 if attempt is not None and attempt.status in ("signed", "sent"):
                     continue  # in flight
                 retry = True
+            pending.append((row, effect, retry))
+        statuses = self._statuses(ep, pending)
+        for row, effect, retry in pending:
             if isinstance(effect, ContractSendPaymentClaim) and not retry:
                 claims.append((row, effect))  # checked below, as a batch or alone
                 continue
             # Done on chain, by us or anyone: the poller brings the log. A mined attempt
             # whose result is absent (a batch skipped the entry, a reorg removed it) and a
             # reverted or dropped one all fall through to a new attempt.
-            found = self._on_chain(ep, effect)
+            found = self._on_chain(ep, effect, statuses)
             if found == DONE:
                 continue
             if found == MISSING:
@@ -578,7 +587,7 @@ class Executor:
                           error=str(exc))
         if len(claims) == 1:
             (_, claim), = claims
-            found = self._on_chain(ep, claim)
+            found = self._on_chain(ep, claim, statuses)
             if found == MISSING:
                 self._refuse(ep, repo, claim, _missing(claim), refusals, final=False,
                              missing=True)
@@ -586,7 +595,7 @@ class Executor:
                 claims = []
         # Two or more claims go out as claimMany without a check each: the contract itself
         # skips a lock someone else claimed meanwhile, so a lost race costs a little gas, not
-        # a revert, and the check would cost one call per lock. A claim sent alone is
+        # a revert, and the check would cost a read per lock. A claim sent alone is
         # simulated first: it would revert.
         for start in range(0, len(claims), self.max_batch):
             batch = claims[start:start + self.max_batch]
@@ -597,27 +606,33 @@ class Executor:
             txs.append(tx)
         return txs
 
-    def _on_chain(self, ep: ChainEndpoint, effect: ContractSend) -> str:
+    def _statuses(self, ep: ChainEndpoint, pending: list[tuple[OutboxRow, ContractSend, bool]],
+                  ) -> dict[tuple[str, bytes], int]:
+        """The lock status (`statusOf`) of every effect `_plan` checks this pass, read in one
+        batch request: every effect not in flight but a first-time payment claim, which is
+        checked only when it may go out alone (two or more go out as claimMany unchecked)."""
+        fresh = sum(1 for _, effect, retry in pending
+                    if isinstance(effect, ContractSendPaymentClaim) and not retry)
+        locks = list(dict.fromkeys(
+            lock for _, effect, retry in pending
+            if retry or fresh == 1 or not isinstance(effect, ContractSendPaymentClaim)
+            if (lock := _lock_of(ep, effect)) is not None))
+        return dict(zip(locks, statuses_of(ep.client, locks), strict=True))
+
+    def _on_chain(self, ep: ChainEndpoint, effect: ContractSend,
+                  statuses: dict[tuple[str, bytes], int] | None = None) -> str:
         """DONE: the effect's result is on chain (whoever caused it). MISSING: a claim or
         refund whose lock does not exist on chain (a reorg or a node short of blocks removed
-        it): not done, and sending it would revert. TO_DO: otherwise."""
-        match effect:
-            case ContractSendPaymentLock():
-                assert ep.payment_htlc is not None
-                status = ep.payment_htlc.status(ep.payment_htlc.lock_id(effect.lock))
-                return DONE if status != NONE else TO_DO
-            case ContractSendDeliveryLock():
-                assert ep.delivery_htlc is not None
-                status = ep.delivery_htlc.status(ep.delivery_htlc.lock_id(effect.lock))
-                return DONE if status != NONE else TO_DO
-            case ContractSendPaymentClaim() | ContractSendPaymentRefund():
-                assert ep.payment_htlc is not None
-                status = ep.payment_htlc.status(effect.lock_id)
-            case ContractSendDeliveryClaim() | ContractSendDeliveryRefund():
-                assert ep.delivery_htlc is not None
-                status = ep.delivery_htlc.status(effect.lock_id)
-            case _:
-                return TO_DO
+        it): not done, and sending it would revert. TO_DO: otherwise. The lock's status is
+        taken from `statuses` (read by `_statuses` this pass), else read now."""
+        lock = _lock_of(ep, effect)
+        if lock is None:
+            return TO_DO
+        status = (statuses or {}).get(lock)
+        if status is None:
+            (status,) = statuses_of(ep.client, [lock])
+        if isinstance(effect, ContractSendPaymentLock | ContractSendDeliveryLock):
+            return DONE if status != NONE else TO_DO
         return MISSING if status == NONE else TO_DO if status == OPEN else DONE
 
     def _preflight(self, ep: ChainEndpoint, effect: ContractSend, tx: _Tx,
@@ -678,11 +693,11 @@ class Executor:
         """Not sent. The trade is told once (EffectRefused: `<kind>_failed` if final, else
         `blocked:<key>`), which is logged and counted; an effect whose trade already carries
         the flag is only logged, once per process."""
-        kind = effect.key.partition(":")[0]
+        kind = effect.key.kind.value
         state = repo.get_trade(effect.trade_id)
         if state is None:
             return
-        flag = f"{kind}_failed" if final else f"blocked:{effect.key}"
+        flag = Flag.failed(effect.key.kind) if final else Flag.of(FlagKind.BLOCKED, effect.key)
         told = flag in state.flags
         seen = (effect.trade_id, effect.key)
         if seen in self._reported and (told or self.on_refused is None):
@@ -692,7 +707,7 @@ class Executor:
                   "key": effect.key, "reason": reason, "final": final,
                   "already_flagged": told}
         if missing:
-            log.critical("lock_missing", lock="0x" + effect.key.partition(":")[2], **fields)
+            log.critical("lock_missing", lock=_lock_hex(effect), **fields)
         else:
             log.warning("effect_refused", **fields)
         if told:
@@ -771,8 +786,32 @@ class Executor:
                    tuple(c.lock.timelock for _, c in claims))
 
 
+def _lock_of(ep: ChainEndpoint, effect: ContractSend) -> tuple[str, bytes] | None:
+    """(HTLC address, lock id) of the lock whose status says whether `effect` is done on
+    chain: the lock a lock effect makes, the lock a claim or refund exits."""
+    match effect:
+        case ContractSendPaymentLock():
+            assert ep.payment_htlc is not None
+            return ep.payment_htlc.address, ep.payment_htlc.lock_id(effect.lock)
+        case ContractSendDeliveryLock():
+            assert ep.delivery_htlc is not None
+            return ep.delivery_htlc.address, ep.delivery_htlc.lock_id(effect.lock)
+        case ContractSendPaymentClaim() | ContractSendPaymentRefund():
+            assert ep.payment_htlc is not None
+            return ep.payment_htlc.address, effect.lock_id
+        case ContractSendDeliveryClaim() | ContractSendDeliveryRefund():
+            assert ep.delivery_htlc is not None
+            return ep.delivery_htlc.address, effect.lock_id
+    return None
+
+
+def _lock_hex(effect: ContractSend) -> str:
+    lock_id = effect.key.lock_id
+    return "0x" + lock_id.hex() if lock_id is not None else "none"
+
+
 def _missing(effect: ContractSend) -> str:
-    return f"lock 0x{effect.key.partition(':')[2]} does not exist on chain"
+    return f"lock {_lock_hex(effect)} does not exist on chain"
 
 
 def _describe(error: RevertError) -> str:

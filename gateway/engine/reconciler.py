@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.chain.htlc import STATUS_NAMES, read_statuses
 from gateway.chain.poller import ChainPoller
 from gateway.db.repository import Repository
+from gateway.domain.marks import Flag, FlagKind
 from gateway.domain.trade import (
     Chain,
     ChainDisagrees,
@@ -69,8 +70,8 @@ def legs_on(state: TradeState, chain: Chain) -> list[PaymentLeg | DeliveryLeg]:
     return [state.delivery] if state.delivery is not None else []
 
 
-def flag_for(lock_id: bytes) -> str:
-    return f"chain_disagrees:{lock_id.hex()}"
+def flag_for(lock_id: bytes) -> Flag:
+    return Flag.of(FlagKind.CHAIN_DISAGREES, lock_id)
 
 
 class Reconciler:

@@ -259,7 +259,7 @@ class TradeLifecycle(schema.as_state_machine()):
 def test_trade_lifecycle_state_machine() -> None:
     probed = len(_probed)
     TradeLifecycle.seen.clear()
-    TradeLifecycle.run(settings=settings(SETTINGS, max_examples=12, stateful_step_count=8))
+    TradeLifecycle.run(settings=settings(SETTINGS, max_examples=20, stateful_step_count=8))
     # The links were followed from real proposals: trades were made and then read or moved
     # through the operations that take a trade id; tenant B was shown to see none of them.
     # (Which actions succeed depends on what Hypothesis draws: not asserted.)
@@ -315,7 +315,7 @@ def test_other_tenants_trades_are_404(case, tenant_a_trades) -> None:  # noqa: A
             assert r.headers["content-type"] == ["application/problem+json"]
     else:  # the list, with whatever filters were generated
         r = case.call(headers=TENANT_B)
-        assert r.status_code in (200, 422), r.text
+        assert r.status_code in (200, 400, 422), r.text
         if r.status_code == 200:
             assert not trade_ids(r.json()) & set(tenant_a_trades)
     phases = [CLIENT.get(f"/v1/trades/{tid}", headers=SELLER).json()["phase"]

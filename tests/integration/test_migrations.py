@@ -3,8 +3,10 @@ of the previous release, trades in flight, is upgraded and its trades settle."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import JSON, func, inspect, select, text, update
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 
 from gateway.db import migrate
 from gateway.db.models import AttemptRow, Base, InputRow, OutboxRow, TradeEventRow, TradeRow
@@ -200,7 +204,7 @@ def test_0006_adds_rate_buckets_and_indexes_idempotency_keys_by_age(database_url
     engine = make_engine(database_url)
     migrate.upgrade(engine, "0005")
     assert "rate_buckets" not in inspect(engine).get_table_names()
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, "0006")
     assert migrate.current_revision(engine) == "0006"
     assert "rate_buckets" in inspect(engine).get_table_names()
     assert "ix_idempotency_keys_created_at" in {
@@ -212,4 +216,38 @@ def test_0006_adds_rate_buckets_and_indexes_idempotency_keys_by_age(database_url
     assert "rate_buckets" not in inspect(engine).get_table_names()
     assert "ix_idempotency_keys_created_at" not in {
         i["name"] for i in inspect(engine).get_indexes("idempotency_keys")}
+    engine.dispose()
+
+
+def test_0007_makes_unmatched_logs_findable_by_their_keys(database_url) -> None:
+    """0007 on a 0006 database: logs kept with no trade get the hashlock and lock id they
+    route by, read from their payloads; logs of a trade get none."""
+    engine = make_engine(database_url)
+    migrate.upgrade(engine, "0006")
+    hashlock, lock_id, preimage = "ab" * 32, "cd" * 32, bytes(range(32))
+    locked = {"__type__": "ContractReceivePaymentLocked", "lock_id": "0x" + lock_id,
+              "lock": {"hashlock": "0x" + hashlock}}
+    claimed = {"__type__": "ContractReceiveClaimed", "lock_id": "0x" + lock_id,
+               "preimage": "0x" + preimage.hex()}
+    refunded = {"__type__": "ContractReceiveRefunded", "lock_id": "0x" + "ef" * 32}
+    inputs = sa_table("inputs", sa_column("id"), sa_column("trade_id"), sa_column("kind"),
+                      sa_column("payload", JSON), sa_column("orphaned"),
+                      sa_column("created_at"))
+    with engine.begin() as c:
+        for n, (trade, payload) in enumerate([(None, locked), (None, claimed),
+                                              (None, refunded), ("01" * 32, locked)], 1):
+            c.execute(inputs.insert().values(id=n, trade_id=trade, kind=payload["__type__"],
+                                             payload=payload, orphaned=False,
+                                             created_at=datetime(2026, 12, 1)))
+    migrate.upgrade(engine)
+    with engine.connect() as c:
+        keys = dict(c.execute(text(
+            "SELECT id, route_hashlock || '/' || COALESCE(route_lock_id, '') FROM inputs "
+            "WHERE route_hashlock IS NOT NULL")).all())
+        refunded_key = c.execute(text("SELECT route_lock_id FROM inputs WHERE id = 3")).scalar()
+        of_trade = c.execute(text("SELECT route_hashlock, route_lock_id FROM inputs "
+                                  "WHERE id = 4")).one()
+    assert keys == {1: f"{hashlock}/", 2: f"{hashlib.sha256(preimage).hexdigest()}/{lock_id}"}
+    assert refunded_key == "ef" * 32
+    assert tuple(of_trade) == (None, None)
     engine.dispose()

@@ -210,6 +210,7 @@ class World(NamedTuple):
     public: bool = False  # the secret was in a mined transaction
     owed: bool = False  # ... while a payment lock for the seller could still be claimed
     unrouted: bool = False  # the gateway could route a log of these locks to no trade
+    parked: tuple[Any, ...] = ()  # those logs, kept with no trade, in the order polled
     reorgs: int = 0  # left
     buyer_deviated: bool = False
     seller_deviated: bool = False
@@ -220,7 +221,7 @@ class World(NamedTuple):
         keyed by each lock's status instead. Trade states are interned (`Explorer.intern`): equal
         states are one object."""
         flags = (self.tick, self.cursor, self.dropped, self.public, self.owed, self.unrouted,
-                 self.reorgs, self.buyer_deviated, self.seller_deviated)
+                 self.parked, self.reorgs, self.buyer_deviated, self.seller_deviated)
         if self.reorgs > 0 or self.rewind != (None, None):
             return (id(self.trade), self.logs, self.seen, self.rewind, self.history, *flags)
         if self.seen == (len(self.logs[P]), len(self.logs[B])):
@@ -350,7 +351,30 @@ class Explorer:
         for chain in (P, B):
             w = self.feed(w, self.block(w, chain), record=False)
         if self.root.agreed:
-            w = self.feed(w, self.accept)
+            w = self.adopt(self.feed(w, self.accept))
+        return w
+
+    def adopt(self, w: World) -> World:
+        """`Dispatcher._adopt_early_logs`, after the action that gives the trade its hashlock:
+        the logs kept with no trade that route by it, and those that route by the lock ids of
+        the locks among them, move to the trade in the order they were polled."""
+        T, hashlock = self.T, w.trade.terms.hashlock
+        if not w.parked or len(hashlock) != 32:
+            return w
+        locks = (T.ContractReceivePaymentLocked, T.ContractReceiveDeliveryLocked)
+
+        def by_hashlock(inp: Any) -> bool:
+            if isinstance(inp, locks):
+                return inp.lock.hashlock == hashlock
+            return isinstance(inp, T.ContractReceiveClaimed) and \
+                sha256(inp.preimage) == hashlock
+        first = [inp for inp in w.parked if by_hashlock(inp)]
+        lock_ids = {inp.lock_id for inp in first if isinstance(inp, locks)}
+        taken = [inp for inp in w.parked if by_hashlock(inp) or (
+            not isinstance(inp, locks) and inp.lock_id in lock_ids)]
+        w = w._replace(parked=tuple(inp for inp in w.parked if inp not in taken))
+        for inp in taken:
+            w = self.feed(w, inp)
         return w
 
     def feed(self, w: World, inp: Any, record: bool = True) -> World:
@@ -377,7 +401,7 @@ class Explorer:
     def routed(self, s: Any, inp: Any) -> bool:
         """`_RoutingIndex.route`: a lock by the trade's hashlock; a claim by a lock id of the
         trade or by its preimage's hash; a refund by a lock id of the trade. A log routed
-        nowhere is recorded unmatched and is never given to the trade afterwards."""
+        nowhere is kept unmatched (`parked`) until the trade gets its hashlock (`adopt`)."""
         T = self.T
         if isinstance(inp, T.ContractReceivePaymentLocked | T.ContractReceiveDeliveryLocked):
             return inp.lock.hashlock == s.terms.hashlock
@@ -398,8 +422,8 @@ class Explorer:
             inp = self.log_input(chain, position, logs[position])
             if self.routed(w.trade, inp):
                 w = self.feed(w, inp)
-            elif not w.unrouted:
-                w = w._replace(unrouted=True)
+            else:
+                w = w._replace(unrouted=True, parked=(*w.parked, inp))
         w = self.feed(w, self.block(w, chain), record=False)
         return w._replace(seen=(len(logs), w.seen[B]) if chain == P else (w.seen[P], len(logs)),
                           cursor=(w.tick, w.cursor[B]) if chain == P else (w.cursor[P], w.tick))
@@ -419,6 +443,9 @@ class Explorer:
                     revealed.append(inp.preimage)
                 continue
             kept.append((inp, clock))
+        w = w._replace(parked=tuple(
+            inp for inp in w.parked
+            if not (inp.ref.chain_id == CHAIN_IDS[chain] and inp.ref.block_number > fork)))
         if len(kept) == len(w.history):  # no input of the trade was orphaned: no replay
             first = self.first_at(w.logs[chain], fork)
             return w._replace(
@@ -572,7 +599,7 @@ class Explorer:
         phase, st = s.phase.value, self.statuses(w)
         if phase == "proposed":
             who = "buyer" if root.seller_proposes else "seller"
-            yield f"{who} accepts", lambda: self.feed(w, self.accept)
+            yield f"{who} accepts", lambda: self.adopt(self.feed(w, self.accept))
         if phase in ("proposed", "agreed") and not (s.payment or s.delivery or s.pending):
             # An honest cancel (by a party without a lock) stands for either party's.
             free = [p for p in ("buyer", "seller") if not self.has_lock(w, p)]
@@ -948,16 +975,9 @@ KNOWN_FINDINGS: dict[str, tuple[tuple[str, ...], str]] = {
     # Found, and fixed since: a seller's proposal awaiting the buyer's hashlock could neither
     # expire nor be cancelled (check_invariants refused it), and a third party's lock of
     # another token counted as the buyer's delivery (rule 4).
-    "phase contradicts the chains" + _UNROUTED: (
-        _SELLER_PROPOSES,
-        "a lock mined before the buyer gives its hashlock at accept is routed to no trade (the "
-        "dispatcher routes locks by hashlock) and never afterwards: the trade does not know the "
-        "buyer's payment lock, e.g. agreed while that lock was claimed for the seller (both "
-        "parties locked before the trade was agreed: no honest party loses)"),
-    "a public secret did not pay the seller (rule 3)" + _UNROUTED: (
-        _SELLER_PROPOSES[:1],
-        "the same: the secret is public and the buyer's payment lock claimable, but the trade "
-        "never saw that lock, so the relayer never claims it"),
+    # And: a lock mined before the buyer gave its hashlock at accept was routed to no trade and
+    # never afterwards, so a public secret did not pay the seller (rule 3); the trade now
+    # adopts such logs when it gets its hashlock (`Explorer.adopt`).
 }
 
 
