@@ -118,3 +118,33 @@ def test_settings_load_without_web3() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT.parent, env={"PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "", f"loading settings loads {out.stdout.strip()[:200]}"
+
+
+SQL_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", "or_", "tuple_",
+                "case", "bindparam", "exists"}
+# Modules outside gateway/db that still build SQL (issue 12 §1 moves every query into a
+# repository per aggregate); the list may only shrink.
+SQL_EXCEPTIONS = {
+    "gateway.api.enterprises", "gateway.api.housekeeping", "gateway.api.ops",
+    "gateway.api.ratelimit", "gateway.api.trades", "gateway.api.webhooks", "gateway.cli",
+    "gateway.engine.webhooks", "gateway.runner",
+}
+
+
+def _builds_sql(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and \
+                node.module.startswith("sqlalchemy"):
+            if "dialects" in node.module or \
+                    any(alias.name in SQL_BUILDERS for alias in node.names):
+                return True
+    return False
+
+
+def test_only_the_database_layer_builds_sql() -> None:
+    offenders = {name for name, path in MODULES.items()
+                 if not _within(name, "gateway.db") and _builds_sql(path)}
+    assert offenders <= SQL_EXCEPTIONS, \
+        f"queries belong in gateway/db: {sorted(offenders - SQL_EXCEPTIONS)}"
+    assert SQL_EXCEPTIONS <= offenders, \
+        f"no longer needed, strike them off: {sorted(SQL_EXCEPTIONS - offenders)}"
