@@ -4,76 +4,69 @@ outbox and the pending set know it by) and notifications (`Event*`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gateway.domain.locks import DeliveryLock, PaymentLock
 from gateway.domain.marks import EffectKey, EffectKind, Flag
 from gateway.domain.state import Chain, Phase
 
 
+class _Send:
+    """What every `ContractSend*` is known by: its kind and, for a claim or refund, its lock."""
+
+    KIND: ClassVar[EffectKind]
+
+    @property
+    def key(self) -> EffectKey:
+        return EffectKey.of(self.KIND, getattr(self, "lock_id", None))
+
+
 @dataclass(frozen=True)
-class ContractSendPaymentLock:
+class ContractSendPaymentLock(_Send):
     trade_id: bytes
     lock: PaymentLock
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.PAYMENT_LOCK)
+    KIND: ClassVar[EffectKind] = EffectKind.PAYMENT_LOCK
 
 
 @dataclass(frozen=True)
-class ContractSendDeliveryLock:
+class ContractSendDeliveryLock(_Send):
     trade_id: bytes
     lock: DeliveryLock
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.DELIVERY_LOCK)
+    KIND: ClassVar[EffectKind] = EffectKind.DELIVERY_LOCK
 
 
 @dataclass(frozen=True)
-class ContractSendPaymentClaim:
+class ContractSendPaymentClaim(_Send):
     trade_id: bytes
     lock_id: bytes
     lock: PaymentLock
     preimage: bytes
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.PAYMENT_CLAIM, self.lock_id)
+    KIND: ClassVar[EffectKind] = EffectKind.PAYMENT_CLAIM
 
 
 @dataclass(frozen=True)
-class ContractSendDeliveryClaim:
+class ContractSendDeliveryClaim(_Send):
     trade_id: bytes
     lock_id: bytes
     lock: DeliveryLock
     preimage: bytes
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.DELIVERY_CLAIM, self.lock_id)
+    KIND: ClassVar[EffectKind] = EffectKind.DELIVERY_CLAIM
 
 
 @dataclass(frozen=True)
-class ContractSendPaymentRefund:
+class ContractSendPaymentRefund(_Send):
     trade_id: bytes
     lock_id: bytes
     lock: PaymentLock
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.PAYMENT_REFUND, self.lock_id)
+    KIND: ClassVar[EffectKind] = EffectKind.PAYMENT_REFUND
 
 
 @dataclass(frozen=True)
-class ContractSendDeliveryRefund:
+class ContractSendDeliveryRefund(_Send):
     trade_id: bytes
     lock_id: bytes
     lock: DeliveryLock
-
-    @property
-    def key(self) -> EffectKey:
-        return EffectKey.of(EffectKind.DELIVERY_REFUND, self.lock_id)
+    KIND: ClassVar[EffectKind] = EffectKind.DELIVERY_REFUND
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,34 @@ def module_system(tmp_path_factory, name: str):  # noqa: ANN001, ANN201
     yield system
     system.close()
     drop_database(url)
+
+
+class Meeting:
+    """Two concurrent calls of `obj.method` made to meet (`meet_in`)."""
+
+    def __init__(self, obj: object, method: str, timeout: float) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(2, timeout=timeout)
+        self._obj, self._method = obj, method
+        self._original = original = getattr(obj, method)
+        barrier = self.barrier
+
+        def in_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            return original(*args, **kwargs)
+
+        setattr(obj, method, in_step)
+
+    def restore(self) -> None:
+        setattr(self._obj, self._method, self._original)
+
+
+def meet_in(obj: object, method: str, timeout: float = 5) -> Meeting:
+    """Make a race between two requests certain rather than likely: each call of
+    `obj.method` waits until a second call has got there too (or `timeout` passes: a fixed
+    gateway may never let two in; `barrier.broken` tells)."""
+    return Meeting(obj, method, timeout)

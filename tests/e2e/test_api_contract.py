@@ -30,7 +30,7 @@ from gateway.db.models import EnterpriseRow, TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
 from tests.databases import create_database, drop_database
-from tests.e2e.conftest import module_system
+from tests.e2e.conftest import meet_in, module_system
 
 PROBLEM = "application/problem+json"
 NO_TRADE = "0x" + "ab" * 32
@@ -674,17 +674,7 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_trade(system, cli
     body = terms(system, buyer.id, seller=seller)
     # Make the race certain rather than likely: each request waits in `propose` (after its
     # replay check) until the other has got there too; a fixed gateway never has two there.
-    barrier = threading.Barrier(2, timeout=2)
-    original = system.ctx.dispatcher.propose
-
-    def propose_in_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
-        return original(*args, **kwargs)
-
-    system.ctx.dispatcher.propose = propose_in_step
+    meeting = meet_in(system.ctx.dispatcher, "propose", timeout=2)
     responses = []
 
     def post() -> None:
@@ -697,7 +687,7 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_trade(system, cli
         for t in threads:
             t.join()
     finally:
-        system.ctx.dispatcher.propose = original
+        meeting.restore()
     # a replay (201) or a "still in progress" conflict (409) are both fine; a 500 is not
     assert all(r.status_code in (201, 409) for r in responses), [r.text for r in responses]
     assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 1

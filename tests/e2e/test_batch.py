@@ -21,7 +21,7 @@ from gateway.db.models import IdempotencyRow, SecretRow, TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
 from tests.databases import create_database, drop_database
-from tests.e2e.conftest import module_system
+from tests.e2e.conftest import meet_in, module_system
 from tests.e2e.test_api_contract import (
     Party,
     chain_now,
@@ -251,17 +251,7 @@ def test_concurrent_identical_batches_make_one_set_of_trades(system, client) -> 
     body = {"trades": items(system, buyer, seller, 3)}
     # Both requests reach the transaction after their replay check (each waits for the
     # other there): the second must replay the first, not make a second set.
-    barrier = threading.Barrier(2, timeout=5)
-    original = system.ctx.dispatcher.propose_many
-
-    def propose_in_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
-        return original(*args, **kwargs)
-
-    system.ctx.dispatcher.propose_many = propose_in_step
+    meeting = meet_in(system.ctx.dispatcher, "propose_many")
     responses = []
 
     def post() -> None:
@@ -274,8 +264,8 @@ def test_concurrent_identical_batches_make_one_set_of_trades(system, client) -> 
         for t in threads:
             t.join()
     finally:
-        system.ctx.dispatcher.propose_many = original
-    assert not barrier.broken
+        meeting.restore()
+    assert not meeting.barrier.broken
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
     assert responses[0].json() == responses[1].json()
     assert listed(client, seller) == {t["id"] for t in responses[0].json()["trades"]}
@@ -290,17 +280,7 @@ def test_concurrent_identical_batches_of_a_self_custody_buyer(system, client) ->
     body = {"trades": [terms(system, seller.id, role="buyer", seller=seller, title=i,
                              hashlock="0x" + hashlock_of(new_secret()).hex())
                        for i in range(2)]}
-    barrier = threading.Barrier(2, timeout=5)
-    original = system.ctx.dispatcher.propose_many
-
-    def propose_in_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
-        return original(*args, **kwargs)
-
-    system.ctx.dispatcher.propose_many = propose_in_step
+    meeting = meet_in(system.ctx.dispatcher, "propose_many")
     responses = []
     threads = [threading.Thread(target=lambda: responses.append(
         client.post(BATCH, json=body, headers=buyer.idem("race-2")))) for _ in range(2)]
@@ -310,7 +290,7 @@ def test_concurrent_identical_batches_of_a_self_custody_buyer(system, client) ->
         for t in threads:
             t.join()
     finally:
-        system.ctx.dispatcher.propose_many = original
+        meeting.restore()
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
     assert responses[0].json() == responses[1].json()
     assert len(listed(client, buyer)) == 2
