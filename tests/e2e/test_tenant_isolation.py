@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from eth_account import Account
@@ -30,6 +29,7 @@ from gateway.db.models import EnterpriseRow
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.runner import System, build_system
 from tests.databases import create_database, drop_database
+from tests.e2e.test_api_contract import Party
 
 PROBLEM = "application/problem+json"
 CAP = 1_000_000  # payment units a buyer may have open in this module's gateway
@@ -51,17 +51,6 @@ def client(system: System) -> TestClient:
     return TestClient(system.app, raise_server_exceptions=False)
 
 
-@dataclass(frozen=True)
-class Party:
-    id: str
-    key: str
-
-    @property
-    def h(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def idem(self, key: str | None = None) -> dict[str, str]:
-        return {**self.h, "Idempotency-Key": key or str(uuid.uuid4())}
 
 
 def self_custody(system: System) -> Party:
