@@ -100,8 +100,8 @@ def _take_statement(dialect: str) -> Any:
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the gateway runs on these two
-        raise NotImplementedError(f"rate limits on {dialect}")
+    else:  # the gateway supports these two databases only
+        raise ValueError(f"the gateway runs on SQLite or PostgreSQL, not {dialect}")
     c = _BUCKETS.c
     now, rate, burst = (bindparam(n, type_=Double()) for n in ("now", "rate", "burst"))
     elapsed = case((now > c.updated_at, now - c.updated_at), else_=0.0)
