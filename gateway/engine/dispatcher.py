@@ -196,7 +196,12 @@ class Dispatcher:
             repo.add_trades([(state, wake_times(state, self.policy)) for state, _ in made])
             repo.record_inputs([(state.trade_id, action, None, _clock_of(state))
                                 for (state, _), action in zip(made, actions, strict=True)])
+            waiting = {inp.route.hashlock for _, inp in repo.unmatched_inputs(
+                hashlocks=[s.terms.hashlock for s, _ in made if is_hashlock(s.terms.hashlock)])
+                }  # one query for the whole batch: adopt only where logs wait
             for n, (state, effects) in enumerate(made):
+                if state.terms.hashlock not in waiting:
+                    continue
                 adopted, more = self._adopt_early_logs(repo, state)
                 if adopted is not state:
                     made[n] = (adopted, effects + more)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -674,20 +673,8 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_trade(system, cli
     body = terms(system, buyer.id, seller=seller)
     # Make the race certain rather than likely: each request waits in `propose` (after its
     # replay check) until the other has got there too; a fixed gateway never has two there.
-    meeting = meet_in(system.ctx.dispatcher, "propose", timeout=2)
-    responses = []
-
-    def post() -> None:
-        responses.append(client.post("/v1/trades", json=body, headers=seller.idem("k-race")))
-
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        meeting.restore()
+    responses = meet_in(system.ctx.dispatcher, "propose", timeout=2).race(
+        lambda: client.post("/v1/trades", json=body, headers=seller.idem("k-race")))
     # a replay (201) or a "still in progress" conflict (409) are both fine; a 500 is not
     assert all(r.status_code in (201, 409) for r in responses), [r.text for r in responses]
     assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 1

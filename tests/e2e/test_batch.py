@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -252,19 +251,7 @@ def test_concurrent_identical_batches_make_one_set_of_trades(system, client) -> 
     # Both requests reach the transaction after their replay check (each waits for the
     # other there): the second must replay the first, not make a second set.
     meeting = meet_in(system.ctx.dispatcher, "propose_many")
-    responses = []
-
-    def post() -> None:
-        responses.append(client.post(BATCH, json=body, headers=seller.idem("race")))
-
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        meeting.restore()
+    responses = meeting.race(lambda: client.post(BATCH, json=body, headers=seller.idem("race")))
     assert not meeting.barrier.broken
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
     assert responses[0].json() == responses[1].json()
@@ -280,17 +267,8 @@ def test_concurrent_identical_batches_of_a_self_custody_buyer(system, client) ->
     body = {"trades": [terms(system, seller.id, role="buyer", seller=seller, title=i,
                              hashlock="0x" + hashlock_of(new_secret()).hex())
                        for i in range(2)]}
-    meeting = meet_in(system.ctx.dispatcher, "propose_many")
-    responses = []
-    threads = [threading.Thread(target=lambda: responses.append(
-        client.post(BATCH, json=body, headers=buyer.idem("race-2")))) for _ in range(2)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        meeting.restore()
+    responses = meet_in(system.ctx.dispatcher, "propose_many").race(
+        lambda: client.post(BATCH, json=body, headers=buyer.idem("race-2")))
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
     assert responses[0].json() == responses[1].json()
     assert len(listed(client, buyer)) == 2

@@ -7,6 +7,8 @@ before, such a lock was never routed, the title went to the buyer and the paymen
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.domain.locks import hashlock_of, new_secret
 from gateway.domain.trade import (
     AWAITING_HASHLOCK,
@@ -40,14 +42,21 @@ def _settle_after_delivery(world: World, trade: Trade) -> None:
     assert world.state(trade).payment.lock_id == _payment_lock_id(world, trade)
 
 
-def test_a_lock_mined_before_the_buyer_proposes_is_the_trades(devnet, database_url) -> None:
+@pytest.mark.parametrize("proposal", ["one", "batch"])
+def test_a_lock_mined_before_the_buyer_proposes_is_the_trades(devnet, database_url,
+                                                              proposal) -> None:
     world = World(devnet, make_gateway(devnet, database_url))
     secret = new_secret()
     trade = Trade(new_secret(), secret, _terms(world, hashlock_of(secret)))
     world.lock_payment(trade)
     for _ in range(3):  # the lock is polled, and kept with no trade
         world.gateway.relayer.step()
-    world.gateway.dispatcher.propose(ActionProposeTrade(trade.trade_id, trade.terms))
+    action = ActionProposeTrade(trade.trade_id, trade.terms)
+    if proposal == "one":
+        world.gateway.dispatcher.propose(action)
+    else:  # with another trade that has no early log
+        other = ActionProposeTrade(new_secret(), _terms(world, hashlock_of(new_secret())))
+        world.gateway.dispatcher.propose_many([other, action])
     world.gateway.dispatcher.apply_action(ActionAcceptTrade(trade.trade_id))
     world.run_until_phase(trade, "payment_locked")
     _settle_after_delivery(world, trade)
