@@ -18,12 +18,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
-from gateway.db.models import IdempotencyRow
-
-_KEYS = IdempotencyRow.__table__
+from gateway.db.idempotency import IdempotencyKeys
 
 
 def _cutoff(now: float, ttl: float) -> datetime:
@@ -34,20 +31,12 @@ def expire_idempotency_key(session: Session, enterprise_id: str, key: str, ttl: 
                            now: float) -> bool:
     """Delete the enterprise's row for `key` if it was stored more than `ttl` seconds before
     `now` (Unix seconds); whether one was. The caller commits."""
-    result = session.execute(delete(_KEYS).where(
-        _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
-        _KEYS.c.created_at < _cutoff(now, ttl)))
-    return bool(result.rowcount)
+    return IdempotencyKeys(session).expire(enterprise_id, key, _cutoff(now, ttl))
 
 
 def prune_idempotency_keys(session: Session, ttl: float, now: float, limit: int = 500) -> int:
     """Delete up to `limit` expired keys, oldest first; how many. The caller commits."""
-    expired = (select(_KEYS.c.enterprise_id, _KEYS.c.key)
-               .where(_KEYS.c.created_at < _cutoff(now, ttl))
-               .order_by(_KEYS.c.created_at).limit(limit))
-    result = session.execute(delete(_KEYS).where(
-        tuple_(_KEYS.c.enterprise_id, _KEYS.c.key).in_(expired)))
-    return result.rowcount or 0
+    return IdempotencyKeys(session).prune(_cutoff(now, ttl), limit)
 
 
 class Housekeeping:

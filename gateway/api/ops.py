@@ -27,10 +27,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from gateway.api import problems
 from gateway.api.problems import Problem
+from gateway.db.health import ping
+from gateway.db.repository import Repository
 
 
 class Cached:
@@ -100,7 +101,7 @@ def add_ops_routes(app: FastAPI, ctx) -> None:  # noqa: ANN001 - an ApiContext
         def run() -> None:
             try:
                 with ctx.session_factory() as session:
-                    session.execute(text("SELECT 1"))
+                    ping(session)
                 checks["database"] = "ok"
             except Exception as exc:  # noqa: BLE001
                 checks["database"] = f"down: {type(exc).__name__}"
@@ -167,13 +168,12 @@ class _Served:
 
 def _relayer_lag(ctx) -> dict[str, int | None]:  # noqa: ANN001
     """Blocks between each chain's head and the relayer's last processed block."""
-    from gateway.db.models import CursorRow
-
     lag: dict[str, int | None] = {}
     try:
         with ctx.session_factory() as session:
+            repo = Repository(session)
             for name, view in (("payment", ctx.payment), ("business", ctx.business)):
-                cursor = session.get(CursorRow, view.chain_id)
+                cursor = repo.cursor(view.chain_id)
                 head = view.client.w3.eth.block_number
                 lag[name] = head - cursor.block_number if cursor else None
     except Exception:  # noqa: BLE001 - readiness reports what it can

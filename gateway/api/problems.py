@@ -139,11 +139,21 @@ def install(app: FastAPI) -> None:
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (a path may have one route per method)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _leaves(request.app.router.routes):
         match, _ = route.matches(request.scope)  # PARTIAL: the path matches, not the method
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _leaves(routes: list) -> list:
+    """The routes of a router, those of included routers too (FastAPI keeps an included
+    router as one entry holding the original, `original_router`; ours have no prefix)."""
+    out = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out.extend(_leaves(inner.routes) if inner is not None else [route])
+    return out
 
 
 class BodyLimit:

@@ -9,7 +9,8 @@ Two buckets answer for a `/v1` request (gateway.api.app `caller`):
 - one per enterprise, taken once its key is known.
 
 Either empty: 429 problem+json with Retry-After. A bucket is taken, refilled and read back by
-one statement (an upsert with RETURNING, atomic on SQLite and PostgreSQL), committed at once.
+one statement (an upsert with RETURNING, atomic on SQLite and PostgreSQL: gateway.db.ratelimit),
+committed at once.
 
 The client address is the TCP peer (`request.client.host`). Behind a reverse proxy that is the
 proxy, and every client would share its bucket: list the proxy in DVP_TRUSTED_PROXIES and the
@@ -23,16 +24,12 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from sqlalchemy import Double, bindparam, case, delete, select
 from sqlalchemy.orm import Session
 
-from gateway.db.models import RateBucketRow
+from gateway.db.ratelimit import RateBuckets
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_BUCKETS = RateBucketRow.__table__
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -91,50 +88,19 @@ def enterprise_bucket(enterprise_id: str) -> str:
     return f"enterprise:{enterprise_id}"[:128]
 
 
-def _take_statement(dialect: str) -> Any:
-    """INSERT a full bucket less one token, or on conflict refill the stored one for the time
-    since it was last touched (never beyond `burst`) and take a token if there is one;
-    RETURNING what is left and whether a token was taken. SET expressions see the row as it
-    was, on both databases."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # the gateway supports these two databases only
-        raise ValueError(f"the gateway runs on SQLite or PostgreSQL, not {dialect}")
-    c = _BUCKETS.c
-    now, rate, burst = (bindparam(n, type_=Double()) for n in ("now", "rate", "burst"))
-    elapsed = case((now > c.updated_at, now - c.updated_at), else_=0.0)
-    filled = c.tokens + elapsed * rate
-    refilled = case((filled > burst, burst), else_=filled)
-    statement = insert(_BUCKETS).values(key=bindparam("key"), tokens=burst - 1.0, allowed=True,
-                                        updated_at=now)
-    return statement.on_conflict_do_update(
-        index_elements=[c.key],
-        set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-              "allowed": refilled >= 1.0, "updated_at": now},
-    ).returning(c.tokens, c.allowed)
-
-
 class RateLimiter:
     """Token buckets in the database; `clock` gives Unix seconds (the same clock on every API
     process, as far as NTP keeps them: a bucket is never refilled for time going backwards)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._statements: dict[str, Any] = {}
 
     def take(self, session: Session, key: str, rate: float, burst: int) -> float:
         """Take a token from bucket `key` (refilled at `rate` per second up to `burst`): 0 if
         allowed, else the seconds until a token is there. One statement; the caller commits
         (at once: the bucket's row stays locked until then)."""
-        dialect = session.get_bind().dialect.name
-        statement = self._statements.get(dialect)
-        if statement is None:
-            statement = self._statements[dialect] = _take_statement(dialect)
-        tokens, allowed = session.execute(statement, {
-            "key": key, "now": self.clock(), "rate": float(rate),
-            "burst": float(burst)}).one()
+        tokens, allowed = RateBuckets(session).take(key, self.clock(), float(rate),
+                                                    float(burst))
         if allowed:
             return 0.0
         return max(1.0 - tokens, 0.0) / rate
@@ -142,7 +108,4 @@ class RateLimiter:
     def prune(self, session: Session, idle_for: float, limit: int = 500) -> int:
         """Delete up to `limit` buckets untouched for `idle_for` seconds (by then full: the
         same as none). The caller commits."""
-        cutoff = self.clock() - idle_for
-        stale = select(_BUCKETS.c.key).where(_BUCKETS.c.updated_at < cutoff).limit(limit)
-        result = session.execute(delete(_BUCKETS).where(_BUCKETS.c.key.in_(stale)))
-        return result.rowcount or 0
+        return RateBuckets(session).prune_idle(self.clock() - idle_for, limit)

@@ -7,7 +7,6 @@ See `gateway.engine.webhooks` for what is sent and how it is signed.
 
 # No `from __future__ import annotations`: FastAPI must see the `Caller` type made in router().
 import secrets
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -15,16 +14,15 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem
 from gateway.api.schemas import Strict
-from gateway.db.models import TradeEventRow, WebhookDeliveryRow, WebhookEndpointRow
+from gateway.db.models import WebhookEndpointRow
+from gateway.db.webhooks import Webhooks
 from gateway.engine.egress import Egress, EgressRefused
-from gateway.engine.webhooks import EVENT_TYPE, EVENT_TYPES, public_error, utc
+from gateway.engine.webhooks import DISABLED, EVENT_TYPE, EVENT_TYPES, public_error, utc
 from gateway.logs import trade_ref
 
 MAX_ACTIVE_ENDPOINTS = 10
@@ -110,9 +108,9 @@ def _view(row: WebhookEndpointRow) -> WebhookEndpoint:
                            disabled_at=utc(row.disabled_at) if row.disabled_at else None)
 
 
-def _owned(session: Session, endpoint_id: str, caller: Enterprise) -> WebhookEndpointRow:
+def _owned(webhooks: Webhooks, endpoint_id: str, caller: Enterprise) -> WebhookEndpointRow:
     """The caller's endpoint, or 404 (another tenant's endpoint does not exist for it)."""
-    row = session.get(WebhookEndpointRow, endpoint_id) if len(endpoint_id) <= 36 else None
+    row = webhooks.endpoint(endpoint_id) if len(endpoint_id) <= 36 else None
     if row is None or row.enterprise_id != caller.id:
         raise Problem(404, "no such webhook endpoint", kind="not-found")
     return row
@@ -141,37 +139,29 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
                                "DVP_SECRETS_KEY: webhooks are unavailable", field="secret")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         with ctx.session_factory.begin() as session:
-            active = session.scalar(select(func.count()).select_from(WebhookEndpointRow).where(
-                WebhookEndpointRow.enterprise_id == who.id,
-                WebhookEndpointRow.disabled_at.is_(None))) or 0
-            if active >= MAX_ACTIVE_ENDPOINTS:
+            webhooks = Webhooks(session)
+            if webhooks.count_active_endpoints(who.id) >= MAX_ACTIVE_ENDPOINTS:
                 raise Problem(409, f"at most {MAX_ACTIVE_ENDPOINTS} active webhook endpoints; "
                                    "delete one first", kind="too-many-webhooks")
-            row = WebhookEndpointRow(id=str(uuid.uuid4()), enterprise_id=who.id, url=body.url,
-                                     encrypted_secret=ctx.cipher.encrypt(secret.encode()),
-                                     created_at=datetime.now(UTC))
-            session.add(row)
+            row = webhooks.add_endpoint(who.id, body.url,
+                                        ctx.cipher.encrypt(secret.encode()), datetime.now(UTC))
         return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
 
     @api.get("", response_model=WebhookEndpointList)
     def list_endpoints(who: Caller) -> WebhookEndpointList:
         with ctx.session_factory() as session:
-            rows = session.scalars(select(WebhookEndpointRow).where(
-                WebhookEndpointRow.enterprise_id == who.id).order_by(
-                WebhookEndpointRow.created_at.desc(), WebhookEndpointRow.id))
+            rows = Webhooks(session).endpoints_of(who.id)
             return WebhookEndpointList(items=[_view(r) for r in rows])
 
     @api.delete("/{endpoint_id}", status_code=204, response_class=Response,
                 responses=not_found)
     def disable(endpoint_id: str, who: Caller) -> Response:
         with ctx.session_factory.begin() as session:
-            row = _owned(session, endpoint_id, who)
+            webhooks = Webhooks(session)
+            row = _owned(webhooks, endpoint_id, who)
             if row.disabled_at is None:
                 row.disabled_at = datetime.now(UTC)
-                session.execute(update(WebhookDeliveryRow).where(
-                    WebhookDeliveryRow.endpoint_id == row.id,
-                    WebhookDeliveryRow.status == "pending").values(
-                    status="failed", next_attempt_at=None, last_error="endpoint disabled"))
+                webhooks.fail_pending_deliveries(row.id, DISABLED)
         return Response(status_code=204)
 
     @api.get("/{endpoint_id}/deliveries", response_model=WebhookDeliveryPage,
@@ -182,22 +172,15 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
                    cursor: Annotated[str | None, Query(max_length=64)] = None,
                    limit: Annotated[int, Query(ge=1, le=100)] = 50) -> WebhookDeliveryPage:
         """Newest event first. `next_cursor` (a delivery id) continues after the last item."""
-        d = WebhookDeliveryRow
         with ctx.session_factory() as session:
-            endpoint = _owned(session, endpoint_id, who)
-            query = (select(d, TradeEventRow).join(TradeEventRow,
-                                                   TradeEventRow.id == d.trade_event_id)
-                     .where(d.endpoint_id == endpoint.id))
-            if status:
-                query = query.where(d.status == status)
+            webhooks = Webhooks(session)
+            endpoint = _owned(webhooks, endpoint_id, who)
+            after = None
             if cursor:
-                after = session.scalar(select(d.trade_event_id).where(
-                    d.id == cursor, d.endpoint_id == endpoint.id))
+                after = webhooks.delivery_event_id(endpoint.id, cursor)
                 if after is None:
                     raise Problem(422, "not a cursor returned by this API", field="cursor")
-                query = query.where(d.trade_event_id < after)
-            rows = session.execute(
-                query.order_by(d.trade_event_id.desc()).limit(limit + 1)).all()
+            rows = webhooks.deliveries_page(endpoint.id, status, after, limit + 1)
         items = [WebhookDelivery(
             id=r.id, trade_id=trade_ref(e.trade_id), old=e.payload.get("old"),
             new=e.payload.get("new"), flag=e.payload.get("flag"),

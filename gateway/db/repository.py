@@ -94,12 +94,15 @@ class Repository:
 
     # --- coordination ---------------------------------------------------------------------
 
-    def lock_trade_writes(self) -> None:
-        """Serialise the writers of trade state (the dispatcher: API actions, chain batches)
-        across processes; the first statement of each of their transactions, which read
-        trade states and write new ones. See `gateway.db.locks`.
+    def lock_trade_writes(self, shared: bool = False) -> None:
+        """Serialise the writers of trade state across processes; the first statement of each
+        dispatcher transaction. See `gateway.db.locks`.
 
-        PostgreSQL: a transaction-level advisory lock, released at commit or rollback.
+        PostgreSQL: the trade-writes advisory lock, transaction-level (released at commit or
+        rollback). Exclusive for chain batches, which route logs to trades they discover as
+        they go; `shared` for the writers of named trades (API actions and proposals), which
+        then run in parallel with each other and lock their trades' rows (`load_trades`), so
+        two writers of one trade still take turns and writers of different trades never wait.
         SQLite: the database's write lock, taken now. pysqlite begins a transaction only at
         its first write, so without this two processes (an API and a relayer) would both read
         a trade and the later commit would erase the earlier change. A write that changes
@@ -112,11 +115,24 @@ class Repository:
 
             from gateway.db.locks import TRADE_WRITES
 
-            self.session.execute(select(func.pg_advisory_xact_lock(TRADE_WRITES)))
+            take = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+            self.session.execute(select(take(TRADE_WRITES)))
         elif dialect == "sqlite":
             from sqlalchemy import text
 
             self.session.execute(text("UPDATE cursors SET chain_id = chain_id WHERE 0"))
+
+    def lock_name(self, name: str) -> None:
+        """A transaction-level lock on a name, for writers that hold the trade-writes lock only
+        shared and must still take turns on something that is not one trade's row (a buyer's
+        open exposure). PostgreSQL only: on SQLite the database's write lock, held by every
+        writer, already serialises them."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy import func
+
+            from gateway.db.locks import lock_key
+
+            self.session.execute(select(func.pg_advisory_xact_lock(lock_key(name))))
 
     def lock_chain_sends(self, chain_id: int) -> None:
         """Serialise the executor transactions that plan and record transactions on one chain,
@@ -146,6 +162,20 @@ class Repository:
         """The trade and its stored wake times (the dispatcher saves them when they change)."""
         found = self._trades_with_wakes(_TRADES.c.id == trade_id.hex())
         return found[0] if found else None
+
+    def load_trades(self, trade_ids: Iterable[bytes]) -> dict[bytes, tuple[TradeState, Wakes]]:
+        """Trades with their wake times, their rows locked until the transaction ends
+        (PostgreSQL `FOR UPDATE`; SQLite's write lock already covers them), taken in trade id
+        order: two writers of overlapping sets of trades never hold one each and wait for the
+        other's."""
+        ids = sorted({t.hex() for t in trade_ids})
+        if not ids:
+            return {}
+        rows = self.session.execute(
+            select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business)
+            .where(_TRADES.c.id.in_(ids)).order_by(_TRADES.c.id).with_for_update())
+        found = [(decode(TradeState, state), (wp, wb)) for state, wp, wb in rows]
+        return {state.trade_id: (state, wakes) for state, wakes in found}
 
     def due_trades(self, chain: str, timestamp: int) -> list[tuple[TradeState, Wakes]]:
         """Open trades that a `chain` block at `timestamp` may change (see `wake_times`)."""

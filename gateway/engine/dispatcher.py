@@ -8,7 +8,8 @@ before the commit loses nothing (the batch is fetched again), a crash after it r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -103,22 +104,131 @@ class ActionsRefused(Exception):
 @dataclass
 class _Work:
     repo: Repository
+    lock_rows: bool = False  # a shared trade-writes lock: lock each trade's row as it loads
     states: dict[bytes, TradeState] = field(default_factory=dict)
     before: dict[bytes, TradeState] = field(default_factory=dict)
     wakes: dict[bytes, Wakes] = field(default_factory=dict)  # as stored
 
     def load(self, trade_id: bytes) -> TradeState | None:
         if trade_id not in self.states:
-            found = self.repo.get_trade_for_update(trade_id)
-            if found is None:
-                return None
-            self.add(*found)
-        return self.states[trade_id]
+            self.load_many([trade_id])
+        return self.states.get(trade_id)
+
+    def load_many(self, trade_ids: list[bytes]) -> None:
+        wanted = [t for t in trade_ids if t not in self.states]
+        if not wanted:
+            return
+        if self.lock_rows:
+            for state, wakes in self.repo.load_trades(wanted).values():
+                self.add(state, wakes)
+        else:
+            for trade_id in wanted:
+                found = self.repo.get_trade_for_update(trade_id)
+                if found is not None:
+                    self.add(*found)
 
     def add(self, state: TradeState, wakes: Wakes) -> None:
         if state.trade_id not in self.states:
             self.states[state.trade_id] = self.before[state.trade_id] = state
             self.wakes[state.trade_id] = wakes
+
+
+class Unit:
+    """One writing transaction on named trades, for a caller that writes rows of its own in it
+    and builds its answer from it (an API request: `Dispatcher.unit`). It reads the trades it
+    is asked about with their rows locked, so what the caller checks (`trades`) is what the
+    action is applied to; then one write (`propose`, `propose_many`, `apply`, `apply_many`)
+    and the caller's own writes commit together, or nothing does."""
+
+    def __init__(self, dispatcher: Dispatcher, session: Session) -> None:
+        self.dispatcher = dispatcher
+        self.session = session
+        self.repo = Repository(session)
+        self._work = _Work(self.repo, lock_rows=True)
+
+    def lock_name(self, name: str) -> None:
+        """See `Repository.lock_name` (a buyer's exposure, read and committed to here)."""
+        self.repo.lock_name(name)
+
+    def trades(self, trade_ids: list[bytes]) -> dict[bytes, TradeState]:
+        """The current states of these trades (those that exist), locked for this unit."""
+        self._work.load_many(trade_ids)
+        return {t: self._work.states[t] for t in trade_ids if t in self._work.states}
+
+    def propose(self, action: ActionProposeTrade) -> TradeState:
+        return self.propose_many([action])[0]
+
+    def propose_many(self, actions: list[ActionProposeTrade]) -> list[TradeState]:
+        """Create trades (a proposal, or a batch of them: all or none)."""
+        d, repo = self.dispatcher, self.repo
+        clocks = d._clocks(repo, (Chain.PAYMENT, Chain.BUSINESS))
+        made: list[tuple[TradeState, list[Effect]]] = []
+        for action in actions:
+            state, effects = new_trade(action, d.policy)
+            state, more = d._catch_up(state, clocks)
+            made.append((state, effects + more))
+        repo.add_trades([(state, wake_times(state, d.policy)) for state, _ in made])
+        repo.record_inputs([(state.trade_id, action, None, _clock_of(state))
+                            for (state, _), action in zip(made, actions, strict=True)])
+        waiting = {inp.route.hashlock for _, inp in repo.unmatched_inputs(
+            hashlocks=[s.terms.hashlock for s, _ in made if is_hashlock(s.terms.hashlock)])
+            }  # one query for the whole batch: adopt only where logs wait
+        for n, (state, effects) in enumerate(made):
+            if state.terms.hashlock not in waiting:
+                continue
+            adopted, more = d._adopt_early_logs(repo, state)
+            if adopted is not state:
+                made[n] = (adopted, effects + more)
+                repo.save_trades([(adopted, wake_times(adopted, d.policy))])
+        writes = _Writes(new_trades=frozenset(state.trade_id for state, _ in made))
+        for state, effects in made:
+            d._store_effects(writes, state, effects, None)
+        writes.flush(repo)
+        return [state for state, _ in made]
+
+    def apply(self, action: Input) -> TradeState:
+        """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition."""
+        try:
+            return self.apply_many([action])[0]
+        except ActionsRefused as exc:
+            raise exc.refused[0][1] from None
+
+    def apply_many(self, actions: list[Input]) -> list[TradeState]:
+        """Several actions (a batch of accepts), all or none, in order. Raises ActionsRefused
+        naming, by index, every action whose trade is unknown or that its machine refuses."""
+        d, work = self.dispatcher, self._work
+        ids: list[bytes] = [a.trade_id for a in actions]  # type: ignore[attr-defined]
+        work.load_many(ids)
+        unknown = [(i, UnknownTrade(trade_ref(t))) for i, t in enumerate(ids)
+                   if t not in work.states]
+        if unknown:
+            raise ActionsRefused(unknown)  # type: ignore[arg-type]
+        clocks = d._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
+        effects: dict[bytes, list[Effect]] = {}
+        inputs: list[tuple[bytes | None, Input, ChainRef | None, Clock | None]] = []
+        refused: list[tuple[int, Exception]] = []
+        given: list[bytes] = []  # trades given their hashlock by these actions
+        for i, (trade_id, action) in enumerate(zip(ids, actions, strict=True)):
+            state, early = d._catch_up(work.states[trade_id], clocks)
+            try:
+                new_state, out = state_transition(state, action, d.policy)
+            except (InvalidTransition, ValueError) as exc:
+                refused.append((i, exc))
+                continue
+            inputs.append((trade_id, action, None, _clock_of(state)))
+            if new_state.terms.hashlock != state.terms.hashlock:
+                work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
+                given.append(trade_id)
+            work.states[trade_id] = new_state
+            effects.setdefault(trade_id, []).extend(early + out)
+        if refused:
+            raise ActionsRefused(refused)
+        work.repo.record_inputs(inputs)
+        for trade_id in given:
+            work.states[trade_id], more = d._adopt_early_logs(work.repo, work.states[trade_id])
+            effects[trade_id].extend(more)
+        d._finish(work, effects, None)
+        return [work.states[t] for t in ids]
 
 
 class Dispatcher:
@@ -154,145 +264,35 @@ class Dispatcher:
                 out.extend(more)
         return state, out
 
-    # --- actions (API) --------------------------------------------------------------------
+    # --- actions (API, reconciler, refused sends) -------------------------------------------
 
-    def propose(self, action: ActionProposeTrade,
-                also: Callable[[Session], None] | None = None) -> TradeState:
-        """Create the trade; `also` writes the caller's own rows in the same transaction."""
-        state, effects = new_trade(action, self.policy)
+    @contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """A writing transaction on named trades (`Unit`): the trade-writes lock shared (see
+        `Repository.lock_trade_writes`), each trade's row locked as it is read. Commits when
+        the block ends, rolls back if it raises."""
         with self.session_factory.begin() as session:
-            repo = Repository(session)
-            repo.lock_trade_writes()
-            state, more = self._catch_up(state, self._clocks(repo, (Chain.PAYMENT,
-                                                                     Chain.BUSINESS)))
-            effects.extend(more)
-            repo.add_trade(state, wake_times(state, self.policy))
-            repo.record_input(state.trade_id, action, clock=_clock_of(state))
-            adopted, more = self._adopt_early_logs(repo, state)
-            if adopted is not state:
-                state = adopted
-                effects.extend(more)
-                repo.save_trades([(state, wake_times(state, self.policy))])
-            writes = _Writes(new_trades=frozenset({state.trade_id}))
-            self._store_effects(writes, state, effects, None)
-            writes.flush(repo)
-            if also is not None:
-                also(session)
-        return state
+            Repository(session).lock_trade_writes(shared=True)
+            yield Unit(self, session)
 
-    def propose_many(self, actions: list[ActionProposeTrade],
-                     also: Callable[[Session], None] | None = None) -> list[TradeState]:
-        """Create several trades in one transaction, all or none (a batch proposal), as
-        `propose` creates one; `also` writes the caller's own rows in the same transaction."""
-        with self.session_factory.begin() as session:
-            repo = Repository(session)
-            repo.lock_trade_writes()
-            clocks = self._clocks(repo, (Chain.PAYMENT, Chain.BUSINESS))
-            made: list[tuple[TradeState, list[Effect]]] = []
-            for action in actions:
-                state, effects = new_trade(action, self.policy)
-                state, more = self._catch_up(state, clocks)
-                made.append((state, effects + more))
-            repo.add_trades([(state, wake_times(state, self.policy)) for state, _ in made])
-            repo.record_inputs([(state.trade_id, action, None, _clock_of(state))
-                                for (state, _), action in zip(made, actions, strict=True)])
-            waiting = {inp.route.hashlock for _, inp in repo.unmatched_inputs(
-                hashlocks=[s.terms.hashlock for s, _ in made if is_hashlock(s.terms.hashlock)])
-                }  # one query for the whole batch: adopt only where logs wait
-            for n, (state, effects) in enumerate(made):
-                if state.terms.hashlock not in waiting:
-                    continue
-                adopted, more = self._adopt_early_logs(repo, state)
-                if adopted is not state:
-                    made[n] = (adopted, effects + more)
-                    repo.save_trades([(adopted, wake_times(adopted, self.policy))])
-            writes = _Writes(new_trades=frozenset(state.trade_id for state, _ in made))
-            for state, effects in made:
-                self._store_effects(writes, state, effects, None)
-            writes.flush(repo)
-            if also is not None:
-                also(session)
-        return [state for state, _ in made]
+    def propose(self, action: ActionProposeTrade) -> TradeState:
+        """Create the trade, in a transaction of its own."""
+        with self.unit() as unit:
+            return unit.propose(action)
 
-    def apply_action(self, action: Input,
-                     check: Callable[[TradeState, Session], None] | None = None) -> TradeState:
-        """Accept, cancel, take delivery. Raises UnknownTrade or InvalidTransition; `check`
-        may refuse the action on the state read inside the transaction, and may read more
-        through that transaction's session (under its trade-writes lock)."""
-        trade_id: bytes = action.trade_id  # type: ignore[union-attr]
-        with self.session_factory.begin() as session:
-            work = _Work(Repository(session))
-            work.repo.lock_trade_writes()
-            state = work.load(trade_id)
-            if state is None:
-                raise UnknownTrade(trade_ref(trade_id))
-            if check is not None:
-                check(state, session)
-            state, early = self._catch_up(state, self._clocks(work.repo, (Chain.PAYMENT,
-                                                                          Chain.BUSINESS)))
-            new_state, effects = state_transition(state, action, self.policy)
-            effects = early + effects
-            work.repo.record_input(trade_id, action, clock=_clock_of(state))
-            if new_state.terms.hashlock != state.terms.hashlock:
-                work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
-                new_state, more = self._adopt_early_logs(work.repo, new_state)
-                effects.extend(more)
-            work.states[trade_id] = new_state
-            self._finish(work, {trade_id: effects}, None)
-        return new_state
+    def propose_many(self, actions: list[ActionProposeTrade]) -> list[TradeState]:
+        with self.unit() as unit:
+            return unit.propose_many(actions)
 
-    def apply_actions(self, actions: list[Input],
-                      check: Callable[[list[TradeState], Session], None] | None = None,
-                      ) -> list[TradeState]:
-        """Several actions (a batch of accepts) in one transaction, all or none, each as
-        `apply_action` applies one, in order. Raises ActionsRefused naming, by index, every
-        action whose trade is unknown or that its trade's machine refuses; `check` sees the
-        states of all the actions' trades (in the actions' order) read inside the transaction,
-        under its trade-writes lock, before any is applied, and may refuse them all."""
-        with self.session_factory.begin() as session:
-            work = _Work(Repository(session))
-            work.repo.lock_trade_writes()
-            states: list[TradeState] = []
-            unknown: list[tuple[int, Exception]] = []
-            for i, action in enumerate(actions):
-                trade_id: bytes = action.trade_id  # type: ignore[union-attr]
-                state = work.load(trade_id)
-                if state is None:
-                    unknown.append((i, UnknownTrade(trade_ref(trade_id))))
-                else:
-                    states.append(state)
-            if unknown:
-                raise ActionsRefused(unknown)
-            if check is not None:
-                check(states, session)
-            clocks = self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
-            effects: dict[bytes, list[Effect]] = {}
-            inputs: list[tuple[bytes | None, Input, ChainRef | None, Clock | None]] = []
-            refused: list[tuple[int, Exception]] = []
-            given: list[bytes] = []  # trades given their hashlock by these actions
-            for i, action in enumerate(actions):
-                trade_id = action.trade_id  # type: ignore[union-attr]
-                state, early = self._catch_up(work.states[trade_id], clocks)
-                try:
-                    new_state, out = state_transition(state, action, self.policy)
-                except (InvalidTransition, ValueError) as exc:
-                    refused.append((i, exc))
-                    continue
-                inputs.append((trade_id, action, None, _clock_of(state)))
-                if new_state.terms.hashlock != state.terms.hashlock:
-                    work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
-                    given.append(trade_id)
-                work.states[trade_id] = new_state
-                effects.setdefault(trade_id, []).extend(early + out)
-            if refused:
-                raise ActionsRefused(refused)
-            work.repo.record_inputs(inputs)
-            for trade_id in given:
-                work.states[trade_id], more = self._adopt_early_logs(work.repo,
-                                                                     work.states[trade_id])
-                effects[trade_id].extend(more)
-            self._finish(work, effects, None)
-        return [work.states[a.trade_id] for a in actions]  # type: ignore[union-attr]
+    def apply_action(self, action: Input) -> TradeState:
+        """Accept, cancel, take delivery, or a relayer's own input about a trade, in a
+        transaction of its own. Raises UnknownTrade or InvalidTransition."""
+        with self.unit() as unit:
+            return unit.apply(action)
+
+    def apply_actions(self, actions: list[Input]) -> list[TradeState]:
+        with self.unit() as unit:
+            return unit.apply_many(actions)
 
     def _adopt_early_logs(self, repo: Repository, state: TradeState) -> tuple[TradeState,
                                                                                list[Effect]]:

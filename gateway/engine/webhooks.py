@@ -36,23 +36,15 @@ import hmac
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import and_, func, select, text, update
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.db.models import (
-    TradeEventRow,
-    TradePartyRow,
-    WebhookCursorRow,
-    WebhookDeliveryRow,
-    WebhookEndpointRow,
-)
+from gateway.db.webhooks import Webhooks
 from gateway.engine.egress import Destination, Egress, EgressRefused
 from gateway.keys import Cipher
 from gateway.logs import trade_ref
@@ -66,7 +58,6 @@ EVENT_TYPE = "trade.phase_changed"
 # Trade events that become webhooks, by the kind stored in trade_events, and their body type.
 EVENT_TYPES = {"EventPhaseChanged": EVENT_TYPE, "EventTradeFlagged": "trade.flagged"}
 USER_AGENT = "dvp-gateway-webhooks/0.1"
-CURSOR_ID = 1
 # What a tenant may read of a failed attempt (besides "HTTP <status>").
 NO_RESPONSE = "no response"
 NOT_PUBLIC = "not sent: the host does not resolve to a public address"
@@ -179,38 +170,18 @@ class WebhookSender:
         """One batch of trade events past the cursor into deliveries; returns events read."""
         now = self._now(now)
         with self.session_factory() as session:  # a read first: the common case is nothing new
-            last = session.scalar(select(WebhookCursorRow.last_event_id)
-                                  .where(WebhookCursorRow.id == CURSOR_ID)) or 0
-            if (session.scalar(select(func.max(TradeEventRow.id))) or 0) <= last:
+            if not Webhooks(session).has_events_to_fan_out():
                 return 0
         with self.session_factory.begin() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                # Ids are drawn before commit, so a later id can commit first and the cursor
-                # would pass an event still in flight. SHARE waits for every open writer of
-                # trade_events; what we read after it has no such gap.
-                session.execute(text("LOCK TABLE trade_events IN SHARE MODE"))
-            cursor = session.get(WebhookCursorRow, CURSOR_ID, with_for_update=True)
-            if cursor is None:
-                cursor = WebhookCursorRow(id=CURSOR_ID, last_event_id=0)
-                session.add(cursor)
-            events = session.execute(
-                select(TradeEventRow.id, TradeEventRow.trade_id, TradeEventRow.kind)
-                .where(TradeEventRow.id > cursor.last_event_id)
-                .order_by(TradeEventRow.id).limit(self.fan_out_batch)).all()
+            webhooks = Webhooks(session)
+            cursor = webhooks.lock_cursor_for_fan_out()
+            events = webhooks.events_after(cursor.last_event_id, self.fan_out_batch)
             if not events:
                 return 0
             changes = [e for e in events if e.kind in EVENT_TYPES]
-            parties = {p.trade_id: p for p in session.scalars(select(TradePartyRow).where(
-                TradePartyRow.trade_id.in_({e.trade_id for e in changes})))} if changes else {}
+            parties = webhooks.trade_parties({e.trade_id for e in changes}) if changes else {}
             owners = {i for p in parties.values() for i in (p.buyer_id, p.seller_id)}
-            endpoints: dict[str, list[str]] = {}
-            if owners:
-                for ep_id, enterprise_id in session.execute(
-                        select(WebhookEndpointRow.id, WebhookEndpointRow.enterprise_id)
-                        .where(WebhookEndpointRow.enterprise_id.in_(owners),
-                               WebhookEndpointRow.disabled_at.is_(None))
-                        .order_by(WebhookEndpointRow.created_at, WebhookEndpointRow.id)):
-                    endpoints.setdefault(enterprise_id, []).append(ep_id)
+            endpoints = webhooks.active_endpoints_by_enterprise(owners) if owners else {}
             created = 0
             for event in changes:
                 p = parties.get(event.trade_id)
@@ -218,9 +189,7 @@ class WebhookSender:
                     continue  # a trade made outside the API (e.g. the CLI): no tenant
                 for enterprise_id in dict.fromkeys((p.buyer_id, p.seller_id)):
                     for ep_id in endpoints.get(enterprise_id, ()):
-                        session.add(WebhookDeliveryRow(
-                            id=str(uuid.uuid4()), endpoint_id=ep_id, trade_event_id=event.id,
-                            status="pending", attempts=0, next_attempt_at=now, created_at=now))
+                        webhooks.add_delivery(ep_id, event.id, now)
                         created += 1
             cursor.last_event_id = events[-1].id
         if created:
@@ -252,41 +221,19 @@ class WebhookSender:
 
     def _due(self, now: datetime, skip: set[str], limit: int) -> list[_Due]:
         """The oldest pending delivery of each endpoint, when it is due."""
-        d, head = WebhookDeliveryRow, aliased(WebhookDeliveryRow)
-        oldest = (select(func.min(head.trade_event_id))
-                  .where(head.endpoint_id == d.endpoint_id, head.status == "pending")
-                  .scalar_subquery())
-        query = (select(d.id, d.endpoint_id, WebhookEndpointRow.url,
-                        WebhookEndpointRow.encrypted_secret, WebhookEndpointRow.disabled_at,
-                        TradeEventRow.trade_id, TradeEventRow.payload, TradeEventRow.created_at)
-                 .join(WebhookEndpointRow, WebhookEndpointRow.id == d.endpoint_id)
-                 .join(TradeEventRow, TradeEventRow.id == d.trade_event_id)
-                 .where(d.status == "pending", d.next_attempt_at <= now,
-                        d.trade_event_id == oldest)
-                 .order_by(d.next_attempt_at, d.trade_event_id).limit(limit))
-        if skip:
-            query = query.where(d.endpoint_id.not_in(skip))
         with self.session_factory() as session:
-            rows = session.execute(query).all()
+            rows = Webhooks(session).due_deliveries(now, skip, limit)
         return [_Due(r.id, r.endpoint_id, r.url, r.encrypted_secret, r.disabled_at is not None,
                      r.trade_id, r.payload, utc(r.created_at)) for r in rows]
 
     def _claim(self, delivery_id: str, now: datetime) -> bool:
         """Push the delivery's next attempt out by the lease; False if someone else did."""
-        d = WebhookDeliveryRow
         with self.session_factory.begin() as session:
-            result = session.execute(
-                update(d).where(and_(d.id == delivery_id, d.status == "pending",
-                                     d.next_attempt_at <= now))
-                .values(next_attempt_at=now + self.lease))
-            return result.rowcount == 1
+            return Webhooks(session).claim_delivery(delivery_id, now, now + self.lease)
 
     def _fail_disabled(self, endpoint_id: str) -> None:
-        d = WebhookDeliveryRow
         with self.session_factory.begin() as session:
-            session.execute(update(d).where(d.endpoint_id == endpoint_id, d.status == "pending")
-                            .values(status="failed", next_attempt_at=None,
-                                    last_error=DISABLED))
+            Webhooks(session).fail_pending_deliveries(endpoint_id, DISABLED)
 
     def _send(self, item: _Due, now: datetime | None) -> bool:
         body = json.dumps({
@@ -339,7 +286,7 @@ class WebhookSender:
                 now: datetime, *, detail: str | None = None,
                 address: str | None = None) -> None:
         with self.session_factory.begin() as session:
-            row = session.get(WebhookDeliveryRow, delivery_id)
+            row = Webhooks(session).delivery(delivery_id)
             assert row is not None
             if row.status != "pending":
                 return  # our lease ran out and another sender settled it meanwhile

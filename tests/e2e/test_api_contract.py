@@ -671,9 +671,9 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_trade(system, cli
                                                                     pair) -> None:
     buyer, seller = pair
     body = terms(system, buyer.id, seller=seller)
-    # Make the race certain rather than likely: each request waits in `propose` (after its
-    # replay check) until the other has got there too; a fixed gateway never has two there.
-    responses = meet_in(system.ctx.dispatcher, "propose", timeout=2).race(
+    # Make the race certain rather than likely: each request waits before its writing
+    # transaction (after its replay check) until the other has got there too.
+    responses = meet_in(system.ctx.dispatcher, "unit", timeout=2).race(
         lambda: client.post("/v1/trades", json=body, headers=seller.idem("k-race")))
     # a replay (201) or a "still in progress" conflict (409) are both fine; a 500 is not
     assert all(r.status_code in (201, 409) for r in responses), [r.text for r in responses]

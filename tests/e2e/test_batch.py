@@ -250,7 +250,7 @@ def test_concurrent_identical_batches_make_one_set_of_trades(system, client) -> 
     body = {"trades": items(system, buyer, seller, 3)}
     # Both requests reach the transaction after their replay check (each waits for the
     # other there): the second must replay the first, not make a second set.
-    meeting = meet_in(system.ctx.dispatcher, "propose_many")
+    meeting = meet_in(system.ctx.dispatcher, "unit")
     responses = meeting.race(lambda: client.post(BATCH, json=body, headers=seller.idem("race")))
     assert not meeting.barrier.broken
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
@@ -267,7 +267,7 @@ def test_concurrent_identical_batches_of_a_self_custody_buyer(system, client) ->
     body = {"trades": [terms(system, seller.id, role="buyer", seller=seller, title=i,
                              hashlock="0x" + hashlock_of(new_secret()).hex())
                        for i in range(2)]}
-    responses = meet_in(system.ctx.dispatcher, "propose_many").race(
+    responses = meet_in(system.ctx.dispatcher, "unit").race(
         lambda: client.post(BATCH, json=body, headers=buyer.idem("race-2")))
     assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
     assert responses[0].json() == responses[1].json()
@@ -331,19 +331,20 @@ def test_the_cap_holds_across_a_batchs_items(make_system) -> None:
     # ...and decided in the batch's own transaction: a proposal committed after the early
     # answer, before the batch's transaction, counts
     buyer2 = self_custody(system, "Buyer 2")
-    original = system.ctx.dispatcher.propose_many
+    original = system.ctx.dispatcher.unit
 
-    def propose_after_another(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def unit_after_another():  # noqa: ANN202 - the batch's writing transaction, once
+        system.ctx.dispatcher.unit = original
         r = client.post("/v1/trades", json=item(5, 300_000), headers=buyer2.idem())
         assert r.status_code == 201, r.text
-        return original(*args, **kwargs)
+        return original()
 
-    system.ctx.dispatcher.propose_many = propose_after_another
+    system.ctx.dispatcher.unit = unit_after_another
     try:
         r = client.post(BATCH, json={"trades": [item(6, 100_000), item(7, 150_000)]},
                         headers=buyer2.idem())
     finally:
-        system.ctx.dispatcher.propose_many = original
+        system.ctx.dispatcher.unit = original
     assert fields(problem(r, 409)) == ["trades[1].payment.amount"]
     assert len(listed(client, buyer2)) == 1
 

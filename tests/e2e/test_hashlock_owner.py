@@ -120,10 +120,11 @@ def test_a_seller_chosen_hashlock_from_before_the_rule_is_never_locked_against(
                   body["deadlines"]["payment"])
     trade_id = new_secret()
 
-    def parties_row(session) -> None:  # noqa: ANN001
-        session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
-                                  seller_id=seller.id, proposer_id=seller.id, amount="250000"))
-    system.gateway.dispatcher.propose(ActionProposeTrade(trade_id, terms), also=parties_row)
+    with system.gateway.dispatcher.unit() as unit:
+        unit.propose(ActionProposeTrade(trade_id, terms))
+        unit.session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer.id,
+                                       seller_id=seller.id, proposer_id=seller.id,
+                                       amount="250000"))
     tid = "0x" + trade_id.hex()
     r = client.post(f"/v1/trades/{tid}/accept", headers=auth(buyer_key))
     assert r.status_code == 409 and "seller chose" in r.json()["detail"]

@@ -87,8 +87,11 @@ def _write(role: str, url: str, pause=None) -> None:  # noqa: ANN001
     engine, dispatcher = _dispatcher(url)
     try:
         if role == "api":
-            dispatcher.apply_action(ActionAcceptTrade(TRADE_ID),
-                                    check=(lambda _state, _session: pause()) if pause else None)
+            with dispatcher.unit() as unit:
+                unit.trades([TRADE_ID])
+                if pause is not None:
+                    pause()
+                unit.apply(ActionAcceptTrade(TRADE_ID))
             return
         if pause is not None:
             from gateway.db.repository import Repository

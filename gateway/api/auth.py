@@ -1,0 +1,98 @@
+"""Who is calling: the `/v1` dependency that admits a request (the client address's rate
+limit, the API key, the enterprise's rate limit) and names its enterprise."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Header, Request
+from fastapi.concurrency import run_in_threadpool
+
+from gateway.api.context import ApiContext
+from gateway.api.enterprises import Enterprise, authenticate
+from gateway.api.housekeeping import expire_idempotency_key
+from gateway.api.problems import Problem
+from gateway.api.ratelimit import client_address, client_bucket, enterprise_bucket
+
+
+def caller_dependency(ctx: ApiContext) -> Callable[..., Awaitable[Enterprise]]:
+    """The dependency every `/v1` route takes (`Depends(caller)`)."""
+
+    async def caller(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Enterprise:
+        """The enterprise whose API key the request carries, after the client address's rate
+        limit (taken first, whatever the key: failed authentications count) and then the
+        enterprise's (gateway.api.ratelimit)."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""  # RFC 9110 11.1: any case
+        route = request.scope.get("route")
+        proposal_key = (request.headers.get("idempotency-key")
+                        if request.method == "POST" and getattr(route, "path", None)
+                        in ("/v1/trades", "/v1/trades/batch") else None)
+        outcome, value, enterprise_id = await run_in_threadpool(
+            _admit, ctx, _client(request, ctx), token, proposal_key)
+        if enterprise_id is not None:
+            request.state.enterprise_id = enterprise_id  # for the access log
+        if outcome == "limited":
+            raise Problem(429, "rate limit exceeded", headers={"Retry-After": str(int(value) + 1)},
+                          kind="rate-limited")
+        if outcome == "no-key":
+            raise Problem(401, "send your API key as 'Authorization: Bearer <key>'",
+                          headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
+        if outcome == "unknown-key":
+            raise Problem(401, "unknown or revoked API key",
+                          headers={"WWW-Authenticate": "Bearer"}, kind="unauthorized")
+        return value
+
+
+    return caller
+
+
+def _client(request: Request, ctx: ApiContext) -> str:
+    """The client's address (DVP_TRUSTED_PROXIES: gateway.api.ratelimit.client_address)."""
+    address = getattr(request.state, "client_address", None)
+    if address is None:
+        address = request.state.client_address = client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"), ctx.trusted_proxies)
+    return address
+
+
+def _admit(ctx: ApiContext, address: str, token: str,
+           proposal_key: str | None) -> tuple[str, Any, str | None]:
+    """Admission of a /v1 request, in one database session: the client address's bucket,
+    then the key, then the enterprise's bucket. (outcome, value, enterprise id if known):
+    ("limited", seconds to wait) | ("no-key", None) | ("unknown-key", None) | ("ok",
+    enterprise). Before a proposal, the caller's
+    expired row for its Idempotency-Key (`proposal_key`) is deleted: a key reused after
+    DVP_IDEMPOTENCY_TTL is a new key. Now and then, the housekeeping sweep."""
+    limits, limiter = ctx.limits, ctx.rate_limiter
+    with ctx.session_factory() as session:
+        wait = limiter.take(session, client_bucket(address), limits.client_rate,
+                            limits.client_capacity)
+        session.commit()
+        if wait:
+            return "limited", wait, None
+        if not token:
+            return "no-key", None, None
+        enterprise = authenticate(session, token)
+        if enterprise is None:
+            return "unknown-key", None, None
+        wait = limiter.take(session, enterprise_bucket(enterprise.id), limits.rate_per_second,
+                            limits.burst)
+        if not wait and proposal_key:
+            expire_idempotency_key(session, enterprise.id, proposal_key,
+                                   limits.idempotency_ttl, limiter.clock())
+        session.commit()
+        if wait:
+            return "limited", wait, enterprise.id
+        if ctx.housekeeping.due():
+            try:
+                ctx.housekeeping.sweep(session)
+            except Exception as exc:  # noqa: BLE001 - the request is served all the same
+                session.rollback()
+                structlog.get_logger("gateway.api").warning(
+                    "housekeeping_failed", error=f"{type(exc).__name__}: {exc}")
+        return "ok", enterprise, enterprise.id

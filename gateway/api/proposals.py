@@ -1,0 +1,407 @@
+"""Proposals: `POST /v1/trades` and `POST /v1/trades/batch`.
+
+Each request is read first (the replay of its Idempotency-Key, the counterparty, chain time,
+the titles on the business chain), then written in ONE transaction (`Dispatcher.unit`): the
+replay check again, the buyer's cap, the trades, their parties and secrets, the stored
+response (the view, built in that transaction) and the idempotency record commit together.
+A unique constraint that refuses the commit (a concurrent request with the same key or the
+same hashlock won) runs the unit once more, which then answers the replay or the conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext, check_title
+from gateway.api.enterprises import Enterprise
+from gateway.api.problems import Problem
+from gateway.api.schemas import Deadlines, TradeCreate
+from gateway.api.views import trade_views
+from gateway.db.idempotency import IdempotencyKeys
+from gateway.db.trade_records import TradeRecords
+from gateway.domain.locks import hashlock_of
+from gateway.domain.trade import (
+    AWAITING_HASHLOCK,
+    ActionProposeTrade,
+    Terms,
+    terms_problems,
+)
+from gateway.engine.dispatcher import Unit
+
+# A batch's Idempotency-Key shares the namespace of single proposals' keys (one table): its
+# stored request hash covers the route as well as the body, so a key used for a proposal and
+# then for a batch (or the reverse) is a key reused with another request, never a replay of
+# the other kind's response. (A single proposal's hash is of its body alone, as before.)
+BATCH_ROUTE = "POST /v1/trades/batch"
+
+
+def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
+                 idempotency_key: str) -> tuple[int, dict]:
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
+                                  .encode()).hexdigest()
+    with ctx.session_factory() as session:
+        records = TradeRecords(session)
+        replay = _replay(records, caller, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
+        other = records.enterprises({body.counterparty}).get(body.counterparty)
+        if other is None or other.id == caller.id:
+            raise Problem(422, "no such counterparty enterprise (and not yourself)",
+                          field="counterparty")
+        if body.role == "buyer":  # an early answer; decided in the writing transaction
+            check_exposure(ctx, records, caller.id, int(body.payment.amount))
+    proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, _chain_now(ctx))
+    assert proposal is not None  # (not gathering: the first problem was raised)
+
+    def refuse_used(used: list[int]) -> Problem:
+        return hashlock_in_use()
+
+    def view(records: TradeRecords) -> dict:
+        return trade_views(records, ctx, caller, [proposal.action.trade_id])[0].model_dump(
+            mode="json")
+
+    return _commit(ctx, caller, [proposal], idempotency_key, request_hash,
+                   _Answers(view, refuse_used, lambda _, exposure: _cap_problem(ctx, exposure)))
+
+
+def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
+                  idempotency_key: str) -> tuple[int, dict]:
+    """A batch of proposals (`POST /v1/trades/batch`): one transaction, all or none. Every
+    item is checked before anything is written, and every problem found is answered at once,
+    each field named under its item (`trades[3].payment.amount`). The buyer's cap and
+    hashlock uniqueness hold across the batch's own items as well."""
+    request_hash = hashlib.sha256(
+        (BATCH_ROUTE + "\n" + json.dumps([b.model_dump(mode="json") for b in bodies],
+                                         sort_keys=True)).encode()).hexdigest()
+    with ctx.session_factory() as session:
+        records = TradeRecords(session)
+        replay = _replay(records, caller, idempotency_key, request_hash)
+        if replay is not None:
+            return replay
+        others = {e.id: Enterprise.from_row(e) for e in records.enterprises(
+            {b.counterparty for b in bodies} - {caller.id}).values()}
+        exposure = records.open_exposure(caller.id) \
+            if any(b.role == "buyer" for b in bodies) else 0
+    proposals = _prepare_batch(ctx, caller, bodies, others, exposure)
+
+    def refuse_used(used: list[int]) -> Problem:
+        if not used:  # refused by the constraint, gone since (cannot happen: trades stay)
+            return Problem(409, HASHLOCK_IN_USE, field="trades", kind="hashlock-reused")
+        return batch_problem([(i, hashlock_in_use()) for i in used], len(bodies))
+
+    def view(records: TradeRecords) -> dict:
+        return {"trades": [v.model_dump(mode="json") for v in trade_views(
+            records, ctx, caller, [p.action.trade_id for p in proposals])]}
+
+    def over_cap(i: int, exposure: int) -> Problem:
+        return batch_problem([(i, _over_cap(ctx, exposure))], len(bodies))
+
+    return _commit(ctx, caller, proposals, idempotency_key, request_hash,
+                   _Answers(view, refuse_used, over_cap))
+
+
+def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
+                   others: dict[str, Enterprise], exposure: int) -> list[_Proposal]:
+    """Every item checked (as `_prepare` checks one, and against the batch's other items:
+    one hashlock or one title twice, the cap across them); every problem raised at once."""
+    now = _chain_now(ctx)
+    found: list[tuple[int, Problem]] = []
+    proposals: list[_Proposal] = []
+    hashlocks: dict[str, int] = {}
+    titles: dict[int, int] = {}
+    over_cap = False
+    for i, body in enumerate(bodies):
+        gathered: list[Problem] = []
+        other = others.get(body.counterparty)
+        if other is None:
+            gathered.append(Problem(422, "no such counterparty enterprise (and not yourself)",
+                                    field="counterparty"))
+        proposal = _prepare(ctx, caller, other, body, now, gathered)
+        if body.hashlock is not None:
+            first = hashlocks.setdefault(body.hashlock, i)
+            if first != i:
+                gathered.append(Problem(422, f"the same hashlock as trades[{first}]: every "
+                                             "trade needs its own secret", field="hashlock"))
+        token_id = int(body.delivery.token_id)
+        first = titles.setdefault(token_id, i)
+        if first != i:
+            gathered.append(Problem(422, f"title #{token_id} is already offered in "
+                                         f"trades[{first}] of this batch",
+                                    field="delivery.token_id"))
+        if body.role == "buyer" and not over_cap and not gathered:
+            # An early answer, as for a single proposal: decided in the batch's transaction.
+            exposure += int(body.payment.amount)
+            if exposure > ctx.limits.exposure_cap:
+                over_cap = True
+                gathered.append(_over_cap(ctx, exposure - int(body.payment.amount)))
+        found.extend((i, problem) for problem in gathered)
+        if proposal is not None:
+            proposals.append(proposal)
+    if found:
+        raise batch_problem(found, len(bodies))
+    return proposals
+
+
+@dataclass
+class _Answers:
+    """How a proposal request answers, single or batch: its response body, built from the
+    writing transaction's records; its problem for items whose hashlock is in use (by index);
+    its problem for the item that takes the buyer over its cap (index, exposure open)."""
+
+    view: Callable[[TradeRecords], dict]
+    hashlocks_used: Callable[[list[int]], Problem]
+    over_cap: Callable[[int, int], Problem]
+
+
+def _commit(ctx: ApiContext, caller: Enterprise, proposals: list[_Proposal], key: str,
+            request_hash: str, answers: _Answers) -> tuple[int, dict]:
+    """The writing transaction of a proposal request; once more after a unique constraint
+    refused its commit (a concurrent request won the key or a hashlock): the second run
+    answers the winner's replay or the hashlock problem."""
+    for attempt in (1, 2):
+        try:
+            with ctx.dispatcher.unit() as unit:
+                return _write(ctx, unit, caller, proposals, key, request_hash, answers)
+        except IntegrityError:
+            if attempt == 2:
+                raise answers.hashlocks_used([]) from None
+    raise AssertionError("unreachable")
+
+
+def _write(ctx: ApiContext, unit: Unit, caller: Enterprise, proposals: list[_Proposal],
+           key: str, request_hash: str, answers: _Answers) -> tuple[int, dict]:
+    records = TradeRecords(unit.session)
+    replay = _replay(records, caller, key, request_hash)
+    if replay is not None:
+        return replay  # the same request, committed first by a concurrent call
+    used = records.hashlocks_in_use([p.action.terms.hashlock for p in proposals
+                                     if p.action.terms.hashlock != AWAITING_HASHLOCK])
+    if used:
+        raise answers.hashlocks_used([i for i, p in enumerate(proposals)
+                                      if p.action.terms.hashlock in used])
+    if any(p.body.role == "buyer" for p in proposals):
+        # The buyer commits itself: its cap, read under its exposure lock in the transaction
+        # that makes the trades, so two concurrent proposals cannot both fit.
+        unit.lock_name(f"exposure:{caller.id}")
+        open_now = records.open_exposure(caller.id)
+        for i, p in enumerate(proposals):
+            if p.body.role == "buyer":
+                if open_now + p.amount > ctx.limits.exposure_cap:
+                    raise answers.over_cap(i, open_now)
+                open_now += p.amount
+    unit.propose_many([p.action for p in proposals])
+    for p in proposals:
+        records.add_parties(p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
+                            ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None)
+    unit.session.flush()
+    response = answers.view(records)
+    IdempotencyKeys(unit.session).store(caller.id, key, request_hash, 201, response)
+    return 201, response
+
+
+@dataclass
+class _Proposal:
+    """One proposal checked and built, ready for the dispatcher (`_prepare`)."""
+
+    body: TradeCreate
+    buyer: Enterprise
+    seller: Enterprise
+    amount: int
+    secret: bytes | None  # a managed buyer's, drawn by the gateway
+    action: ActionProposeTrade
+
+
+def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body: TradeCreate,
+             now: int, gather: list[Problem] | None = None) -> _Proposal | None:
+    """Check a proposal against everything but the buyer's cap and the hashlock's
+    uniqueness (decided in the transaction that makes the trade) and build its action.
+
+    `gather` None (a single proposal): the first problem is raised. A list (an item of a
+    batch): every problem found is appended to it and None returned, so the client hears of
+    them all at once; checks that need what an earlier one refused are skipped (those that
+    need the counterparty, when `other` is None: the caller has already been told)."""
+    def refuse(problem: Problem) -> None:
+        if gather is None:
+            raise problem
+        gather.append(problem)
+
+    found = len(gather) if gather is not None else 0
+    if body.payment.token != ctx.payment.asset:
+        refuse(Problem(422, f"the payment token of this gateway is {ctx.payment.asset}",
+                       field="payment.token"))
+    amount = int(body.payment.amount)
+    if amount > ctx.limits.exposure_cap:
+        # Whoever proposes: no buyer could ever accept it. This reads nothing of the buyer's
+        # (the cap is the gateway's), so it tells a seller nothing about its counterparty.
+        refuse(Problem(409, f"the amount exceeds the open exposure a buyer may have, "
+                            f"{ctx.limits.exposure_cap} units", field="payment.amount",
+                       kind="exposure-cap"))
+    secret = None
+    hashlock: bytes | None = None
+    buyer = caller if body.role == "buyer" else other
+    seller = caller if body.role == "seller" else other
+    if buyer is not None:
+        if buyer.managed:
+            if body.hashlock is not None:
+                refuse(Problem(422, "the gateway draws the secret of a managed buyer: omit "
+                                    "hashlock", field="hashlock"))
+            elif ctx.cipher is None:
+                refuse(Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep "
+                                    "a managed buyer's secret", kind="no-secrets-key"))
+            else:
+                secret = secrets.token_bytes(32)
+                hashlock = hashlock_of(secret)
+        elif body.role == "seller":
+            # Trust rule 1: a seller who chose the hashlock could claim the buyer's payment
+            # itself with a secret of its own, having delivered nothing.
+            if body.hashlock is not None:
+                refuse(Problem(422, "only the buyer sets the hashlock: a seller's proposal to a "
+                                    "buyer that keeps its own secret carries none; the buyer "
+                                    "gives it when it accepts", field="hashlock"))
+            else:
+                hashlock = AWAITING_HASHLOCK
+        elif body.hashlock is None:
+            refuse(Problem(422, "a self-custody buyer keeps its own secret: give its sha256 "
+                                "hashlock", field="hashlock"))
+        else:
+            hashlock = bytes.fromhex(body.hashlock[2:])
+    for problem in _deadline_problems(ctx, body.deadlines, now):
+        refuse(problem)
+    if seller is not None:
+        try:
+            check_title(ctx, seller.business_address, body.delivery.token_id,
+                        body.delivery.document_hash)
+        except Problem as problem:
+            refuse(problem)
+    if buyer is None or seller is None:
+        return None
+    terms = Terms(buyer.payment_address, seller.payment_address, buyer.business_address,
+                  seller.business_address, amount, int(body.delivery.token_id),
+                  bytes.fromhex(body.delivery.document_hash[2:]),
+                  AWAITING_HASHLOCK if hashlock is None else hashlock,
+                  body.deadlines.delivery, body.deadlines.payment)
+    problems = terms_problems(terms, ctx.policy)
+    if problems:
+        refuse(Problem(422, problems[0][1], errors=[
+            {"field": REQUEST_FIELDS.get(name, name), "message": message}
+            for name, message in problems]))
+    if hashlock is None or (gather is not None and len(gather) > found):
+        return None
+    action = ActionProposeTrade(secrets.token_bytes(32), terms, managed_buyer=buyer.managed,
+                                managed_seller=seller.managed)
+    return _Proposal(body, buyer, seller, amount, secret, action)
+
+
+def _over_cap(ctx: ApiContext, exposure: int) -> Problem:
+    return Problem(409, f"the buyer's open exposure would exceed its cap of "
+                        f"{ctx.limits.exposure_cap} units ({exposure} open, counting this "
+                        f"batch's earlier items)", field="payment.amount", kind="exposure-cap")
+
+
+def batch_problem(found: list[tuple[int, Problem]], size: int) -> Problem:
+    """One answer for the problems of a batch's items, (item index, problem) each: every
+    field named under its item (`trades[3].payment.amount`; `trades[3]` for a problem of the
+    item as a whole). Its status: 422 if any item is invalid, else 409 (a conflict: the cap,
+    a hashlock in use, a phase), else that of the problems (503); its type that of its
+    problems when they share one."""
+    status = next(s for s in (422, 409, *sorted({p.status for _, p in found}))
+                  if any(p.status == s for _, p in found))
+    kinds = {p.kind for _, p in found if p.status == status}
+    errors = []
+    for i, problem in sorted(found, key=lambda f: f[0]):
+        for error in problem.errors or [{"message": problem.detail}]:
+            field = error.get("field")
+            errors.append({"field": f"trades[{i}]" + (f".{field}" if field else ""),
+                           "message": error["message"]})
+    items = sorted({i for i, _ in found})
+    first_i, first = min(found, key=lambda f: (f[1].status != status, f[0]))
+    detail = f"trades[{first_i}]: {first.detail}"
+    if len(found) > 1:
+        detail = (f"{len(items)} of the {size} trades refused, nothing was made or changed; "
+                  f"first: {detail}")
+    return Problem(status, detail, errors=errors,
+                   kind=kinds.pop() if len(kinds) == 1 else None)
+
+
+HASHLOCK_IN_USE = ("this hashlock is already in use: every trade needs its own secret; draw a "
+                   "new 32-byte secret and give its sha256")
+
+
+def hashlock_in_use() -> Problem:
+    """The answer to a hashlock that a trade already uses, at proposal or at accept.
+
+    Uniqueness is enforced across all tenants (the unique `trades.hashlock` column): one secret
+    opening two trades' locks is a money-safety fault (revealing it for one exposes the other),
+    and the relayer routes chain events by hashlock. So a collision must be refused, and the
+    refusal necessarily tells the caller one bit: "some trade uses this hashlock".
+
+    Design: that bit is all it tells. The answer is one constant 409 (status, type, detail,
+    `errors[0].field == "hashlock"`) whether the other trade is the caller's own or another
+    tenant's: it never names, links or counts the other trade, its parties or its phase, and
+    it is decided by the same database constraint in both cases (no separate lookup whose
+    cost could differ). The remaining bit is harmless: a hashlock is sha256 of a buyer's
+    32-byte secret, so nobody can guess one (2**-256); before it is locked on chain only the
+    buyer that chose it (it first reaches the gateway in the very request that reserves it)
+    and that trade's counterparty know it, both already parties to the trade; and once
+    locked it is public anyway (every PaymentHTLC `Locked` event carries it). A tenant can
+    only ask about a hashlock it already knows, and learns nothing about whom it belongs to."""
+    return Problem(409, HASHLOCK_IN_USE, field="hashlock", kind="hashlock-reused")
+
+
+REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery",
+                  "amount": "payment.amount", "token_id": "delivery.token_id",
+                  "document_hash": "delivery.document_hash"}
+
+
+def _replay(records: TradeRecords, caller: Enterprise, key: str,
+            request_hash: str) -> tuple[int, dict] | None:
+    """The stored response of an earlier request with this key, or None if it is new."""
+    seen = IdempotencyKeys(records.session).stored(caller.id, key)
+    if seen is None:
+        return None
+    if seen.request_hash != request_hash:
+        raise Problem(422, "this Idempotency-Key was used with a different request body",
+                      field="Idempotency-Key", kind="idempotency-key-reused")
+    return seen.status_code, seen.response
+
+
+def _chain_now(ctx: ApiContext) -> int:
+    """Chain time, by which deadlines are judged: the later of the two chains' latest blocks."""
+    return max(ctx.payment.now(), ctx.business.now())
+
+
+def _deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[Problem]:
+    problems = []
+    for field, value in (("deadlines.delivery", deadlines.delivery),
+                         ("deadlines.payment", deadlines.payment)):
+        if value <= now + ctx.policy.claim_lead_time:
+            problems.append(Problem(
+                422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
+                     f" (chain time now {now})", field=field))
+        elif value > now + MAX_DEADLINE_AHEAD:
+            problems.append(Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
+                                         f"(latest allowed {now + MAX_DEADLINE_AHEAD})",
+                                    field=field))
+    return problems
+
+
+def check_exposure(ctx: ApiContext, records: TradeRecords, buyer_id: str, amount: int) -> None:
+    """409 `exposure-cap` (field payment.amount) when committing the buyer to `amount` more
+    would take it over the cap. Decisive only inside a writing transaction that holds the
+    buyer's exposure lock (`Unit.lock_name`): then no other proposal or accept of this buyer
+    can commit between this read and this transaction's commit."""
+    exposure = records.open_exposure(buyer_id)
+    if exposure + amount > ctx.limits.exposure_cap:
+        raise _cap_problem(ctx, exposure)
+
+
+def _cap_problem(ctx: ApiContext, exposure: int) -> Problem:
+    return Problem(409, f"the buyer's open exposure would exceed its cap of "
+                        f"{ctx.limits.exposure_cap} units ({exposure} open)",
+                   field="payment.amount", kind="exposure-cap")

@@ -1,0 +1,50 @@
+"""Idempotency keys (`idempotency_keys`): the stored answer of a request, and its expiry.
+Keys expire after DVP_IDEMPOTENCY_TTL, judged by `created_at` (indexed for the sweep). No
+commits here: callers own the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select, tuple_
+from sqlalchemy.orm import Session
+
+from gateway.db.models import IdempotencyRow
+
+_KEYS = IdempotencyRow.__table__
+
+
+class IdempotencyKeys:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def stored(self, enterprise_id: str, key: str) -> IdempotencyRow | None:
+        """The earlier request with this key, if any (its request hash and answer)."""
+        return self.session.get(IdempotencyRow, (enterprise_id, key))
+
+    def store(self, enterprise_id: str, key: str, request_hash: str, status_code: int,
+              response: dict) -> None:
+        """Written in the transaction of the request's effects: a concurrent request with the
+        same key loses on the primary key."""
+        self.session.add(IdempotencyRow(enterprise_id=enterprise_id, key=key,
+                                        request_hash=request_hash, status_code=status_code,
+                                        response=response))
+
+    def expire(self, enterprise_id: str, key: str, stored_before: datetime) -> bool:
+        """Delete the enterprise's row for `key` if it was stored before `stored_before`
+        (one statement by primary key, so a reused key is new even before the sweep reaches
+        it); whether there was one."""
+        result = self.session.execute(delete(_KEYS).where(
+            _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
+            _KEYS.c.created_at < stored_before))
+        return bool(result.rowcount)
+
+    def prune(self, stored_before: datetime, limit: int) -> int:
+        """Delete up to `limit` rows stored before `stored_before`, oldest first (bounded, so
+        one sweep never holds the table for long); how many."""
+        expired = (select(_KEYS.c.enterprise_id, _KEYS.c.key)
+                   .where(_KEYS.c.created_at < stored_before)
+                   .order_by(_KEYS.c.created_at).limit(limit))
+        result = self.session.execute(delete(_KEYS).where(
+            tuple_(_KEYS.c.enterprise_id, _KEYS.c.key).in_(expired)))
+        return result.rowcount or 0

@@ -1,0 +1,65 @@
+"""Rate-limit token buckets (`rate_buckets`, see gateway.api.ratelimit): taken, refilled and
+read back by one upsert, and swept when idle. No commits here: callers own the transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Double, bindparam, case, delete, select
+from sqlalchemy.orm import Session
+
+from gateway.db.models import RateBucketRow
+
+_BUCKETS = RateBucketRow.__table__
+
+
+def _take_statement(dialect: str) -> Any:
+    """INSERT a full bucket less one token, or on conflict refill the stored one for the time
+    since it was last touched (never beyond `burst`) and take a token if there is one;
+    RETURNING what is left and whether a token was taken. SET expressions see the row as it
+    was, on both databases."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # the gateway supports these two databases only
+        raise ValueError(f"the gateway runs on SQLite or PostgreSQL, not {dialect}")
+    c = _BUCKETS.c
+    now, rate, burst = (bindparam(n, type_=Double()) for n in ("now", "rate", "burst"))
+    elapsed = case((now > c.updated_at, now - c.updated_at), else_=0.0)
+    filled = c.tokens + elapsed * rate
+    refilled = case((filled > burst, burst), else_=filled)
+    statement = insert(_BUCKETS).values(key=bindparam("key"), tokens=burst - 1.0, allowed=True,
+                                        updated_at=now)
+    return statement.on_conflict_do_update(
+        index_elements=[c.key],
+        set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
+              "allowed": refilled >= 1.0, "updated_at": now},
+    ).returning(c.tokens, c.allowed)
+
+
+_TAKE: dict[str, Any] = {}  # the upsert, built once per dialect
+
+
+class RateBuckets:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def take(self, key: str, now: float, rate: float, burst: float) -> tuple[float, bool]:
+        """Take a token from bucket `key` at `now` (Unix seconds), refilled at `rate` per
+        second up to `burst`: (tokens left, whether one was taken). One atomic statement; the
+        bucket's row stays locked until the caller commits."""
+        dialect = self.session.get_bind().dialect.name
+        statement = _TAKE.get(dialect)
+        if statement is None:
+            statement = _TAKE[dialect] = _take_statement(dialect)
+        tokens, allowed = self.session.execute(statement, {
+            "key": key, "now": now, "rate": rate, "burst": burst}).one()
+        return tokens, allowed
+
+    def prune_idle(self, touched_before: float, limit: int) -> int:
+        """Delete up to `limit` buckets last touched before `touched_before` (Unix seconds);
+        how many."""
+        stale = select(_BUCKETS.c.key).where(_BUCKETS.c.updated_at < touched_before).limit(limit)
+        result = self.session.execute(delete(_BUCKETS).where(_BUCKETS.c.key.in_(stale)))
+        return result.rowcount or 0
