@@ -10,41 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.db.repository import Clock, Repository, Wakes
-from gateway.domain.marks import EffectKey, EffectKind, Flag, FlagKind
+from gateway.db.repository import Clock, Repository
+from gateway.domain.marks import Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import (
-    ALERT_PHASES,
     ActionProposeTrade,
-    ActionTakeDelivery,
     Block,
     Chain,
     ChainBatch,
-    ChainDisagrees,
     ChainRef,
     ContractReceive,
-    ContractReceiveClaimed,
     ContractReceiveDeliveryLocked,
     ContractReceivePaymentLocked,
     ContractSend,
-    ContractSendDeliveryClaim,
-    ContractSendDeliveryLock,
-    ContractSendDeliveryRefund,
     Effect,
-    EventPhaseChanged,
-    EventTradeFlagged,
     Input,
     InvalidTransition,
     InvariantViolated,
-    LegStatus,
     Phase,
-    PreimageRevealed,
     TradeState,
     is_active,
     is_hashlock,
@@ -52,40 +40,13 @@ from gateway.domain.trade import (
     state_transition,
     wake_times,
 )
-from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
+from gateway.engine.reorg import rewind
+from gateway.engine.results import Work, Writes, alert, clock_of, result_seen
+from gateway.engine.routing import RoutingIndex, effect_chain, log_keys, route
 from gateway.logs import trade_ref
 
 log = structlog.get_logger("gateway.dispatcher")
-
-
-def effect_chain(effect: ContractSend) -> Chain:
-    if isinstance(effect, ContractSendDeliveryLock | ContractSendDeliveryClaim
-                  | ContractSendDeliveryRefund):
-        return Chain.BUSINESS
-    return Chain.PAYMENT
-
-
-class _RoutingIndex:
-    """In-memory routing for the trades loaded in a batch: by hashlock and by lock id."""
-
-    def __init__(self, states) -> None:  # noqa: ANN001
-        self.by_hashlock: dict[bytes, bytes] = {}
-        self.by_lock: dict[tuple[Chain, bytes], bytes] = {}
-        for s in states:
-            self.by_hashlock[s.terms.hashlock] = s.trade_id
-            for leg in (s.payment, *s.rejected_payments):
-                if leg is not None:
-                    self.add_lock(Chain.PAYMENT, leg.lock_id, s.trade_id)
-            if s.delivery is not None:
-                self.add_lock(Chain.BUSINESS, s.delivery.lock_id, s.trade_id)
-
-    def add_lock(self, chain: Chain, lock_id: bytes, trade_id: bytes) -> None:
-        self.by_lock[(chain, lock_id)] = trade_id
-
-    def route(self, chain: Chain, inp: ContractReceive) -> bytes | None:
-        return route(inp, lambda lock_id: self.by_lock.get((chain, lock_id)),
-                     self.by_hashlock.get)
 
 
 class UnknownTrade(LookupError):
@@ -101,38 +62,6 @@ class ActionsRefused(Exception):
         self.refused = refused
 
 
-@dataclass
-class _Work:
-    repo: Repository
-    lock_rows: bool = False  # a shared trade-writes lock: lock each trade's row as it loads
-    states: dict[bytes, TradeState] = field(default_factory=dict)
-    before: dict[bytes, TradeState] = field(default_factory=dict)
-    wakes: dict[bytes, Wakes] = field(default_factory=dict)  # as stored
-
-    def load(self, trade_id: bytes) -> TradeState | None:
-        if trade_id not in self.states:
-            self.load_many([trade_id])
-        return self.states.get(trade_id)
-
-    def load_many(self, trade_ids: list[bytes]) -> None:
-        wanted = [t for t in trade_ids if t not in self.states]
-        if not wanted:
-            return
-        if self.lock_rows:
-            for state, wakes in self.repo.load_trades(wanted).values():
-                self.add(state, wakes)
-        else:
-            for trade_id in wanted:
-                found = self.repo.get_trade_for_update(trade_id)
-                if found is not None:
-                    self.add(*found)
-
-    def add(self, state: TradeState, wakes: Wakes) -> None:
-        if state.trade_id not in self.states:
-            self.states[state.trade_id] = self.before[state.trade_id] = state
-            self.wakes[state.trade_id] = wakes
-
-
 class Unit:
     """One writing transaction on named trades, for a caller that writes rows of its own in it
     and builds its answer from it (an API request: `Dispatcher.unit`). It reads the trades it
@@ -144,7 +73,7 @@ class Unit:
         self.dispatcher = dispatcher
         self.session = session
         self.repo = Repository(session)
-        self._work = _Work(self.repo, lock_rows=True)
+        self._work = Work(self.repo, lock_rows=True)
 
     def lock_name(self, name: str) -> None:
         """See `Repository.lock_name` (a buyer's exposure, read and committed to here)."""
@@ -168,7 +97,7 @@ class Unit:
             state, more = d._catch_up(state, clocks)
             made.append((state, effects + more))
         repo.add_trades([(state, wake_times(state, d.policy)) for state, _ in made])
-        repo.record_inputs([(state.trade_id, action, None, _clock_of(state))
+        repo.record_inputs([(state.trade_id, action, None, clock_of(state))
                             for (state, _), action in zip(made, actions, strict=True)])
         waiting = {inp.route.hashlock for _, inp in repo.unmatched_inputs(
             hashlocks=[s.terms.hashlock for s, _ in made if is_hashlock(s.terms.hashlock)])
@@ -180,7 +109,7 @@ class Unit:
             if adopted is not state:
                 made[n] = (adopted, effects + more)
                 repo.save_trades([(adopted, wake_times(adopted, d.policy))])
-        writes = _Writes(new_trades=frozenset(state.trade_id for state, _ in made))
+        writes = Writes(new_trades=frozenset(state.trade_id for state, _ in made))
         for state, effects in made:
             d._store_effects(writes, state, effects, None)
         writes.flush(repo)
@@ -215,7 +144,7 @@ class Unit:
             except (InvalidTransition, ValueError) as exc:
                 refused.append((i, exc))
                 continue
-            inputs.append((trade_id, action, None, _clock_of(state)))
+            inputs.append((trade_id, action, None, clock_of(state)))
             if new_state.terms.hashlock != state.terms.hashlock:
                 work.repo.set_trade_hashlock(trade_id, new_state.terms.hashlock)
                 given.append(trade_id)
@@ -315,7 +244,7 @@ class Dispatcher:
         out: list[Effect] = []
         adopted = []
         for row, inp in sorted(found.items(), key=lambda item: item[0].id):
-            clock = _clock_of(state)
+            clock = clock_of(state)
             state, more = self._transition(state, inp)
             out.extend(more)
             adopted.append((row, inp, clock))
@@ -335,7 +264,7 @@ class Dispatcher:
         # No autoflush: nothing this batch writes is read back by it (inputs are checked
         # against one prefetch), so everything goes to the database in one flush at commit.
         with self.session_factory.begin() as session, session.no_autoflush:
-            work = _Work(Repository(session))
+            work = Work(Repository(session))
             work.repo.lock_trade_writes()
             effects: dict[bytes, list[Effect]] = {}
             refs: dict[bytes, object] = {}
@@ -345,13 +274,13 @@ class Dispatcher:
             clocks = [c for c in self._clocks(work.repo, (Chain.PAYMENT, Chain.BUSINESS))
                       if c.chain is not batch.chain or batch.rewind_to is None]
             if batch.rewind_to is not None:
-                self._rewind(work, batch, effects)
+                rewind(work, batch, effects, self.policy, self._transition)
             for state, wakes in work.repo.trades_for_logs(batch.chain.value,
-                                                          *_names(batch.inputs)):
+                                                          *log_keys(batch.inputs)):
                 work.add(state, wakes)
             for state, wakes in work.repo.due_trades(batch.chain.value, batch.block.timestamp):
                 work.add(state, wakes)
-            index = _RoutingIndex(work.states.values())
+            index = RoutingIndex(work.states.values())
             logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
             new_inputs: list[tuple[bytes | None, Input, ChainRef, Clock | None]] = []
             links: list[tuple[bytes, bytes]] = []
@@ -364,7 +293,7 @@ class Dispatcher:
                 state = work.load(trade_id) if trade_id is not None else None
                 if state is not None:
                     state, early = self._catch_up(state, clocks)
-                clock = _clock_of(state) if state is not None else None
+                clock = clock_of(state) if state is not None else None
                 if row is not None:
                     work.repo.revive_input(row, trade_id, inp, inp.ref, clock)
                 else:
@@ -415,81 +344,12 @@ class Dispatcher:
         return route(inp, lambda lock_id: repo.trade_id_by_lock(chain.value, lock_id),
                      repo.trade_id_by_hashlock)
 
-    def _rewind(self, work: _Work, batch: ChainBatch,
-                effects: dict[bytes, list[Effect]]) -> None:
-        """Undo what blocks above the fork point taught us, by replaying each affected trade's
-        remaining inputs. A preimage seen in an orphaned block stays known: it was public."""
-        fork = batch.rewind_to
-        assert fork is not None
-        orphaned = work.repo.orphan_inputs_after(batch.chain_id, fork)
-        work.repo.forget_block_hashes_after(batch.chain_id, fork)
-        log.warning("reorg_rewind", chain=batch.chain.value, fork_block=fork,
-                    orphaned_inputs=len(orphaned))
-        for trade_id in {t for t, _ in orphaned}:
-            old = work.load(trade_id)
-            if old is None:
-                continue
-            revealed = [i.preimage for t, i in orphaned
-                        if t == trade_id and isinstance(i, ContractReceiveClaimed)]
-            state, out = self._replay(work.repo.inputs_for_trade(trade_id), old, revealed, batch)
-            for lost in _acted_on_and_lost(old, state):
-                # Trust rule 8: the chain took back a lock the gateway had acted on (reported
-                # it verified, delivered against it): a critical alert on the trade.
-                state, more = self._transition(state, lost)
-                out.extend(more)
-                work.repo.record_input(trade_id, lost, clock=_clock_of(state))
-            work.states[trade_id] = state
-            # Every effect the replayed facts call for is enqueued again: rows already pending
-            # stay as they are, rows whose result the reorg undid start afresh.
-            effects.setdefault(trade_id, []).extend(
-                e for e in out if isinstance(e, ContractSend) and e.key in state.pending)
-            effects[trade_id].extend(e for e in out if not isinstance(e, ContractSend))
-
-    def _replay(self, inputs: list[tuple[Input, Clock | None]], old: TradeState,
-                revealed: list[bytes], batch: ChainBatch) -> tuple[TradeState, list[Effect]]:
-        """The trade rebuilt from the inputs still on chain, each applied at the chain times it
-        was first applied at (recorded with it), so time-dependent decisions (an accepted
-        cancel, an expiry) come out as they did; then every preimage ever seen (it was public)
-        and the chains' current times."""
-        (first, _), *rest = inputs
-        assert isinstance(first, ActionProposeTrade)
-        state, out = new_trade(first, self.policy)
-        # Finality does not go back: a reorg below a final block halts the chain instead.
-        for chain, final in ((Chain.PAYMENT, old.payment_finalized),
-                             (Chain.BUSINESS, old.business_finalized)):
-            state, _ = state_transition(state, Block(chain, 0, 0, finalized=final), self.policy)
-        for inp, clock in rest:
-            if clock is not None:
-                for chain, at in zip((Chain.PAYMENT, Chain.BUSINESS), clock, strict=True):
-                    state, more = state_transition(state, Block(chain, 0, at), self.policy)
-                    out.extend(more)
-            if isinstance(inp, ActionTakeDelivery):
-                inp = replace(inp, secret=old.buyer_secret)  # logged without it
-            try:
-                state, more = state_transition(state, inp, self.policy)
-            except (InvalidTransition, ValueError):
-                log.warning("replay_refused_action", trade=trade_ref(old.trade_id),
-                            action=type(inp).__name__)
-                continue  # an action that only the orphaned facts had allowed
-            out.extend(more)
-        if old.preimage is not None:
-            revealed = [*revealed, old.preimage]
-        for preimage in revealed:
-            state, more = state_transition(state, PreimageRevealed(preimage), self.policy)
-            out.extend(more)
-        times = {Chain.PAYMENT: old.payment_time, Chain.BUSINESS: old.business_time}
-        times[batch.chain] = batch.block.timestamp
-        for chain, timestamp in times.items():
-            state, more = state_transition(state, Block(chain, 0, timestamp), self.policy)
-            out.extend(more)
-        return state, out
-
     # --- storing results ------------------------------------------------------------------
 
-    def _finish(self, work: _Work, effects: dict[bytes, list[Effect]],
+    def _finish(self, work: Work, effects: dict[bytes, list[Effect]],
                 refs: dict[bytes, object] | None) -> None:
         changed = []
-        writes = _Writes()
+        writes = Writes()
         for trade_id, state in work.states.items():
             before = work.before.get(trade_id)
             wakes = wake_times(state, self.policy)
@@ -504,7 +364,7 @@ class Dispatcher:
         work.repo.save_trades(changed)
         writes.flush(work.repo)
 
-    def _store_effects(self, writes: _Writes, state: TradeState, effects: list[Effect],
+    def _store_effects(self, writes: Writes, state: TradeState, effects: list[Effect],
                        ref: object, before: TradeState | None = None) -> None:
         for effect in effects:
             # Only what the final state still wants: a later input of the same batch (its
@@ -514,7 +374,7 @@ class Dispatcher:
         if before is not None:
             for key in before.pending - state.pending:
                 writes.close.append((state.trade_id, key,
-                                     "done" if _result_seen(state, key) else "cancelled"))
+                                     "done" if result_seen(state, key) else "cancelled"))
         notes = [e for e in effects if not isinstance(e, ContractSend)]
         if before is not None and before.phase is not state.phase and \
                 state.phase is Phase.SETTLED:
@@ -523,96 +383,11 @@ class Dispatcher:
         for note in notes:
             log.info("trade_event", trade=trade_ref(state.trade_id),
                      kind=type(note).__name__, phase=state.phase.value)
-            _alert(note)
+            alert(note)
         if self.on_effects and effects:
             self.on_effects(state, effects)
 
 
-@dataclass
-class _Writes:
-    """What one dispatcher transaction writes besides trade states, gathered over all its
-    trades and written in a few statements (one per kind) instead of a few per trade."""
-
-    new_trades: frozenset[bytes] = frozenset()
-    enqueue: list[tuple[bytes, ContractSend, str]] = field(default_factory=list)
-    close: list[tuple[bytes, str, str]] = field(default_factory=list)
-    events: list[tuple[bytes, Effect, ChainRef | None]] = field(default_factory=list)
-    settled: list[bytes] = field(default_factory=list)
-
-    def flush(self, repo: Repository) -> None:
-        repo.enqueue_many(self.enqueue, self.new_trades)
-        repo.close_effects_many(self.close)
-        repo.add_events_many(self.events)
-        if self.settled:
-            now = datetime.now(UTC)
-            for revealed_at in repo.phases_reached_at(self.settled,
-                                                      Phase.DELIVERED.value).values():
-                metrics.SETTLEMENT_SECONDS.observe(max(0.0, (now - revealed_at).total_seconds()))
 
 
-ALERT_ADVICE = {
-    Phase.PAID_WITHOUT_DELIVERY: "the seller was paid and the buyer holds no title: the seller "
-                                 "knew the secret, or a reorg took the title's lock or claim "
-                                 "(then it settles once the title is claimed for the buyer); "
-                                 "contact both parties",
-    Phase.DELIVERED_UNPAID: "the buyer has the title and its payment back: the payment claim "
-                            "was not mined before T_pay; contact both parties",
-}
 
-
-def _alert(note: Effect) -> None:
-    """Critical log lines and the alert counter for what an operator must act on."""
-    if isinstance(note, EventPhaseChanged) and note.new in ALERT_PHASES:
-        metrics.TRADE_ALERTS.labels(note.new.value).inc()
-        log.critical("trade_alert", trade=trade_ref(note.trade_id), phase=note.new.value,
-                     advice=ALERT_ADVICE[note.new])
-    elif isinstance(note, EventTradeFlagged):
-        metrics.TRADE_ALERTS.labels(Flag(note.flag).name).inc()
-        log.critical("trade_flagged", trade=trade_ref(note.trade_id), flag=note.flag,
-                     reason=note.reason)
-
-
-def _acted_on_and_lost(old: TradeState, new: TradeState) -> list[ChainDisagrees]:
-    """Legs a reorg removed after the trade had moved on from them: a payment lock reported
-    verified (or delivered against), a delivery lock the buyer was told to take."""
-    lost = []
-    acted = {Chain.PAYMENT: old.phase not in (Phase.PROPOSED, Phase.AGREED),
-             Chain.BUSINESS: old.phase not in (Phase.PROPOSED, Phase.AGREED,
-                                               Phase.PAYMENT_LOCKED)}
-    for chain, before, after in ((Chain.PAYMENT, old.payment, new.payment),
-                                 (Chain.BUSINESS, old.delivery, new.delivery)):
-        if before is not None and acted[chain] and (after is None
-                                                    or after.lock_id != before.lock_id):
-            lost.append(ChainDisagrees(old.trade_id, chain, before.lock_id,
-                                       before.status.value, "removed by a reorg"))
-    return lost
-
-
-def _clock_of(state: TradeState) -> Clock:
-    return (state.payment_time, state.business_time)
-
-
-def route(inp: ContractReceive, by_lock: Callable[[bytes], bytes | None],
-          by_hashlock: Callable[[bytes], bytes | None]) -> bytes | None:
-    """The trade a chain log concerns, by the keys the log gives (`Route`): the one place that
-    decides it, over an in-memory index or the database alike."""
-    keys = inp.route
-    return (keys.lock_id is not None and by_lock(keys.lock_id)) or \
-        (keys.hashlock is not None and by_hashlock(keys.hashlock)) or None
-
-
-def _names(inputs: list[ContractReceive]) -> tuple[list[bytes], list[bytes]]:
-    """The hashlocks and lock ids a batch's logs route by, to load their trades at once."""
-    keys = [inp.route for inp in inputs]
-    return ([k.hashlock for k in keys if k.hashlock is not None],
-            [k.lock_id for k in keys if k.lock_id is not None])
-
-
-def _result_seen(state: TradeState, key: EffectKey) -> bool:
-    if key.kind is EffectKind.PAYMENT_LOCK:
-        return state.payment is not None or bool(state.rejected_payments)
-    if key.kind is EffectKind.DELIVERY_LOCK:
-        return state.delivery is not None
-    legs = [state.payment, state.delivery, *state.rejected_payments]
-    return any(leg is not None and leg.lock_id == key.lock_id
-               and leg.status is not LegStatus.OPEN for leg in legs)

@@ -59,10 +59,6 @@ class Disagreement:
     on_chain: str  # none / open / claimed / refunded
 
 
-class _AlreadyFlagged(Exception):
-    pass
-
-
 def legs_on(state: TradeState, chain: Chain) -> list[PaymentLeg | DeliveryLeg]:
     """The legs a trade records on `chain`."""
     if chain is Chain.PAYMENT:
@@ -135,16 +131,13 @@ class Reconciler:
         return sorted(standing, key=lambda d: (d.trade_id, d.lock_id))
 
     def _flag(self, d: Disagreement) -> None:
-        def unflagged(state: TradeState, _session: object) -> None:
-            if flag_for(d.lock_id) in state.flags:
-                raise _AlreadyFlagged
-
         try:
-            self.dispatcher.apply_action(
-                ChainDisagrees(d.trade_id, d.chain, d.lock_id, d.recorded, d.on_chain),
-                check=unflagged)
-        except _AlreadyFlagged:
-            pass
+            with self.dispatcher.unit() as unit:
+                state = unit.trades([d.trade_id]).get(d.trade_id)
+                if state is None or flag_for(d.lock_id) in state.flags:
+                    return  # flagged meanwhile (another relayer's reconciler)
+                unit.apply(ChainDisagrees(d.trade_id, d.chain, d.lock_id, d.recorded,
+                                          d.on_chain))
         except Exception as exc:  # noqa: BLE001 - the alert is out; the flag is tried next run
             log.error("chain_disagrees_flag_failed", trade=trade_ref(d.trade_id),
                       error=f"{type(exc).__name__}: {exc}"[:500])

@@ -45,9 +45,9 @@ The model
 * Reorgs. A reorg drops the most recent log of one chain if it is in the latest block (a shallow
   reorg); the transaction is public and is mined again by anyone, before time moves, while it is
   still valid. The gateway learns of it at its next poll of that chain and rebuilds the trade as
-  `Dispatcher._rewind` does: the inputs still on chain, each at the clocks it was first applied
-  at, every preimage ever seen, the chains' times, then `ChainDisagrees` for a leg it had acted
-  on and lost.
+  `gateway.engine.reorg.rewind` does: the inputs still on chain, each at the clocks it was
+  first applied at, every preimage ever seen, the chains' times, then `ChainDisagrees` for a
+  leg it had acted on and lost.
 
 Invariants
 * At every world where the gateway has seen both chains: each leg's status is the chain's, and
@@ -231,7 +231,7 @@ class World(NamedTuple):
 
 
 class ReplayBroke(Exception):
-    """InvariantViolated during a replay: `Dispatcher._rewind` does not catch it."""
+    """InvariantViolated during a replay: `gateway.engine.reorg.rewind` does not catch it."""
 
 
 class ActionBroke(Exception):
@@ -429,7 +429,7 @@ class Explorer:
                           cursor=(w.tick, w.cursor[B]) if chain == P else (w.cursor[P], w.tick))
 
     def rewind(self, w: World, chain: int, fork: int) -> World:
-        """`Dispatcher._rewind` and `_replay`: inputs from blocks above `fork` are orphaned;
+        """`gateway.engine.reorg.rewind` and `replay`: inputs from blocks above `fork` are orphaned;
         the trade is rebuilt from the others, each at the clocks it was first applied at, then
         every preimage seen, the chains' times, and `ChainDisagrees` for a leg it had acted on
         and lost."""

@@ -24,9 +24,10 @@ blocks carry `Block.finalized` `lag` blocks below the head, and `reorg` withdraw
 recent log(s) of one chain from blocks not final yet (within `lag` blocks and `lag` block times
 of the head: a deeper reach means blocks slower than the policy's block time). The model's
 chain forgets them (a lock vanishes, a claim or refund is undone) and the machine is rebuilt as
-the dispatcher rebuilds it (`Dispatcher._rewind`): the input log, kept as the repository stores
-it (JSON payloads with `_clock`), loses the orphaned inputs, and `Dispatcher._replay` (pure)
-replays the rest at their recorded clocks, every preimage ever seen, then the chains' times; a
+the dispatcher rebuilds it (`gateway.engine.reorg.rewind`): the input log, kept as the
+repository stores it (JSON payloads with `_clock`), loses the orphaned inputs, and
+`gateway.engine.reorg.replay` (pure) replays the rest at their recorded clocks, every preimage
+ever seen, then the chains' times; a
 leg the gateway had acted on and lost is `ChainDisagrees`, and the effects the replayed state
 has pending are the outbox's. A withdrawn transaction is public: `withdrawn_mined_again` mines
 it again later (the same transaction: its logged input is revived in its place) while the
@@ -119,7 +120,8 @@ from gateway.domain.trade import (
     state_transition,
     wake_times,
 )
-from gateway.engine.dispatcher import Dispatcher, _acted_on_and_lost
+from gateway.engine.reorg import acted_on_and_lost as _acted_on_and_lost
+from gateway.engine.reorg import replay
 
 PAYMENT, BUSINESS = Chain.PAYMENT, Chain.BUSINESS
 OPEN, CLAIMED, REFUNDED = LegStatus.OPEN, LegStatus.CLAIMED, LegStatus.REFUNDED
@@ -887,7 +889,7 @@ class TradeMachine(RuleBasedStateMachine):
         self.reorg(Picks(chain), depth, dt, withholds)
 
     def rewind(self, chain: Chain, fork: int) -> None:
-        """`Dispatcher._rewind` on the model's input log, then `apply_chain_batch`'s block."""
+        """`gateway.engine.reorg.rewind` on the model's input log, then the batch's block."""
         chain_id, old = CHAIN_IDS[chain], self.state
         orphaned = [row for row in self.input_log if not row.orphaned and row.tx is not None
                     and row.tx[0] == chain_id and row.block_number > fork]
@@ -899,7 +901,7 @@ class TradeMachine(RuleBasedStateMachine):
                   for row in self.input_log if not row.orphaned]
         head = self.head(chain)
         batch = ChainBatch(chain, chain_id, [], head, bytes(32), rewind_to=fork)
-        state, out = Dispatcher(None, self.policy)._replay(inputs, old, revealed, batch)
+        state, out = replay(inputs, old, revealed, batch, self.policy)
         for lost in _acted_on_and_lost(old, state):
             state, more = state_transition(state, lost, self.policy)
             out.extend(more)
