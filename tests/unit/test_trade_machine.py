@@ -73,8 +73,8 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway.db.repository import _clock as logged_clock
-from gateway.db.repository import _payload as logged_payload
+from gateway.db.input_log import _clock as logged_clock
+from gateway.db.input_log import _payload as logged_payload
 from gateway.domain.codec import decode, encode
 from gateway.domain.locks import DeliveryLock, PaymentLock
 from gateway.domain.policy import TimingPolicy

@@ -1,0 +1,84 @@
+"""Enterprises, their API keys and managed signing keys (`enterprises`, `api_keys`,
+`managed_keys`): every query of that aggregate. No commits here: callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.db.models import ApiKeyRow, EnterpriseRow, ManagedKeyRow
+
+
+class EnterpriseRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- enterprises ---
+
+    def get(self, enterprise_id: str) -> EnterpriseRow | None:
+        return self.session.get(EnterpriseRow, enterprise_id)
+
+    def by_name(self, name: str) -> EnterpriseRow | None:
+        return self.session.scalar(select(EnterpriseRow).where(EnterpriseRow.name == name))
+
+    def name_taken(self, name: str) -> bool:
+        return bool(self.session.scalar(select(EnterpriseRow.id)
+                                        .where(EnterpriseRow.name == name)))
+
+    def all(self) -> Sequence[EnterpriseRow]:
+        """Every enterprise, oldest first (then by name)."""
+        return self.session.scalars(select(EnterpriseRow).order_by(
+            EnterpriseRow.created_at, EnterpriseRow.name)).all()
+
+    def add(self, enterprise_id: str, name: str, *, managed: bool, payment_address: str,
+            business_address: str) -> None:
+        """A new enterprise, flushed (its id can be referred to at once)."""
+        self.session.add(EnterpriseRow(id=enterprise_id, name=name, managed=managed,
+                                       payment_address=payment_address,
+                                       business_address=business_address))
+        self.session.flush()
+
+    # --- API keys ---
+
+    def add_api_key(self, key_id: str, enterprise_id: str, prefix: str, key_hash: str) -> None:
+        self.session.add(ApiKeyRow(id=key_id, enterprise_id=enterprise_id, prefix=prefix,
+                                   key_hash=key_hash))
+
+    def api_key(self, key_id: str) -> ApiKeyRow | None:
+        return self.session.get(ApiKeyRow, key_id)
+
+    def api_keys(self, enterprise_id: str) -> Sequence[ApiKeyRow]:
+        """The enterprise's keys, revoked ones too, oldest first."""
+        return self.session.scalars(select(ApiKeyRow).where(
+            ApiKeyRow.enterprise_id == enterprise_id).order_by(ApiKeyRow.created_at)).all()
+
+    def active_api_key(self, key_hash: str) -> ApiKeyRow | None:
+        """The unrevoked key with this hash, if any."""
+        return self.session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash,
+                                                           ApiKeyRow.revoked_at.is_(None)))
+
+    def revoke_api_keys(self, enterprise_id: str, at: datetime) -> None:
+        """Revoke every active key of the enterprise, as of `at`."""
+        for row in self.session.scalars(select(ApiKeyRow).where(
+                ApiKeyRow.enterprise_id == enterprise_id, ApiKeyRow.revoked_at.is_(None))):
+            row.revoked_at = at
+
+    # --- managed signing keys (encrypted at rest) ---
+
+    def add_managed_key(self, enterprise_id: str, address: str, encrypted_key: str) -> None:
+        self.session.add(ManagedKeyRow(enterprise_id=enterprise_id, address=address,
+                                       encrypted_key=encrypted_key))
+
+    def managed_key(self, enterprise_id: str) -> str | None:
+        """The enterprise's encrypted signing key; None for an enterprise that signs itself."""
+        row = self.session.get(ManagedKeyRow, enterprise_id)
+        return row.encrypted_key if row is not None else None
+
+    def managed_key_of_address(self, address: str) -> str | None:
+        """The encrypted signing key of the managed account at `address` (as stored:
+        checksummed), if the gateway holds one."""
+        return self.session.scalar(select(ManagedKeyRow.encrypted_key)
+                                   .where(ManagedKeyRow.address == address))

@@ -1,0 +1,145 @@
+"""The outbox: the effects trades call for, the transactions sent for them (attempts), and
+their replacements (fee bumps at the same nonce)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from gateway.db.models import (
+    AttemptRow,
+    OutboxRow,
+    utcnow,
+)
+from gateway.domain.codec import decode, encode
+from gateway.domain.trade import ContractSend
+
+# The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
+_OUTBOX = OutboxRow.__table__
+_CLOSE_EFFECT = update(_OUTBOX).where(
+    _OUTBOX.c.trade_id == bindparam("b_trade"), _OUTBOX.c.key == bindparam("b_key"),
+    _OUTBOX.c.status == "pending").values(status=bindparam("b_status"),
+                                          updated_at=bindparam("b_now"))
+
+
+class Outbox:
+    """Effects to send and what was sent for them (a part of `Repository`)."""
+
+    session: Session
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def enqueue_many(self, items: Iterable[tuple[bytes, ContractSend, str]],
+                     new_trades: frozenset[bytes] = frozenset()) -> None:
+        """Put effects in the outbox, in order. One already there and pending stays as it is;
+        one there but finished (a reorg undid its result) starts afresh. `new_trades` were
+        created in this transaction: they have no rows to look for."""
+        wanted: dict[tuple[str, str], tuple[ContractSend, str]] = {}
+        for trade_id, effect, chain in items:
+            wanted.setdefault((trade_id.hex(), effect.key), (effect, chain))
+        if not wanted:
+            return
+        look_in = {t for t, _ in wanted} - {t.hex() for t in new_trades}
+        existing = {(r.trade_id, r.key): r for r in self.session.scalars(select(OutboxRow).where(
+            OutboxRow.trade_id.in_(look_in)))} if look_in else {}
+        rows = []
+        for (trade_hex, key), (effect, chain) in wanted.items():
+            row = existing.get((trade_hex, key))
+            if row is None:
+                now = utcnow()
+                rows.append({"trade_id": trade_hex, "key": key, "kind": type(effect).__name__,
+                             "chain": chain, "payload": encode(effect), "status": "pending",
+                             "created_at": now, "updated_at": now})
+            elif row.status != "pending":
+                row.status, row.payload, row.attempt_id, row.last_error = (
+                    "pending", encode(effect), None, None)
+        if rows:
+            self.session.execute(insert(_OUTBOX), rows)
+
+    def close_effects_many(self, items: Iterable[tuple[bytes, str, str]]) -> None:
+        """Mark pending effects (trade id, key) finished with a status, in one statement."""
+        rows = [{"b_trade": t.hex(), "b_key": k, "b_status": s, "b_now": utcnow()}
+                for t, k, s in items]
+        if rows:
+            self.session.execute(_CLOSE_EFFECT, rows)
+
+    def pending_effects(self, chain: str | None = None) -> list[tuple[OutboxRow, ContractSend]]:
+        query = select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id)
+        if chain is not None:
+            query = query.where(OutboxRow.chain == chain)
+        return [(row, decode(ContractSend, row.payload)) for row in self.session.scalars(query)]
+
+    def outbox_pending_by_chain(self) -> dict[str, tuple[int, datetime]]:
+        """Per chain: how many effects wait to be done on chain, and since when the oldest."""
+        from sqlalchemy import func
+
+        rows = self.session.execute(select(
+            OutboxRow.chain, func.count(), func.min(OutboxRow.created_at)).where(
+            OutboxRow.status == "pending").group_by(OutboxRow.chain))
+        return {chain: (count, oldest) for chain, count, oldest in rows}  # min() keeps UTC
+
+    def outbox_depth(self) -> int:
+        from sqlalchemy import func
+
+        return self.session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.status == "pending")) or 0
+
+    # --- transaction attempts -------------------------------------------------------------
+
+    def add_attempt(self, chain_id: int, sender: str, nonce: int, tx_hash: bytes,
+                    raw_tx: bytes) -> AttemptRow:
+        existing = self.session.scalar(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce == nonce, AttemptRow.tx_hash == tx_hash.hex()))
+        if existing is not None:
+            # The very same transaction again (a reorg dropped it after it was mined).
+            existing.status, existing.block_number = "signed", None
+            return existing
+        row = AttemptRow(chain_id=chain_id, sender=sender, nonce=nonce, tx_hash=tx_hash.hex(),
+                         raw_tx=raw_tx.hex(), status="signed")
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def get_attempt(self, attempt_id: int) -> AttemptRow | None:
+        return self.session.get(AttemptRow, attempt_id)
+
+    def max_inflight_nonce(self, chain_id: int, sender: str) -> int | None:
+        """Highest nonce of our transactions not yet seen mined (signed or sent). Mined ones
+        are counted by the chain's own nonce, which also forgets those a reorg removed."""
+        from sqlalchemy import func
+
+        return self.session.scalar(select(func.max(AttemptRow.nonce)).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.status.in_(("signed", "sent"))))
+
+    def orphan_mined_attempts(self, chain_id: int, sender: str,
+                              from_nonce: int) -> list[AttemptRow]:
+        """Attempts recorded as mined at `from_nonce` or above, which the chain's nonce says
+        are not on chain any more: marked `orphaned`; returns them."""
+        rows = list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce >= from_nonce, AttemptRow.status == "mined")))
+        for row in rows:
+            row.status = "orphaned"
+        return rows
+
+    def unsettled_attempts(self, chain_id: int) -> list[AttemptRow]:
+        return list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.status.in_(("signed", "sent"))
+        ).order_by(AttemptRow.nonce)))
+
+    # --- transaction replacement (executor) -----------------------------------------------
+
+    def attempts_at_nonce(self, chain_id: int, sender: str, nonce: int) -> list[AttemptRow]:
+        """Every transaction we signed at this nonce: the first and its replacements."""
+        return list(self.session.scalars(select(AttemptRow).where(
+            AttemptRow.chain_id == chain_id, AttemptRow.sender == sender,
+            AttemptRow.nonce == nonce).order_by(AttemptRow.id)))
+
+    def outbox_rows_for_attempt(self, attempt_id: int) -> list[OutboxRow]:
+        return list(self.session.scalars(select(OutboxRow).where(
+            OutboxRow.attempt_id == attempt_id)))

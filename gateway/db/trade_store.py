@@ -1,0 +1,203 @@
+"""Trade states: stored, found by what concerns them (wake times, logs' keys), and their
+timelines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from gateway.db.models import (
+    LockRow,
+    TradeEventRow,
+    TradeRow,
+    utcnow,
+)
+from gateway.domain.codec import decode, encode
+from gateway.domain.trade import (
+    ChainRef,
+    Effect,
+    TradeState,
+    is_active,
+)
+
+# The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
+_TRADES = TradeRow.__table__
+_LOCKS = LockRow.__table__
+_EVENTS = TradeEventRow.__table__
+_SAVE_TRADE = update(_TRADES).where(_TRADES.c.id == bindparam("b_id"))
+
+
+Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
+
+
+def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
+    # A trade awaiting its buyer's hashlock (a seller's proposal to a self-custody buyer) is
+    # stored under its own id in the unique hashlock column until the buyer accepts; a lock
+    # made under that value is routed to it and rejected as off the terms.
+    values: dict[str, object] = {"id": state.trade_id.hex(),
+                                 "hashlock": (state.terms.hashlock or state.trade_id).hex(),
+                                 "phase": state.phase.value, "active": is_active(state),
+                                 "state": encode(state), "updated_at": utcnow(),
+                                 "wake_payment": wakes[0], "wake_business": wakes[1]}
+    if not updated:
+        values["created_at"] = values["updated_at"]
+    return values
+
+
+class TradeStates:
+    """The dispatcher's trade rows and the trades' timelines (a part of `Repository`)."""
+
+    session: Session
+
+    # --- trades ---------------------------------------------------------------------------
+
+    def get_trade(self, trade_id: bytes) -> TradeState | None:
+        row = self.session.get(TradeRow, trade_id.hex())
+        return decode(TradeState, row.state) if row else None
+
+    def get_trade_for_update(self, trade_id: bytes) -> tuple[TradeState, Wakes] | None:
+        """The trade and its stored wake times (the dispatcher saves them when they change)."""
+        found = self._trades_with_wakes(_TRADES.c.id == trade_id.hex())
+        return found[0] if found else None
+
+    def load_trades(self, trade_ids: Iterable[bytes]) -> dict[bytes, tuple[TradeState, Wakes]]:
+        """Trades with their wake times, their rows locked until the transaction ends
+        (PostgreSQL `FOR UPDATE`; SQLite's write lock already covers them), taken in trade id
+        order: two writers of overlapping sets of trades never hold one each and wait for the
+        other's."""
+        ids = sorted({t.hex() for t in trade_ids})
+        if not ids:
+            return {}
+        rows = self.session.execute(
+            select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business)
+            .where(_TRADES.c.id.in_(ids)).order_by(_TRADES.c.id).with_for_update())
+        found = [(decode(TradeState, state), (wp, wb)) for state, wp, wb in rows]
+        return {state.trade_id: (state, wakes) for state, wakes in found}
+
+    def due_trades(self, chain: str, timestamp: int) -> list[tuple[TradeState, Wakes]]:
+        """Open trades that a `chain` block at `timestamp` may change (see `wake_times`)."""
+        column = _TRADES.c.wake_payment if chain == "payment" else _TRADES.c.wake_business
+        return self._trades_with_wakes(_TRADES.c.active.is_(True), column <= timestamp)
+
+    def trades_for_logs(self, chain: str, hashlocks: Iterable[bytes],
+                        lock_ids: Iterable[bytes]) -> list[tuple[TradeState, Wakes]]:
+        """The trades that logs name, by their hashlock or by a lock of theirs on `chain`:
+        two queries for a whole batch instead of one per log."""
+        hashlocks, lock_ids = {h.hex() for h in hashlocks}, {i.hex() for i in lock_ids}
+        found = self._trades_with_wakes(_TRADES.c.hashlock.in_(hashlocks)) if hashlocks else []
+        if lock_ids:
+            found += self._trades_with_wakes(_TRADES.c.id.in_(
+                select(_LOCKS.c.trade_id).where(_LOCKS.c.chain == chain,
+                                                _LOCKS.c.lock_id.in_(lock_ids))))
+        return found
+
+    def _trades_with_wakes(self, *where) -> list[tuple[TradeState, Wakes]]:  # noqa: ANN002
+        rows = self.session.execute(select(_TRADES.c.state, _TRADES.c.wake_payment,
+                                           _TRADES.c.wake_business).where(*where))
+        return [(decode(TradeState, state), (wp, wb)) for state, wp, wb in rows]
+
+    def wake_all_active(self) -> None:
+        """Every open trade woken by the next block of each chain, which stores its real wake
+        times: a relayer does this when it starts, so that wake times computed under another
+        timing policy (or another version of the rules) are never trusted."""
+        self.session.execute(update(_TRADES).where(_TRADES.c.active.is_(True)).values(
+            wake_payment=0, wake_business=0))
+
+    def trade_id_by_hashlock(self, hashlock: bytes) -> bytes | None:
+        found = self.session.scalar(select(TradeRow.id).where(TradeRow.hashlock == hashlock.hex()))
+        return bytes.fromhex(found) if found else None
+
+    def trade_id_by_lock(self, chain: str, lock_id: bytes) -> bytes | None:
+        row = self.session.get(LockRow, (lock_id.hex(), chain))
+        return bytes.fromhex(row.trade_id) if row else None
+
+    def link_locks(self, chain: str, links: Iterable[tuple[bytes, bytes]]) -> None:
+        """Record (lock id, trade id) pairs seen on `chain`; pairs already known are kept."""
+        wanted = {lock_id.hex(): trade_id.hex() for lock_id, trade_id in links}
+        if not wanted:
+            return
+        known = set(self.session.scalars(select(LockRow.lock_id).where(
+            LockRow.chain == chain, LockRow.lock_id.in_(wanted))))
+        rows = [{"lock_id": lock, "chain": chain, "trade_id": trade}
+                for lock, trade in wanted.items() if lock not in known]
+        if rows:
+            self.session.execute(insert(_LOCKS), rows)
+
+    def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
+        self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
+
+    def add_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
+        """New trades in one executemany INSERT (a batch proposal); a hashlock already in use
+        raises IntegrityError, as in `add_trade`."""
+        rows = [_trade_values(state, wakes) for state, wakes in trades]
+        if rows:
+            self.session.execute(insert(_TRADES), rows)
+
+    def save_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
+        """One executemany UPDATE by primary key for all of them (Core: the ORM's bulk
+        update costs more than the statement itself)."""
+        rows = [{"b_id": s.trade_id.hex(), **_trade_values(s, wakes, updated=True)}
+                for s, wakes in trades]
+        for row in rows:
+            del row["id"], row["hashlock"]
+        if rows:
+            self.session.execute(_SAVE_TRADE, rows)
+
+    def set_trade_hashlock(self, trade_id: bytes, hashlock: bytes) -> None:
+        """The buyer gave the hashlock when it accepted (unique: a reused one raises
+        IntegrityError, as at proposal)."""
+        self.session.execute(update(_TRADES).where(_TRADES.c.id == trade_id.hex())
+                             .values(hashlock=hashlock.hex()))
+
+    def active_trades(self) -> list[TradeState]:
+        rows = self.session.scalars(select(TradeRow.state).where(TradeRow.active.is_(True)))
+        return [decode(TradeState, r) for r in rows]
+
+    def active_trades_with_locks(self, chain: str) -> list[TradeState]:
+        """Open trades with a lock seen on `chain` (the reconciler's work): one query, and
+        only those trades decoded."""
+        rows = self.session.scalars(select(_TRADES.c.state).where(
+            _TRADES.c.active.is_(True),
+            _TRADES.c.id.in_(select(_LOCKS.c.trade_id).where(_LOCKS.c.chain == chain))))
+        return [decode(TradeState, r) for r in rows]
+
+    def trade_counts_by_phase(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        rows = self.session.execute(select(TradeRow.phase, func.count()).group_by(TradeRow.phase))
+        return {phase: count for phase, count in rows}
+
+    # --- timeline -------------------------------------------------------------------------
+
+    def add_events_many(self, items: Iterable[tuple[bytes, Effect, ChainRef | None]]) -> None:
+        """Append to the trades' timelines, in order, in one statement."""
+        rows = [{"trade_id": trade_id.hex(), "kind": type(event).__name__,
+                 "payload": encode(event), "chain_id": ref.chain_id if ref else None,
+                 "block_number": ref.block_number if ref else None,
+                 "tx_hash": ref.tx_hash.hex() if ref else None, "created_at": utcnow()}
+                for trade_id, event, ref in items]
+        if rows:
+            self.session.execute(insert(_EVENTS), rows)
+
+    def phases_reached_at(self, trade_ids: Iterable[bytes], phase: str,
+                          ) -> dict[bytes, datetime]:
+        """For each trade that entered `phase`: when it first did (one query for all)."""
+        ids = {t.hex() for t in trade_ids}
+        if not ids:
+            return {}
+        found: dict[bytes, datetime] = {}
+        for trade_hex, payload, at in self.session.execute(
+                select(TradeEventRow.trade_id, TradeEventRow.payload, TradeEventRow.created_at)
+                .where(TradeEventRow.trade_id.in_(ids),
+                       TradeEventRow.kind == "EventPhaseChanged")
+                .order_by(TradeEventRow.id)):
+            if payload.get("new") == phase:
+                found.setdefault(bytes.fromhex(trade_hex), at)
+        return found
+
+    def events_for_trade(self, trade_id: bytes) -> list[TradeEventRow]:
+        return list(self.session.scalars(select(TradeEventRow).where(
+            TradeEventRow.trade_id == trade_id.hex()).order_by(TradeEventRow.id)))
