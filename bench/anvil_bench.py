@@ -3,11 +3,12 @@ nodes (JSON-RPC over HTTP); prints JSON.
 
 - settlements per second through the gateway, payment claims batched (`claimMany`, up to 50 a
   transaction) vs one `claim` per transaction: N trades proposed and accepted through the
-  dispatcher (`agreement`), then (`settlement`) both legs locked by the parties, the relayer
-  verifying them, the buyer revealing every secret, until the relayer has every trade
-  settled. `end_to_end` times all of it; `reveal_to_settled` only the relayer's part from the
-  first secret revealed. SQLite, and claimMany again on PostgreSQL when a server is at hand.
-  Raw and claimMany run twice each (`--rounds`), the fastest kept.
+  dispatcher in batches of 100 (`agreement`, as the batch endpoints do), then (`settlement`)
+  both legs locked by the parties, the relayer verifying them, the buyer revealing every
+  secret, until the relayer has every trade settled. `end_to_end` times all of it;
+  `reveal_to_settled` only the relayer's part from the first secret revealed. SQLite, and
+  claimMany again on PostgreSQL when a server is at hand. Raw and claimMany run twice each
+  (`--rounds`), the fastest kept.
 - the same N trades' transactions (the parties' and the payment claims as `claimMany`) sent
   straight to the nodes with no gateway (`raw_chain`): the bound the nodes set, in the same run,
   and the gateway's time over it.
@@ -63,6 +64,8 @@ from gateway.chain.htlc import (  # noqa: E402
 from gateway.domain.locks import DeliveryLock, PaymentLock, hashlock_of  # noqa: E402
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Terms  # noqa: E402
 from gateway.engine.build import Gateway  # noqa: E402
+
+AGREEMENT_BATCH = 100  # trades a batch proposal (and a batch accept) carries
 
 
 class Parties:
@@ -153,10 +156,11 @@ def _close(devnet: Devnet) -> None:
 
 
 def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
-    """`agreement`: every trade proposed and accepted through the dispatcher (two database
-    transactions each, as the API makes them); `settlement`: from the first payment lock
-    sent to the last trade settled. `end_to_end` is both. SQLite in a temporary directory
-    unless `database_url` (an empty database) is given."""
+    """`agreement`: the trades proposed and accepted through the dispatcher in batches of
+    `AGREEMENT_BATCH` (two database transactions a batch, as `POST /v1/trades/batch` and
+    `/v1/trades/accept-batch` make them: a day's trades submitted at once); `settlement`: from
+    the first payment lock sent to the last trade settled. `end_to_end` is both. SQLite in a
+    temporary directory unless `database_url` (an empty database) is given."""
     devnet = _devnet()
     try:
         parties = Parties(devnet, n)
@@ -165,9 +169,12 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             gw = make_gateway(devnet, tmp, max_batch, database_url)
             started = time.perf_counter()
-            for i in range(n):
-                gw.dispatcher.propose(ActionProposeTrade(parties.trade_ids[i], parties.terms[i]))
-                gw.dispatcher.apply_action(ActionAcceptTrade(parties.trade_ids[i]))
+            for start in range(0, n, AGREEMENT_BATCH):
+                chunk = range(start, min(n, start + AGREEMENT_BATCH))
+                gw.dispatcher.propose_many([ActionProposeTrade(parties.trade_ids[i],
+                                                               parties.terms[i]) for i in chunk])
+                gw.dispatcher.apply_actions([ActionAcceptTrade(parties.trade_ids[i])
+                                             for i in chunk])
             agreed = time.perf_counter()
             send_signed(pay, signed.payment_locks)
             gw.relayer.step()
