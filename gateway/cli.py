@@ -523,7 +523,7 @@ def enterprise_create(name: str, managed: bool, payment_address: str | None,
                       business_address: str | None, database_url: str | None) -> None:
     """Create an enterprise; prints its id and its API key (shown once)."""
     from gateway.api.enterprises import EnterpriseError, create_enterprise
-    from gateway.api.schemas import checksum_address
+    from gateway.chain.accounts import checksum_address
 
     if not managed:
         if not payment_address or not business_address:
@@ -673,11 +673,8 @@ def _hex32(text: str, what: str) -> bytes:
 
 def _claim_template(instructions_file: Any):  # noqa: ANN202 - (DeliveryLock, tx dict)
     """The DeliveryHTLC claim in an instructions document, decoded: its lock and its tx."""
-    from eth_abi import decode as abi_decode
-    from eth_utils import is_address, keccak, to_checksum_address
-
-    from gateway.chain.htlc import DELIVERY_LOCK_TUPLE
-    from gateway.domain.locks import DeliveryLock
+    from gateway.chain.accounts import is_address, to_checksum
+    from gateway.chain.calls import decode_delivery_claim
 
     try:
         doc = json.load(instructions_file)
@@ -695,44 +692,35 @@ def _claim_template(instructions_file: Any):  # noqa: ANN202 - (DeliveryLock, tx
         _fail("a take_delivery step has exactly one business-chain transaction; this one has "
               f"{len(doc['transactions'])}")
     (tx,) = claims
-    selector = keccak(text=f"claim({DELIVERY_LOCK_TUPLE},bytes)")[:4]
     try:
         data = bytes.fromhex(str(tx.get("data", "")).removeprefix("0x"))
-        if data[:4] != selector:
-            raise ValueError("not a DeliveryHTLC claim")
-        fields, placeholder = abi_decode([DELIVERY_LOCK_TUPLE, "bytes"], data[4:])
+        lock, placeholder = decode_delivery_claim(data)
         if not is_address(tx.get("to")) or not isinstance(tx.get("chain_id"), int):
             raise ValueError("no contract address or chain id")
     except Exception as exc:  # noqa: BLE001 - any malformed document
         _fail(f"the take_delivery transaction is not a DeliveryHTLC claim: {exc}")
     if len(placeholder) != 32:
         _fail("the take_delivery transaction's secret placeholder is not 32 bytes")
-    seller, buyer, token_id, document_hash, trade_id, hashlock, timelock = fields
-    lock = DeliveryLock(to_checksum_address(seller), to_checksum_address(buyer), token_id,
-                        document_hash, trade_id, hashlock, timelock)
-    return lock, {**tx, "to": to_checksum_address(tx["to"])}
+    return lock, {**tx, "to": to_checksum(tx["to"])}
 
 
 def _send_claim(rpc_url: str, out: dict, lock, key_text: str | None,  # noqa: ANN001
                 send: bool) -> None:
     """Check the claim against the node (chain id, time left, eth_call); send it if asked."""
-    from eth_account import Account
-    from web3 import HTTPProvider, Web3
-
-    from gateway.chain.client import ChainClient
+    from gateway.chain.accounts import load_account
+    from gateway.chain.client import http_client
     from gateway.contracts import load_artifact
 
     logs.keep_secret(logs.url_secrets(rpc_url))
     account = None
     if key_text is not None:
         try:
-            account = Account.from_key(_hex32(key_text, "the key in --key-file"))
+            account = load_account(_hex32(key_text, "the key in --key-file"))
         except ValueError:
             _fail("--key-file does not hold a valid private key")
-    client = ChainClient(Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30})),
-                         out["chain_id"], "business")
+    client = http_client(rpc_url, "business", out["chain_id"], timeout=30)
     try:
-        actual = client.w3.eth.chain_id
+        actual = client.node_chain_id()
         now = client.head()[0]
     except Exception as exc:  # noqa: BLE001
         _fail(f"the node at {rpc_url} is unreachable: {exc}")
@@ -760,8 +748,7 @@ def _send_claim(rpc_url: str, out: dict, lock, key_text: str | None,  # noqa: AN
     assert account is not None
     try:
         raw = client.sign_with_nonce(account, to=out["to"], data=data, gas=out["gas"],
-                                     nonce=client.w3.eth.get_transaction_count(
-                                         account.address, "pending"),
+                                     nonce=client.pending_nonce(account.address),
                                      fees=client.suggest_fees())
         receipt = client.wait(client.send_raw(raw))
     except Exception as exc:  # noqa: BLE001
@@ -867,9 +854,7 @@ def _devnet_gateway(settings: Settings):  # noqa: ANN202
 
 def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
     """Clients for both configured JSON-RPC nodes, after checking chain ids and contract code."""
-    from web3 import HTTPProvider, Web3
-
-    from gateway.chain.client import ChainClient
+    from gateway.chain.client import http_client
 
     needed = ["payment_rpc_url", "business_rpc_url", "payment_htlc", "delivery_htlc"]
     missing = [n for n in needed + (["relayer_key"] if relayer else [])
@@ -880,16 +865,16 @@ def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
     for name, url, expected in (("payment", settings.payment_rpc_url, settings.payment_chain_id),
                                 ("business", settings.business_rpc_url,
                                  settings.business_chain_id)):
-        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
-        try:
-            actual = w3.eth.chain_id
+        try:  # the node's chain id, asked now
+            client = http_client(url, name, timeout=30,  # type: ignore[arg-type]
+                                 fee_cap=settings.max_fee_per_gas,
+                                 priority_fee=settings.priority_fee_per_gas)
         except Exception as exc:  # noqa: BLE001
             _fail(f"{name} chain at {url} is unreachable: {exc}")
-        if actual != expected:
-            _fail(f"{name} chain at {url} has chain id {actual}, expected {expected} "
+        if client.chain_id != expected:
+            _fail(f"{name} chain at {url} has chain id {client.chain_id}, expected {expected} "
                   f"(DVP_{name.upper()}_CHAIN_ID)")
-        clients[name] = ChainClient(w3, actual, name, fee_cap=settings.max_fee_per_gas,
-                                    priority_fee=settings.priority_fee_per_gas)
+        clients[name] = client
     if clients["payment"].chain_id == clients["business"].chain_id:
         _fail(f"both chains report chain id {clients['payment'].chain_id}: the payment and "
               "business chains must be distinct networks")
@@ -902,67 +887,45 @@ def _rpc_clients(settings: Settings, *, relayer: bool) -> dict:
             verify_contract(client, address, artifact)  # type: ignore[arg-type]
         except WrongContractError as exc:
             _fail(str(exc))
-    from gateway.contracts import load_artifact
+    from gateway.chain.calls import htlc_titles, htlc_token
 
-    for client, htlc, artifact, getter, setting in (
+    for client, htlc, artifact, getter, setting, read in (
             (clients["payment"], settings.payment_htlc, "PaymentHTLC", "token",
-             "payment_token"),
+             "payment_token", htlc_token),
             (clients["business"], settings.delivery_htlc, "DeliveryHTLC", "titles",
-             "title_registry")):
+             "title_registry", htlc_titles)):
         expected = getattr(settings, setting)
         if expected is None:
             continue
-        bound = getattr(client.contract(htlc, load_artifact(artifact)).functions, getter)().call()
+        bound = read(client, htlc)  # type: ignore[arg-type]
         if bound.lower() != expected.lower():
             _fail(f"the {artifact} at {htlc} is bound to {getter} {bound}, not to "
                   f"DVP_{setting.upper()} {expected}")
     return clients
 
 
-def _key_lookup(settings: Settings, holder: dict):  # noqa: ANN202
-    """Managed enterprises' keys, decrypted from the database on first use."""
-    cipher = _cipher(settings)
-    if cipher is None:
-        return None
-
-    def lookup(address: str):  # noqa: ANN202
-        from sqlalchemy import select
-
-        from gateway.api.enterprises import managed_account
-        from gateway.db.models import ManagedKeyRow
-
-        with holder["gateway"].session_factory() as session:
-            row = session.scalar(select(ManagedKeyRow).where(ManagedKeyRow.address == address))
-            return managed_account(session, row.enterprise_id, cipher) if row else None
-
-    return lookup
-
-
 def _rpc_gateway(settings: Settings):  # noqa: ANN202
-    from eth_account import Account
-
+    from gateway.chain.accounts import load_account
     from gateway.engine.build import build_gateway
     from gateway.engine.executor import SendPolicy
 
     clients = _rpc_clients(settings, relayer=True)
     try:
-        key = Account.from_key(settings.relayer_key.get_secret_value())  # type: ignore[union-attr]
+        key = load_account(settings.relayer_key.get_secret_value())  # type: ignore[union-attr]
     except Exception:  # noqa: BLE001 - never echo the key
         _fail("DVP_RELAYER_KEY is not a valid private key")
-    holder: dict = {}
-    holder["gateway"] = gateway = build_gateway(
+    return build_gateway(
         database_url=settings.database_url, payment=clients["payment"],
         business=clients["business"], payment_htlc=settings.payment_htlc,  # type: ignore[arg-type]
         delivery_htlc=settings.delivery_htlc, relayer_key=key,  # type: ignore[arg-type]
         policy=settings.timing_policy(), payment_confirmations=settings.payment_confirmations,
         business_confirmations=settings.business_confirmations,
         start_blocks=(settings.payment_start_block, settings.business_start_block),
-        max_batch=settings.claim_batch_size, key_lookup=_key_lookup(settings, holder),
+        max_batch=settings.claim_batch_size, cipher=_cipher(settings),
         send_policy=SendPolicy(settings.tx_replace_after, settings.fee_bump_percent),
         max_reorg_depth=settings.max_reorg_depth, stall_after=settings.stall_alert_after,
         reconcile_every=settings.reconcile_every,
         finality=(settings.finality_rule("payment"), settings.finality_rule("business")))
-    return gateway
 
 
 @main.command()
@@ -977,7 +940,7 @@ def api(host: str, port: int) -> None:
     from gateway.api.app import create_app
     from gateway.api.context import ApiContext, ChainView, Limits
     from gateway.api.ops import create_ops_app, serve_in_thread
-    from gateway.contracts import load_artifact
+    from gateway.chain.calls import htlc_titles, htlc_token
     from gateway.domain.trade import Chain
     from gateway.engine.build import open_database
     from gateway.engine.dispatcher import Dispatcher
@@ -985,19 +948,17 @@ def api(host: str, port: int) -> None:
     settings = _settings()
     logs.configure(json=None)
     clients = _rpc_clients(settings, relayer=False)
-    pay_htlc = clients["payment"].contract(settings.payment_htlc, load_artifact("PaymentHTLC"))
-    dlv_htlc = clients["business"].contract(settings.delivery_htlc,
-                                            load_artifact("DeliveryHTLC"))
+    pay_htlc, dlv_htlc = settings.payment_htlc, settings.delivery_htlc  # checksummed
+    assert pay_htlc is not None and dlv_htlc is not None  # _rpc_clients requires both
     engine, factory = open_database(settings.database_url)  # migrated, as a relayer's
     policy = settings.timing_policy()
     ctx = ApiContext(
         session_factory=factory, dispatcher=Dispatcher(factory, policy, chain_ids={
             Chain.PAYMENT: clients["payment"].chain_id,
             Chain.BUSINESS: clients["business"].chain_id}), policy=policy,
-        payment=ChainView(clients["payment"], pay_htlc.address,
-                          pay_htlc.functions.token().call()),
-        business=ChainView(clients["business"], dlv_htlc.address,
-                           dlv_htlc.functions.titles().call()),
+        payment=ChainView(clients["payment"], pay_htlc, htlc_token(clients["payment"], pay_htlc)),
+        business=ChainView(clients["business"], dlv_htlc,
+                           htlc_titles(clients["business"], dlv_htlc)),
         cipher=_cipher(settings), limits=Limits.from_settings(settings)).configure(settings)
     stop_ops = None
     if settings.ops_port is not None:  # /healthz, /readyz, /metrics there, not on --port

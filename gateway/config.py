@@ -124,11 +124,11 @@ class Settings(BaseSettings):
     def _address(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from eth_utils import is_address, to_checksum_address
+        from gateway.chain.accounts import is_address, to_checksum
 
         if not is_address(value):
             raise ValueError(f"{value!r} is not an address")
-        return to_checksum_address(value)
+        return to_checksum(value)
 
     @field_validator("webhook_allow_hosts")
     @classmethod

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.api.app import create_app
 from gateway.api.context import ApiContext, ChainView, Limits
-from gateway.api.enterprises import create_enterprise, managed_account
+from gateway.api.enterprises import create_enterprise
+from gateway.chain.calls import title_issue_calldata, titles_issued, token_mint_calldata
 from gateway.chain.devnet import ISSUER, RELAYER, Devnet, start_devnet
 from gateway.config import Settings
-from gateway.db.models import ManagedKeyRow
 from gateway.domain.policy import TimingPolicy
 from gateway.engine.build import Gateway, build_gateway
 from gateway.engine.egress import Egress
@@ -66,7 +66,7 @@ class System:
         def produce() -> None:
             while not self.stop.wait(interval):
                 for chain in (self.devnet.payment, self.devnet.business):
-                    chain.w3.provider.make_request("evm_mine", [1])
+                    chain.client.mine()
 
         thread = threading.Thread(target=produce, name="block-producer", daemon=True)
         thread.start()
@@ -102,21 +102,11 @@ def build_system(settings: Settings, workdir: Path, *, demo: bool = True,
     policy = policy or TimingPolicy(payment_confirmations=0, business_confirmations=0,
                                     payment_block_time=1, business_block_time=1,
                                     reaction_budget=30, drift_allowance=0)
-    holder: dict[str, Gateway] = {}
-
-    def key_lookup(address: str):  # noqa: ANN202
-        from sqlalchemy import select
-
-        with holder["gateway"].session_factory() as session:
-            row = session.scalar(select(ManagedKeyRow).where(ManagedKeyRow.address == address))
-            return managed_account(session, row.enterprise_id, cipher) if row else None
-
     gateway = build_gateway(
         database_url=database_url or f"sqlite:///{database}", payment=devnet.payment.client,
         business=devnet.business.client, payment_htlc=devnet.info.payment.htlc,
         delivery_htlc=devnet.info.business.htlc, relayer_key=devnet.account(RELAYER),
-        policy=policy, key_lookup=key_lookup)
-    holder["gateway"] = gateway
+        policy=policy, cipher=cipher)
     ctx = ApiContext(
         session_factory=gateway.session_factory, dispatcher=gateway.dispatcher, policy=policy,
         payment=ChainView(devnet.payment.client, devnet.info.payment.htlc,
@@ -150,17 +140,17 @@ def create_demo_enterprises(devnet: Devnet, session_factory: sessionmaker[Sessio
         for chain in (devnet.payment, devnet.business):
             assert chain.client.transact(issuer, to=ent.payment_address, data=b"", gas=21_000,
                                          value=GAS_FUNDS).succeeded
-    token, titles = devnet.payment_token, devnet.titles
+    token, titles = devnet.info.payment.token, devnet.info.business.titles
     assert devnet.payment.client.transact(
-        issuer, to=token.address, gas=100_000,
-        data=token.encode_abi("mint", [buyer.payment_address, DEMO_FUNDS])).succeeded
+        issuer, to=token, gas=100_000,
+        data=token_mint_calldata(buyer.payment_address, DEMO_FUNDS)).succeeded
     documents = []
     for n in range(DEMO_TITLES):
         doc = hashlib.sha256(b"demo bill of lading %d" % n).digest()
         assert devnet.business.client.transact(
-            issuer, to=titles.address, gas=300_000,
-            data=titles.encode_abi("issue", [seller.business_address, doc])).succeeded
-        documents.append({"token_id": str(titles.functions.issuedCount().call()),
+            issuer, to=titles, gas=300_000,
+            data=title_issue_calldata(seller.business_address, doc)).succeeded
+        documents.append({"token_id": str(titles_issued(devnet.business.client, titles)),
                           "document_hash": "0x" + doc.hex()})
     out["enterprises"] = {
         "buyer": {"id": buyer.id, "name": buyer.name, "api_key": buyer_key,

@@ -14,6 +14,14 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.chain.calls import (
+    title_approve_calldata,
+    title_issue_calldata,
+    title_owner,
+    titles_issued,
+    token_approve_calldata,
+    token_balance,
+)
 from gateway.chain.client import Receipt
 from gateway.chain.devnet import BUYER, ISSUER, SELLER, Devnet
 from gateway.db.repository import Repository
@@ -55,7 +63,7 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
     """Run one swap; `amount` is in integer payment-token units (2 decimals)."""
     buyer, seller, issuer = devnet.account(BUYER), devnet.account(SELLER), devnet.account(ISSUER)
     pay, biz = devnet.payment.client, devnet.business.client
-    token, titles = devnet.payment_token, devnet.titles
+    token, titles = devnet.info.payment.token, devnet.info.business.titles
     names = {devnet.info.payment.chain_id: "payment", devnet.info.business.chain_id: "business"}
     timeline: list[TimelineEntry] = []
 
@@ -88,16 +96,15 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
         return state.phase
 
     def balance(address: str) -> int:
-        return token.functions.balanceOf(address).call()
+        return token_balance(pay, token, address)
 
     buyer_before, seller_before = balance(buyer.address), balance(seller.address)
     trade_id = new_secret()
     document_hash = hashlib.sha256(b"bill of lading for trade " + trade_id.hex().encode()).digest()
-    party("business", biz.transact(issuer, to=titles.address, gas=300_000,
-                                   data=titles.encode_abi("issue", [seller.address,
-                                                                    document_hash])),
+    party("business", biz.transact(issuer, to=titles, gas=300_000,
+                                   data=title_issue_calldata(seller.address, document_hash)),
           "carrier issues the bill of lading to the seller")
-    token_id = titles.functions.issuedCount().call()
+    token_id = titles_issued(biz, titles)
 
     secret = new_secret()
     t_deliver = max(devnet.business.next_block_timestamp(),
@@ -112,17 +119,17 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
                        f"#{token_id}, T_deliver {t_deliver}, T_pay {t_pay} "
                        f"(margin {t_pay - t_deliver} s >= {gateway.policy.required_margin} s)"))
 
-    party("payment", pay.transact(buyer, to=token.address, gas=100_000,
-                                  data=token.encode_abi("approve", [devnet.payment_htlc.address,
-                                                                    MAX_UINT256])),
+    party("payment", pay.transact(buyer, to=token, gas=100_000,
+                                  data=token_approve_calldata(devnet.payment_htlc.address,
+                                                              MAX_UINT256)),
           "buyer approves the payment HTLC")
     receipt, _ = devnet.payment_htlc.lock(buyer, seller.address, amount, terms.hashlock, t_pay)
     party("payment", receipt, f"buyer locks {amount} units for the seller until T_pay")
     relay_until(Phase.PAYMENT_LOCKED)
 
-    party("business", biz.transact(seller, to=titles.address, gas=100_000,
-                                   data=titles.encode_abi("approve", [devnet.delivery_htlc.address,
-                                                                      token_id])),
+    party("business", biz.transact(seller, to=titles, gas=100_000,
+                                   data=title_approve_calldata(devnet.delivery_htlc.address,
+                                                               token_id)),
           "seller approves the delivery HTLC for the title")
     receipt, delivery_lock = devnet.delivery_htlc.lock(seller, buyer.address, token_id,
                                                        document_hash, trade_id, terms.hashlock,
@@ -150,7 +157,7 @@ def run_swap(devnet: Devnet, gateway: Gateway, amount: int = 250_000_00, *,
         timeline=tuple(timeline),
         buyer_paid=buyer_before - balance(buyer.address),
         seller_received=balance(seller.address) - seller_before,
-        title_owner=titles.functions.ownerOf(token_id).call(),
+        title_owner=title_owner(biz, titles, token_id),
         token_id=token_id,
     )
 

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext
 from gateway.api.enterprises import Enterprise
 from gateway.api.schemas import Balances, Clock, Me
+from gateway.chain import calls
 
 
 def router(ctx: ApiContext, caller: Any) -> APIRouter:  # noqa: ANN401 - a FastAPI dependency
@@ -21,11 +22,11 @@ def router(ctx: ApiContext, caller: Any) -> APIRouter:  # noqa: ANN401 - a FastA
         balances = None
         if who.managed:
             def read() -> Balances:
-                token = ctx.payment.client.contract(ctx.payment.asset, _erc20())
-                titles = ctx.business.client.contract(ctx.business.asset, _erc721())
                 return Balances(
-                    payment_token=str(token.functions.balanceOf(who.payment_address).call()),
-                    title_documents=titles.functions.balanceOf(who.business_address).call())
+                    payment_token=str(calls.token_balance(ctx.payment.client, ctx.payment.asset,
+                                                          who.payment_address)),
+                    title_documents=calls.title_count(ctx.business.client, ctx.business.asset,
+                                                      who.business_address))
             balances = await run_in_threadpool(read)
         return Me(id=who.id, name=who.name, managed=who.managed,
                   payment_address=who.payment_address, business_address=who.business_address,
@@ -43,14 +44,3 @@ def router(ctx: ApiContext, caller: Any) -> APIRouter:  # noqa: ANN401 - a FastA
 
     return routes
 
-
-def _erc20():  # noqa: ANN202
-    from gateway.contracts import load_artifact
-
-    return load_artifact("PaymentToken")
-
-
-def _erc721():  # noqa: ANN202
-    from gateway.contracts import load_artifact
-
-    return load_artifact("TitleDocument")

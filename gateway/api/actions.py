@@ -12,14 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise
-from gateway.api.problems import Problem
-from gateway.api.proposals import (
-    HASHLOCK_IN_USE,
-    _over_cap,
-    batch_problem,
-    check_exposure,
-    hashlock_in_use,
-)
+from gateway.api.problems import Problem, batch_problem
+from gateway.api.proposals import HASHLOCK_IN_USE, batch_over_cap, check_exposure, hashlock_in_use
 from gateway.api.schemas import Trade
 from gateway.api.views import parse_trade_id, parties_of, trade_view, trade_views
 from gateway.db.models import TradePartyRow
@@ -187,7 +181,7 @@ def _judge_accepts(ctx: ApiContext, unit: Unit, records: TradeRecords, caller: E
         exposure = records.open_exposure(caller.id)
         for i, amount in committing:
             if exposure + amount > ctx.limits.exposure_cap:
-                raise batch_problem([(i, _over_cap(ctx, exposure))], size)
+                raise batch_problem([(i, batch_over_cap(ctx, exposure))], size)
             exposure += amount
 
 

@@ -35,7 +35,7 @@ class ChainView:
 
     def now(self) -> int:
         """The latest block's timestamp: deadlines are judged by chain time."""
-        return int(self.client.w3.eth.get_block("latest")["timestamp"])
+        return self.client.head()[0]
 
 
 @dataclass

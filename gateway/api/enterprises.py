@@ -6,13 +6,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from eth_account import Account
-from eth_utils import is_address, to_checksum_address
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.api.secrets import display_prefix, hash_api_key, new_api_key
-from gateway.db.models import ApiKeyRow, EnterpriseRow, ManagedKeyRow
+from gateway.chain.accounts import (
+    Signer,
+    is_address,
+    load_account,
+    new_account,
+    private_key,
+    to_checksum,
+)
+from gateway.db.enterprises import EnterpriseRepository
+from gateway.db.models import EnterpriseRow
 from gateway.keys import Cipher
 
 
@@ -53,7 +59,8 @@ def create_enterprise(session: Session, name: str, *, managed: bool, cipher: Cip
     name = name.strip()
     if not name or len(name) > 200:
         raise EnterpriseError("name", "must be 1 to 200 characters")
-    if session.scalar(select(EnterpriseRow.id).where(EnterpriseRow.name == name)):
+    repo = EnterpriseRepository(session)
+    if repo.name_taken(name):
         raise EnterpriseError("name", f"an enterprise named {name!r} exists")
     enterprise_id = str(uuid.uuid4())
     if managed:
@@ -61,56 +68,50 @@ def create_enterprise(session: Session, name: str, *, managed: bool, cipher: Cip
             raise EnterpriseError("managed", "a managed enterprise gets addresses generated")
         if cipher is None:
             raise EnterpriseError("managed", "DVP_SECRETS_KEY is required to store keys")
-        account = Account.create()
+        account = new_account()
         payment_address = business_address = account.address
-        session.add(EnterpriseRow(id=enterprise_id, name=name, managed=True,
-                                  payment_address=payment_address,
-                                  business_address=business_address))
-        session.flush()
-        session.add(ManagedKeyRow(enterprise_id=enterprise_id, address=account.address,
-                                  encrypted_key=cipher.encrypt(bytes(account.key))))
+        repo.add(enterprise_id, name, managed=True, payment_address=payment_address,
+                 business_address=business_address)
+        repo.add_managed_key(enterprise_id, account.address,
+                             cipher.encrypt(private_key(account)))
     else:
         addresses = {}
         for field, value in (("payment_address", payment_address),
                              ("business_address", business_address)):
             if value is None or not is_address(value):
                 raise EnterpriseError(field, "a 0x-prefixed 20-byte address is required")
-            addresses[field] = to_checksum_address(value)
-        session.add(EnterpriseRow(id=enterprise_id, name=name, managed=False, **addresses))
-        session.flush()
+            addresses[field] = to_checksum(value)
+        repo.add(enterprise_id, name, managed=False, **addresses)
     key = issue_key(session, enterprise_id)
-    return Enterprise.from_row(session.get(EnterpriseRow, enterprise_id)), key  # type: ignore[arg-type]
+    return Enterprise.from_row(repo.get(enterprise_id)), key  # type: ignore[arg-type]
 
 
 def issue_key(session: Session, enterprise_id: str) -> str:
     key = new_api_key()
-    session.add(ApiKeyRow(id=str(uuid.uuid4()), enterprise_id=enterprise_id,
-                          prefix=display_prefix(key), key_hash=hash_api_key(key)))
+    EnterpriseRepository(session).add_api_key(str(uuid.uuid4()), enterprise_id,
+                                              display_prefix(key), hash_api_key(key))
     return key
 
 
 def find_enterprise(session: Session, ident: str) -> EnterpriseRow:
-    row = session.get(EnterpriseRow, ident) or session.scalar(
-        select(EnterpriseRow).where(EnterpriseRow.name == ident))
+    repo = EnterpriseRepository(session)
+    row = repo.get(ident) or repo.by_name(ident)
     if row is None:
         raise EnterpriseError("enterprise", f"no enterprise with id or name {ident!r}")
     return row
 
 
 def list_enterprises(session: Session) -> list[Enterprise]:
-    rows = session.scalars(select(EnterpriseRow).order_by(EnterpriseRow.created_at,
-                                                          EnterpriseRow.name))
-    return [Enterprise.from_row(r) for r in rows]
+    return [Enterprise.from_row(r) for r in EnterpriseRepository(session).all()]
 
 
 def list_keys(session: Session, enterprise_id: str) -> list[KeyInfo]:
-    rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.enterprise_id == enterprise_id)
-                           .order_by(ApiKeyRow.created_at))
+    rows = EnterpriseRepository(session).api_keys(enterprise_id)
     return [KeyInfo(r.id, r.enterprise_id, r.prefix, r.created_at, r.revoked_at) for r in rows]
 
 
 def revoke_key(session: Session, key_id: str) -> None:
-    row = session.get(ApiKeyRow, key_id)
+    row = EnterpriseRepository(session).api_key(key_id)
     if row is None:
         raise EnterpriseError("key", f"no API key {key_id!r}")
     if row.revoked_at is None:
@@ -119,23 +120,20 @@ def revoke_key(session: Session, key_id: str) -> None:
 
 def rotate_keys(session: Session, enterprise_id: str) -> str:
     """Revoke every active key of the enterprise and issue a new one."""
-    for row in session.scalars(select(ApiKeyRow).where(
-            ApiKeyRow.enterprise_id == enterprise_id, ApiKeyRow.revoked_at.is_(None))):
-        row.revoked_at = datetime.now(UTC)
+    EnterpriseRepository(session).revoke_api_keys(enterprise_id, datetime.now(UTC))
     return issue_key(session, enterprise_id)
 
 
 def authenticate(session: Session, token: str) -> Enterprise | None:
-    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_api_key(token),
-                                                 ApiKeyRow.revoked_at.is_(None)))
+    repo = EnterpriseRepository(session)
+    row = repo.active_api_key(hash_api_key(token))
     if row is None:
         return None
-    enterprise = session.get(EnterpriseRow, row.enterprise_id)
+    enterprise = repo.get(row.enterprise_id)
     return Enterprise.from_row(enterprise) if enterprise else None
 
 
-def managed_account(session: Session, enterprise_id: str, cipher: Cipher):  # noqa: ANN201
-    row = session.get(ManagedKeyRow, enterprise_id)
-    if row is None:
-        return None
-    return Account.from_key(cipher.decrypt(row.encrypted_key))
+def managed_account(session: Session, enterprise_id: str, cipher: Cipher) -> Signer | None:
+    """A managed enterprise's signing key, decrypted; None for one that signs itself."""
+    encrypted = EnterpriseRepository(session).managed_key(enterprise_id)
+    return load_account(cipher.decrypt(encrypted)) if encrypted is not None else None

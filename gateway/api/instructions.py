@@ -10,7 +10,7 @@ from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise
 from gateway.api.schemas import Instructions, UnsignedTx
 from gateway.api.views import parties_of
-from gateway.contracts import load_artifact
+from gateway.chain import calls
 from gateway.db.trade_records import TradeRecords
 from gateway.domain.codec import decode
 from gateway.domain.trade import TradeState
@@ -29,11 +29,10 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes) -> Instru
                             note="the gateway signs for this managed enterprise")
     pay, biz = ctx.payment.client, ctx.business.client
 
-    def tx(chain: str, to: str, data: str, description: str) -> UnsignedTx:
+    def tx(chain: str, to: str, data: bytes, description: str) -> UnsignedTx:
         view = ctx.payment if chain == "payment" else ctx.business
         return UnsignedTx(chain=chain, chain_id=view.chain_id, to=to,  # type: ignore[arg-type]
-                          data=data if data.startswith("0x") else "0x" + data,
-                          description=description)
+                          data="0x" + data.hex(), description=description)
 
     if role == "buyer" and phase == "agreed" and not hashlock_from_buyer(state, parties):
         return Instructions(step="wait", transactions=[],
@@ -41,29 +40,26 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes) -> Instru
                                  "and could claim your payment without delivering; cancel the "
                                  "trade and propose again with a hashlock of your own secret")
     if role == "buyer" and phase == "agreed" and state.payment is None:
-        token = pay.contract(ctx.payment.asset, load_artifact("PaymentToken"))
-        htlc = pay.contract(ctx.payment.htlc, load_artifact("PaymentHTLC"))
         txs = []
-        if token.functions.allowance(t.buyer_payment, ctx.payment.htlc).call() < t.amount:
-            txs.append(tx("payment", token.address,
-                          token.encode_abi("approve", [htlc.address, t.amount]),
+        if calls.token_allowance(pay, ctx.payment.asset, t.buyer_payment,
+                                 ctx.payment.htlc) < t.amount:
+            txs.append(tx("payment", ctx.payment.asset,
+                          calls.token_approve_calldata(ctx.payment.htlc, t.amount),
                           f"approve the PaymentHTLC to take {t.amount} units"))
-        txs.append(tx("payment", htlc.address,
-                      htlc.encode_abi("lock", [t.seller_payment, t.amount, t.hashlock, t.t_pay]),
+        txs.append(tx("payment", ctx.payment.htlc,
+                      calls.payment_lock_calldata(t.seller_payment, t.amount, t.hashlock, t.t_pay),
                       f"lock {t.amount} units for the seller until T_pay {t.t_pay}"))
         return Instructions(step="lock_payment", transactions=txs)
     if role == "seller" and phase == "payment_locked" and state.delivery is None:
-        titles = biz.contract(ctx.business.asset, load_artifact("TitleDocument"))
-        htlc = biz.contract(ctx.business.htlc, load_artifact("DeliveryHTLC"))
         txs = []
-        if not titles.functions.isApprovedForAll(t.seller_business, htlc.address).call() and \
-                titles.functions.getApproved(t.token_id).call() != htlc.address:
-            txs.append(tx("business", titles.address,
-                          titles.encode_abi("approve", [htlc.address, t.token_id]),
+        if not calls.title_approved(biz, ctx.business.asset, t.seller_business, ctx.business.htlc,
+                                    t.token_id):
+            txs.append(tx("business", ctx.business.asset,
+                          calls.title_approve_calldata(ctx.business.htlc, t.token_id),
                           f"approve the DeliveryHTLC to take title #{t.token_id}"))
-        txs.append(tx("business", htlc.address, htlc.encode_abi(
-            "lock", [t.buyer_business, t.token_id, t.document_hash, state.trade_id, t.hashlock,
-                     t.t_deliver]),
+        txs.append(tx("business", ctx.business.htlc, calls.delivery_lock_calldata(
+            t.buyer_business, t.token_id, t.document_hash, state.trade_id, t.hashlock,
+            t.t_deliver),
             f"lock title #{t.token_id} for the buyer until T_deliver {t.t_deliver}"))
         return Instructions(step="lock_delivery", transactions=txs,
                             note="the payment lock was verified against the terms on chain")
@@ -80,10 +76,10 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes) -> Instru
             f"WARNING: chain time {now} is within {ctx.policy.delivery_claim_lead_time} s of "
             f"T_deliver {timelock}: the claim may not be mined and final in time, and a claim "
             "that reverts still publishes your secret. ")
-        htlc = biz.contract(ctx.business.htlc, load_artifact("DeliveryHTLC"))
-        data = htlc.encode_abi("claim", [state.delivery.lock.as_tuple(), bytes(32)])
+        data = calls.delivery_claim_template(state.delivery.lock)
         return Instructions(step="take_delivery", transactions=[tx(
-            "business", htlc.address, data, "take delivery: claim the title with your secret")],
+            "business", ctx.business.htlc, data,
+            "take delivery: claim the title with your secret")],
             note=warning + "the last 32 bytes of data are a placeholder: put your 32-byte "
                  "secret there before signing; the gateway then claims the payment for the "
                  "seller")

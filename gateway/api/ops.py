@@ -107,7 +107,7 @@ def add_ops_routes(app: FastAPI, ctx) -> None:  # noqa: ANN001 - an ApiContext
                 checks["database"] = f"down: {type(exc).__name__}"
             for name, view in (("payment_chain", ctx.payment), ("business_chain", ctx.business)):
                 try:
-                    view.client.w3.eth.block_number  # noqa: B018
+                    view.client.block_number()
                     checks[name] = "ok"
                 except Exception as exc:  # noqa: BLE001
                     checks[name] = f"down: {type(exc).__name__}"
@@ -174,7 +174,7 @@ def _relayer_lag(ctx) -> dict[str, int | None]:  # noqa: ANN001
             repo = Repository(session)
             for name, view in (("payment", ctx.payment), ("business", ctx.business)):
                 cursor = repo.cursor(view.chain_id)
-                head = view.client.w3.eth.block_number
+                head = view.client.block_number()
                 lag[name] = head - cursor.block_number if cursor else None
     except Exception:  # noqa: BLE001 - readiness reports what it can
         return lag

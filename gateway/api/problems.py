@@ -198,3 +198,28 @@ def documented(answers: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     return {status: {"description": f"{text} (problem+json)",
                      "content": {PROBLEM: {"schema": {"type": "object"}}}}
             for status, text in answers.items()}
+
+
+def batch_problem(found: list[tuple[int, Problem]], size: int) -> Problem:
+    """One answer for the problems of a batch's items, (item index, problem) each: every
+    field named under its item (`trades[3].payment.amount`; `trades[3]` for a problem of the
+    item as a whole). Its status: 422 if any item is invalid, else 409 (a conflict: the cap,
+    a hashlock in use, a phase), else that of the problems (503); its type that of its
+    problems when they share one."""
+    status = next(s for s in (422, 409, *sorted({p.status for _, p in found}))
+                  if any(p.status == s for _, p in found))
+    kinds = {p.kind for _, p in found if p.status == status}
+    errors = []
+    for i, problem in sorted(found, key=lambda f: f[0]):
+        for error in problem.errors or [{"message": problem.detail}]:
+            field = error.get("field")
+            errors.append({"field": f"trades[{i}]" + (f".{field}" if field else ""),
+                           "message": error["message"]})
+    items = sorted({i for i, _ in found})
+    first_i, first = min(found, key=lambda f: (f[1].status != status, f[0]))
+    detail = f"trades[{first_i}]: {first.detail}"
+    if len(found) > 1:
+        detail = (f"{len(items)} of the {size} trades refused, nothing was made or changed; "
+                  f"first: {detail}")
+    return Problem(status, detail, errors=errors,
+                   kind=kinds.pop() if len(kinds) == 1 else None)

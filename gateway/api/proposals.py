@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext, check_title
 from gateway.api.enterprises import Enterprise
-from gateway.api.problems import Problem
+from gateway.api.problems import Problem, batch_problem
 from gateway.api.schemas import Deadlines, TradeCreate
 from gateway.api.views import trade_views
 from gateway.db.idempotency import IdempotencyKeys
@@ -100,7 +100,7 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
             records, ctx, caller, [p.action.trade_id for p in proposals])]}
 
     def over_cap(i: int, exposure: int) -> Problem:
-        return batch_problem([(i, _over_cap(ctx, exposure))], len(bodies))
+        return batch_problem([(i, batch_over_cap(ctx, exposure))], len(bodies))
 
     return _commit(ctx, caller, proposals, idempotency_key, request_hash,
                    _Answers(view, refuse_used, over_cap))
@@ -139,7 +139,7 @@ def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate
             exposure += int(body.payment.amount)
             if exposure > ctx.limits.exposure_cap:
                 over_cap = True
-                gathered.append(_over_cap(ctx, exposure - int(body.payment.amount)))
+                gathered.append(batch_over_cap(ctx, exposure - int(body.payment.amount)))
         found.extend((i, problem) for problem in gathered)
         if proposal is not None:
             proposals.append(proposal)
@@ -242,35 +242,9 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
         refuse(Problem(409, f"the amount exceeds the open exposure a buyer may have, "
                             f"{ctx.limits.exposure_cap} units", field="payment.amount",
                        kind="exposure-cap"))
-    secret = None
-    hashlock: bytes | None = None
     buyer = caller if body.role == "buyer" else other
     seller = caller if body.role == "seller" else other
-    if buyer is not None:
-        if buyer.managed:
-            if body.hashlock is not None:
-                refuse(Problem(422, "the gateway draws the secret of a managed buyer: omit "
-                                    "hashlock", field="hashlock"))
-            elif ctx.cipher is None:
-                refuse(Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep "
-                                    "a managed buyer's secret", kind="no-secrets-key"))
-            else:
-                secret = secrets.token_bytes(32)
-                hashlock = hashlock_of(secret)
-        elif body.role == "seller":
-            # Trust rule 1: a seller who chose the hashlock could claim the buyer's payment
-            # itself with a secret of its own, having delivered nothing.
-            if body.hashlock is not None:
-                refuse(Problem(422, "only the buyer sets the hashlock: a seller's proposal to a "
-                                    "buyer that keeps its own secret carries none; the buyer "
-                                    "gives it when it accepts", field="hashlock"))
-            else:
-                hashlock = AWAITING_HASHLOCK
-        elif body.hashlock is None:
-            refuse(Problem(422, "a self-custody buyer keeps its own secret: give its sha256 "
-                                "hashlock", field="hashlock"))
-        else:
-            hashlock = bytes.fromhex(body.hashlock[2:])
+    secret, hashlock = _hashlock(ctx, body, buyer, refuse) if buyer is not None else (None, None)
     for problem in _deadline_problems(ctx, body.deadlines, now):
         refuse(problem)
     if seller is not None:
@@ -298,35 +272,42 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
     return _Proposal(body, buyer, seller, amount, secret, action)
 
 
-def _over_cap(ctx: ApiContext, exposure: int) -> Problem:
+def _hashlock(ctx: ApiContext, body: TradeCreate, buyer: Enterprise,
+              refuse: Callable[[Problem], None]) -> tuple[bytes | None, bytes | None]:
+    """(secret, hashlock) of a proposal, by trust rule 1: only the buyer chooses the hashlock.
+    A managed buyer's secret is drawn here (the gateway keeps it); a self-custody buyer gives
+    the hashlock when it proposes, or when it accepts a seller's proposal (AWAITING_HASHLOCK
+    until then). None for a hashlock that was refused."""
+    if buyer.managed:
+        if body.hashlock is not None:
+            refuse(Problem(422, "the gateway draws the secret of a managed buyer: omit "
+                                "hashlock", field="hashlock"))
+        elif ctx.cipher is None:
+            refuse(Problem(503, "this gateway has no secrets key (DVP_SECRETS_KEY) to keep "
+                                "a managed buyer's secret", kind="no-secrets-key"))
+        else:
+            secret = secrets.token_bytes(32)
+            return secret, hashlock_of(secret)
+    elif body.role == "seller":
+        # A seller who chose the hashlock could claim the buyer's payment itself with a
+        # secret of its own, having delivered nothing.
+        if body.hashlock is None:
+            return None, AWAITING_HASHLOCK
+        refuse(Problem(422, "only the buyer sets the hashlock: a seller's proposal to a "
+                            "buyer that keeps its own secret carries none; the buyer "
+                            "gives it when it accepts", field="hashlock"))
+    elif body.hashlock is None:
+        refuse(Problem(422, "a self-custody buyer keeps its own secret: give its sha256 "
+                            "hashlock", field="hashlock"))
+    else:
+        return None, bytes.fromhex(body.hashlock[2:])
+    return None, None
+
+
+def batch_over_cap(ctx: ApiContext, exposure: int) -> Problem:
     return Problem(409, f"the buyer's open exposure would exceed its cap of "
                         f"{ctx.limits.exposure_cap} units ({exposure} open, counting this "
                         f"batch's earlier items)", field="payment.amount", kind="exposure-cap")
-
-
-def batch_problem(found: list[tuple[int, Problem]], size: int) -> Problem:
-    """One answer for the problems of a batch's items, (item index, problem) each: every
-    field named under its item (`trades[3].payment.amount`; `trades[3]` for a problem of the
-    item as a whole). Its status: 422 if any item is invalid, else 409 (a conflict: the cap,
-    a hashlock in use, a phase), else that of the problems (503); its type that of its
-    problems when they share one."""
-    status = next(s for s in (422, 409, *sorted({p.status for _, p in found}))
-                  if any(p.status == s for _, p in found))
-    kinds = {p.kind for _, p in found if p.status == status}
-    errors = []
-    for i, problem in sorted(found, key=lambda f: f[0]):
-        for error in problem.errors or [{"message": problem.detail}]:
-            field = error.get("field")
-            errors.append({"field": f"trades[{i}]" + (f".{field}" if field else ""),
-                           "message": error["message"]})
-    items = sorted({i for i, _ in found})
-    first_i, first = min(found, key=lambda f: (f[1].status != status, f[0]))
-    detail = f"trades[{first_i}]: {first.detail}"
-    if len(found) > 1:
-        detail = (f"{len(items)} of the {size} trades refused, nothing was made or changed; "
-                  f"first: {detail}")
-    return Problem(status, detail, errors=errors,
-                   kind=kinds.pop() if len(kinds) == 1 else None)
 
 
 HASHLOCK_IN_USE = ("this hashlock is already in use: every trade needs its own secret; draw a "

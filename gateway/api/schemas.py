@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from gateway.chain.accounts import checksum_address
+
 HEX32 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
@@ -33,22 +35,6 @@ def _hex32(value: str) -> str:
     if int(value.removeprefix("0x"), 16) == 0:
         raise ValueError("must not be all zero")
     return "0x" + value.removeprefix("0x").lower()
-
-
-def checksum_address(value: str) -> str:
-    """`value` as a checksummed address. A mixed-case spelling is an EIP-55 checksum and must be
-    the right one (a typo in it is refused, never silently "corrected"); all lower- or all
-    upper-case hex carries no checksum and is accepted. ValueError says what is wrong."""
-    from eth_utils import is_address, to_checksum_address
-
-    if not isinstance(value, str) or not is_address(value):
-        raise ValueError("must be a 0x-prefixed 20-byte address")
-    checksummed = to_checksum_address(value)
-    digits = value[2:] if value[:2] in ("0x", "0X") else value
-    if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
-        raise ValueError("mixed-case address with a wrong EIP-55 checksum: check it for a "
-                         "typo, or give it all in one case")
-    return checksummed
 
 
 Amount = Annotated[str, Field(max_length=80, examples=["12345600"]),

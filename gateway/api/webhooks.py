@@ -116,13 +116,73 @@ def _owned(webhooks: Webhooks, endpoint_id: str, caller: Enterprise) -> WebhookE
     return row
 
 
-def router(ctx: ApiContext, caller_dependency: Callable, *,
-           egress: Egress | None = None) -> APIRouter:
-    """The `/v1/webhooks` routes; `caller_dependency` authenticates the enterprise. `egress`
-    judges where a URL points (default: public addresses only, the system resolver); the
-    sender judges it again, and connects to what it checked, at every delivery."""
+def register_endpoint(ctx: ApiContext, egress: Egress, who: Enterprise,
+                      body: WebhookCreate) -> WebhookEndpointCreated:
+    """A new endpoint and its signing secret (shown this once), if the URL points at a public
+    address and the enterprise has room for one more."""
+    try:  # resolved now, and again at every delivery (the name may change meanwhile)
+        egress.check(body.url)
+    except EgressRefused as exc:
+        raise Problem(422, str(exc), field="url") from None
+    if ctx.cipher is None:
+        raise Problem(422, "signing secrets are stored encrypted and this gateway has no "
+                           "DVP_SECRETS_KEY: webhooks are unavailable", field="secret")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    with ctx.session_factory.begin() as session:
+        webhooks = Webhooks(session)
+        if webhooks.count_active_endpoints(who.id) >= MAX_ACTIVE_ENDPOINTS:
+            raise Problem(409, f"at most {MAX_ACTIVE_ENDPOINTS} active webhook endpoints; "
+                               "delete one first", kind="too-many-webhooks")
+        row = webhooks.add_endpoint(who.id, body.url, ctx.cipher.encrypt(secret.encode()),
+                                    datetime.now(UTC))
+    return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
+
+
+def disable_endpoint(ctx: ApiContext, who: Enterprise, endpoint_id: str) -> None:
+    """No more deliveries to it: those pending fail at once."""
+    with ctx.session_factory.begin() as session:
+        webhooks = Webhooks(session)
+        row = _owned(webhooks, endpoint_id, who)
+        if row.disabled_at is None:
+            row.disabled_at = datetime.now(UTC)
+            webhooks.fail_pending_deliveries(row.id, DISABLED)
+
+
+def delivery_page(ctx: ApiContext, who: Enterprise, endpoint_id: str, status: str | None,
+                  cursor: str | None, limit: int) -> WebhookDeliveryPage:
+    """Newest event first. `next_cursor` (a delivery id) continues after the last item."""
+    with ctx.session_factory() as session:
+        webhooks = Webhooks(session)
+        endpoint = _owned(webhooks, endpoint_id, who)
+        after = None
+        if cursor:
+            after = webhooks.delivery_event_id(endpoint.id, cursor)
+            if after is None:
+                raise Problem(422, "not a cursor returned by this API", field="cursor")
+        rows = webhooks.deliveries_page(endpoint.id, status, after, limit + 1)
+    items = [_delivery_view(r, e) for r, e in rows[:limit]]
+    return WebhookDeliveryPage(items=items,
+                               next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+def _delivery_view(r, e) -> WebhookDelivery:  # noqa: ANN001 - a delivery row and its event row
+    return WebhookDelivery(
+        id=r.id, trade_id=trade_ref(e.trade_id), old=e.payload.get("old"),
+        new=e.payload.get("new"), flag=e.payload.get("flag"), reason=e.payload.get("reason"),
+        type=EVENT_TYPES[e.payload.get("__type__", "EventPhaseChanged")],
+        status=r.status, attempts=r.attempts,
+        next_attempt_at=utc(r.next_attempt_at) if r.next_attempt_at else None,
+        last_status_code=r.last_status_code, last_error=public_error(r.last_error),
+        created_at=utc(r.created_at),
+        delivered_at=utc(r.delivered_at) if r.delivered_at else None)
+
+
+def router(ctx: ApiContext, caller: Callable, *, egress: Egress | None = None) -> APIRouter:
+    """The `/v1/webhooks` routes; `caller` authenticates the enterprise. `egress` judges where
+    a URL points (default: public addresses only, the system resolver); the sender judges it
+    again, and connects to what it checked, at every delivery."""
     egress = egress or Egress()
-    Caller = Annotated[Enterprise, Depends(caller_dependency)]
+    Caller = Annotated[Enterprise, Depends(caller)]  # noqa: N806
     api = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
     not_found = {404: {"description": "no such webhook endpoint (problem+json)"}}
 
@@ -130,22 +190,7 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
               responses={409: {"description": "too many active endpoints (problem+json)"}})
     def create(body: WebhookCreate, who: Caller, response: Response) -> WebhookEndpointCreated:
         response.headers["Cache-Control"] = "no-store"  # the secret is in the body
-        try:  # resolved now, and again at every delivery (the name may change meanwhile)
-            egress.check(body.url)
-        except EgressRefused as exc:
-            raise Problem(422, str(exc), field="url") from None
-        if ctx.cipher is None:
-            raise Problem(422, "signing secrets are stored encrypted and this gateway has no "
-                               "DVP_SECRETS_KEY: webhooks are unavailable", field="secret")
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        with ctx.session_factory.begin() as session:
-            webhooks = Webhooks(session)
-            if webhooks.count_active_endpoints(who.id) >= MAX_ACTIVE_ENDPOINTS:
-                raise Problem(409, f"at most {MAX_ACTIVE_ENDPOINTS} active webhook endpoints; "
-                                   "delete one first", kind="too-many-webhooks")
-            row = webhooks.add_endpoint(who.id, body.url,
-                                        ctx.cipher.encrypt(secret.encode()), datetime.now(UTC))
-        return WebhookEndpointCreated(**_view(row).model_dump(), secret=secret)
+        return register_endpoint(ctx, egress, who, body)
 
     @api.get("", response_model=WebhookEndpointList)
     def list_endpoints(who: Caller) -> WebhookEndpointList:
@@ -156,12 +201,7 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
     @api.delete("/{endpoint_id}", status_code=204, response_class=Response,
                 responses=not_found)
     def disable(endpoint_id: str, who: Caller) -> Response:
-        with ctx.session_factory.begin() as session:
-            webhooks = Webhooks(session)
-            row = _owned(webhooks, endpoint_id, who)
-            if row.disabled_at is None:
-                row.disabled_at = datetime.now(UTC)
-                webhooks.fail_pending_deliveries(row.id, DISABLED)
+        disable_endpoint(ctx, who, endpoint_id)
         return Response(status_code=204)
 
     @api.get("/{endpoint_id}/deliveries", response_model=WebhookDeliveryPage,
@@ -172,27 +212,6 @@ def router(ctx: ApiContext, caller_dependency: Callable, *,
                    cursor: Annotated[str | None, Query(max_length=64)] = None,
                    limit: Annotated[int, Query(ge=1, le=100)] = 50) -> WebhookDeliveryPage:
         """Newest event first. `next_cursor` (a delivery id) continues after the last item."""
-        with ctx.session_factory() as session:
-            webhooks = Webhooks(session)
-            endpoint = _owned(webhooks, endpoint_id, who)
-            after = None
-            if cursor:
-                after = webhooks.delivery_event_id(endpoint.id, cursor)
-                if after is None:
-                    raise Problem(422, "not a cursor returned by this API", field="cursor")
-            rows = webhooks.deliveries_page(endpoint.id, status, after, limit + 1)
-        items = [WebhookDelivery(
-            id=r.id, trade_id=trade_ref(e.trade_id), old=e.payload.get("old"),
-            new=e.payload.get("new"), flag=e.payload.get("flag"),
-            reason=e.payload.get("reason"),
-            type=EVENT_TYPES[e.payload.get("__type__", "EventPhaseChanged")],
-            status=r.status, attempts=r.attempts,
-            next_attempt_at=utc(r.next_attempt_at) if r.next_attempt_at else None,
-            last_status_code=r.last_status_code, last_error=public_error(r.last_error),
-            created_at=utc(r.created_at),
-            delivered_at=utc(r.delivered_at) if r.delivered_at else None)
-            for r, e in rows[:limit]]
-        return WebhookDeliveryPage(items=items,
-                                   next_cursor=items[-1].id if len(rows) > limit else None)
+        return delivery_page(ctx, who, endpoint_id, status, cursor, limit)
 
     return api

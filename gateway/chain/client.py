@@ -278,6 +278,28 @@ class ChainClient:
         block = self.w3.eth.get_block("latest")
         return int(block["timestamp"]), int(block.get("baseFeePerGas", 0) or 0)
 
+    def block_number(self) -> int:
+        """The node's latest block number (`eth_blockNumber`)."""
+        return int(self.w3.eth.block_number)
+
+    def node_chain_id(self) -> int:
+        """The chain id the node reports (`eth_chainId`): to check it is `chain_id`."""
+        return int(self.w3.eth.chain_id)
+
+    def pending_nonce(self, address: str) -> int:
+        """`address`'s next nonce counting the node's pending transactions (the node's
+        transaction count at `pending`); `next_nonce` is this process's own count."""
+        return int(self.w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
+
+    def mined_nonce(self, address: str) -> int:
+        """`address`'s transactions mined up to the latest block (its transaction count at
+        `latest`): every nonce below it is used."""
+        return int(self.w3.eth.get_transaction_count(address, "latest"))  # type: ignore[arg-type]
+
+    def mine(self) -> None:
+        """Ask a development node (eth-tester, anvil) for one block now (`evm_mine`)."""
+        self.w3.provider.make_request("evm_mine", [1])  # type: ignore[arg-type]
+
     def toward_cap(self, fraction: float, percent: int = 12) -> Fees:
         """Fees `fraction` (0 to 1) of the way from the current suggestion up to the cap, on
         both fields: a claim running out of time. Once less than `percent` below the cap (no
@@ -513,6 +535,19 @@ class ChainClient:
         except _call_errors() as exc:
             return decode_revert(_revert_data(exc), list(abi))
         return None
+
+
+def http_client(url: str, name: str, chain_id: int | None = None, *, timeout: float = 30,
+                fee_cap: int = DEFAULT_FEE_CAP, priority_fee: int | None = None) -> ChainClient:
+    """A client of the JSON-RPC node at `url` (each request times out after `timeout`
+    seconds). Without `chain_id`, the node's own, asked now: raises when the node does not
+    answer. With it, nothing is asked (`node_chain_id()` checks it)."""
+    from web3 import HTTPProvider
+
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    if chain_id is None:
+        chain_id = int(w3.eth.chain_id)
+    return ChainClient(w3, chain_id, name, fee_cap=fee_cap, priority_fee=priority_fee)
 
 
 def _cache_chain_id(w3: Web3) -> None:

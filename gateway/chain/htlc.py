@@ -205,6 +205,11 @@ class PaymentHTLCProxy:
     htlc: Contract
     _token: Contract | None = field(default=None, init=False, repr=False)
 
+    @classmethod
+    def at(cls, client: ChainClient, address: str) -> PaymentHTLCProxy:
+        """The PaymentHTLC at `address` on `client`'s chain."""
+        return cls(client, client.contract(address, _artifact("PaymentHTLC")))
+
     @property
     def address(self) -> str:
         return self.htlc.address
@@ -275,6 +280,11 @@ class DeliveryHTLCProxy:
     client: ChainClient
     htlc: Contract
     _titles: Contract | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def at(cls, client: ChainClient, address: str) -> DeliveryHTLCProxy:
+        """The DeliveryHTLC at `address` on `client`'s chain."""
+        return cls(client, client.contract(address, _artifact("DeliveryHTLC")))
 
     @property
     def address(self) -> str:

@@ -2,11 +2,17 @@
 
 Four kinds of work must not run twice at the same time:
 
-* **writing trade state** (the dispatcher: API actions and chain batches). Every dispatcher
-  transaction first takes one transaction-level advisory lock (`Repository.lock_trade_writes`,
-  `pg_advisory_xact_lock`), so trade states are read and written by one transaction at a time,
-  across processes, as SQLite's single writer does by itself. It is released by the commit or
-  rollback, and so by a crash or a lost connection.
+* **writing trade state** (the dispatcher: API actions and proposals, the relayer's own
+  inputs, chain batches). Every dispatcher transaction first takes the transaction-level
+  trade-writes lock (`Repository.lock_trade_writes`). Writers of named trades (a
+  `Dispatcher.unit`: API requests, the reconciler, refused sends) take it *shared* and lock
+  their trades' rows (`SELECT ... FOR UPDATE`, in trade id order): they run side by side, and
+  two writers of one trade take turns, the second reading what the first committed. A chain
+  batch takes it *exclusively*: it finds its trades as it routes its logs (by hashlock, by
+  lock id, by wake time) and stores the logs no trade claims yet for a proposal to adopt, so it
+  runs alone. What writers of different trades share is locked by name (`Repository.lock_name`:
+  a buyer's open exposure, read and committed to in one transaction). All are released by
+  the commit or rollback, and so by a crash or a lost connection.
 * **polling a chain** (cursor -> fetch logs -> apply): one relayer per chain at a time, or two
   would apply the same batch and could move the cursor backwards.
 * **executing a chain's outbox** (settle attempts, sign with each key at its next nonce,
@@ -29,7 +35,7 @@ such transactions run one at a time per chain, and each one reads the outbox and
 nonces only after the previous one committed. Two overlapping passes then find each other's
 attempts recorded and send nothing twice.
 
-On SQLite (the embedded default) there are no advisory locks. The two transaction-level ones
+On SQLite (the embedded default) there are no advisory locks. The transaction-level ones
 (`Repository.lock_trade_writes`, `Repository.lock_chain_sends`) take SQLite's single write
 lock as their transaction's first statement instead: pysqlite would take it only at the first
 write, after the reads, so an API process and a relayer process could each write a state

@@ -280,35 +280,7 @@ class Dispatcher:
                 work.add(state, wakes)
             for state, wakes in work.repo.due_trades(batch.chain.value, batch.block.timestamp):
                 work.add(state, wakes)
-            index = RoutingIndex(work.states.values())
-            logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
-            new_inputs: list[tuple[bytes | None, Input, ChainRef, Clock | None]] = []
-            links: list[tuple[bytes, bytes]] = []
-            for inp in batch.inputs:
-                row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
-                if row is not None and not row.orphaned:
-                    continue  # applied before (a batch fetched again after a crash)
-                trade_id = index.route(batch.chain, inp) or self._route(work.repo, batch.chain,
-                                                                        inp)
-                state = work.load(trade_id) if trade_id is not None else None
-                if state is not None:
-                    state, early = self._catch_up(state, clocks)
-                clock = clock_of(state) if state is not None else None
-                if row is not None:
-                    work.repo.revive_input(row, trade_id, inp, inp.ref, clock)
-                else:
-                    new_inputs.append((trade_id, inp, inp.ref, clock))
-                if trade_id is None or state is None:
-                    log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
-                             lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
-                    continue
-                if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
-                    links.append((inp.lock_id, trade_id))
-                    index.add_lock(batch.chain, inp.lock_id, trade_id)
-                new_state, out = self._transition(state, inp)
-                work.states[trade_id] = new_state
-                effects.setdefault(trade_id, []).extend(early + out)
-                refs[trade_id] = inp.ref
+            new_inputs, links = self._apply_logs(work, batch, clocks, effects, refs)
             for trade_id, state in list(work.states.items()):
                 if not is_active(state) and trade_id not in effects:
                     continue
@@ -325,6 +297,44 @@ class Dispatcher:
             self._finish(work, effects, refs)
             reach("dispatcher.before_commit")
         reach("dispatcher.after_commit")
+
+    def _apply_logs(self, work: Work, batch: ChainBatch, clocks: list[Block],
+                    effects: dict[bytes, list[Effect]], refs: dict[bytes, object],
+                    ) -> tuple[list[tuple[bytes | None, Input, ChainRef, Clock | None]],
+                               list[tuple[bytes, bytes]]]:
+        """Each log of the batch to the trade it names, in chain order; a log seen before is
+        skipped, one no trade claims yet is kept for the trade that will (`unmatched_log`).
+        Returns the input rows to record and the (lock id, trade id) links learnt."""
+        index = RoutingIndex(work.states.values())
+        logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
+        new_inputs: list[tuple[bytes | None, Input, ChainRef, Clock | None]] = []
+        links: list[tuple[bytes, bytes]] = []
+        for inp in batch.inputs:
+            row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
+            if row is not None and not row.orphaned:
+                continue  # applied before (a batch fetched again after a crash)
+            trade_id = index.route(batch.chain, inp) or self._route(work.repo, batch.chain,
+                                                                    inp)
+            state = work.load(trade_id) if trade_id is not None else None
+            if state is not None:
+                state, early = self._catch_up(state, clocks)
+            clock = clock_of(state) if state is not None else None
+            if row is not None:
+                work.repo.revive_input(row, trade_id, inp, inp.ref, clock)
+            else:
+                new_inputs.append((trade_id, inp, inp.ref, clock))
+            if trade_id is None or state is None:
+                log.info("unmatched_log", chain=batch.chain.value, kind=type(inp).__name__,
+                         lock_id=inp.lock_id.hex(), tx=inp.ref.tx_hash.hex())
+                continue
+            if isinstance(inp, ContractReceivePaymentLocked | ContractReceiveDeliveryLocked):
+                links.append((inp.lock_id, trade_id))
+                index.add_lock(batch.chain, inp.lock_id, trade_id)
+            new_state, out = self._transition(state, inp)
+            work.states[trade_id] = new_state
+            effects.setdefault(trade_id, []).extend(early + out)
+            refs[trade_id] = inp.ref
+        return new_inputs, links
 
     def _transition(self, state: TradeState, inp: Input) -> tuple[TradeState, list[Effect]]:
         """A chain input for one trade. A broken invariant (a bug, never a chain fact) is

@@ -67,9 +67,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from eth_account.signers.local import LocalAccount
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.chain.accounts import Signer
 from gateway.chain.client import (
     SEND_KNOWN,
     SEND_NONCE_TOO_LOW,
@@ -156,7 +156,7 @@ class ChainEndpoint:
 
 @dataclass
 class _Tx:
-    sender: LocalAccount
+    sender: Signer
     to: str
     data: bytes
     gas: int
@@ -178,10 +178,10 @@ class KeyError_(LookupError):
 
 class Executor:
     def __init__(self, session_factory: sessionmaker[Session],
-                 endpoints: dict[Chain, ChainEndpoint], relayer: LocalAccount,
-                 managed_keys: dict[str, LocalAccount] | None = None,
+                 endpoints: dict[Chain, ChainEndpoint], relayer: Signer,
+                 managed_keys: dict[str, Signer] | None = None,
                  max_batch: int = MAX_BATCH,
-                 key_lookup: Callable[[str], LocalAccount | None] | None = None,
+                 key_lookup: Callable[[str], Signer | None] | None = None,
                  send_policy: SendPolicy | None = None,
                  on_refused: Callable[[EffectRefused], object] | None = None,
                  policy: TimingPolicy | None = None) -> None:
@@ -260,7 +260,7 @@ class Executor:
                           key=refused.key, error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _next_nonce(self, ep: ChainEndpoint, repo: Repository, sender: str) -> int:
-        on_chain = ep.client.w3.eth.get_transaction_count(sender, "pending")
+        on_chain = ep.client.pending_nonce(sender)
         recorded = repo.max_inflight_nonce(ep.chain_id, sender)
         nonce = max(on_chain, recorded + 1 if recorded is not None else 0)
         # Our transactions recorded as mined at this nonce or above are no longer on chain (a
@@ -306,8 +306,7 @@ class Executor:
                     self._mined(ep, repo, attempt, receipt)
                     continue
                 if attempt.sender not in latest:
-                    latest[attempt.sender] = ep.client.w3.eth.get_transaction_count(
-                        attempt.sender, "latest")
+                    latest[attempt.sender] = ep.client.mined_nonce(attempt.sender)
                 if latest[attempt.sender] > attempt.nonce:
                     self._nonce_used(ep, repo, attempt)
                     continue
@@ -512,7 +511,7 @@ class Executor:
             mined = latest.get(sender)
             if mined is None or mined >= low:
                 continue
-            if ep.client.w3.eth.get_transaction_count(sender, "pending") > mined:
+            if ep.client.pending_nonce(sender) > mined:
                 continue  # something pending at the next nonce: no gap (yet)
             try:
                 key = self._key(sender)
@@ -717,7 +716,7 @@ class Executor:
             metrics.LOCKS_MISSING.labels(ep.chain.value, kind).inc()
         refusals.append(EffectRefused(effect.trade_id, effect.key, reason, final=final))
 
-    def _key(self, address: str) -> LocalAccount:
+    def _key(self, address: str) -> Signer:
         if address not in self.keys and self.key_lookup is not None:
             found = self.key_lookup(address)
             if found is not None:
@@ -727,7 +726,7 @@ class Executor:
         except KeyError:
             raise KeyError_(f"no signing key configured for managed account {address}") from None
 
-    def _approval(self, ep: ChainEndpoint, effect: ContractSend, sender: LocalAccount,
+    def _approval(self, ep: ChainEndpoint, effect: ContractSend, sender: Signer,
                   ) -> _Tx | None:
         """A managed party's lock needs the HTLC approved to pull its tokens: the approval
         goes out first, from the same key, when it is missing."""

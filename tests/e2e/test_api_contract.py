@@ -14,7 +14,6 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import pytest
 from eth_account import Account
@@ -914,11 +913,12 @@ def test_healthz_and_readyz(system, client, monkeypatch) -> None:
     assert set(ready["relayer_lag_blocks"]) == {"payment", "business"}
 
     class Down:
-        @property
+        chain_id = 0
+
         def block_number(self) -> int:
             raise ConnectionError("node unreachable")
 
-    stub = SimpleNamespace(w3=SimpleNamespace(eth=Down()), chain_id=0)
+    stub = Down()
     monkeypatch.setattr(system.ctx, "business", ChainView(stub, "0x0", "0x0"))  # type: ignore
     r = client.get("/readyz")
     assert r.status_code == 503

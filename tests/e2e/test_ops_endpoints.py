@@ -17,7 +17,6 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -155,10 +154,8 @@ class CountingNode:
     def __init__(self, chain_id: int, fail: bool = False) -> None:
         self.reads, self.fail = 0, fail
         self.chain_id = chain_id
-        self.w3 = SimpleNamespace(eth=self)
         self._lock = threading.Lock()
 
-    @property
     def block_number(self) -> int:
         with self._lock:
             self.reads += 1

@@ -20,15 +20,9 @@ ROOT = Path(__file__).resolve().parents[2] / "gateway"
 CHAIN_LIBRARIES = ("web3", "eth_account", "eth_utils", "eth_abi", "eth_typing", "hexbytes",
                    "eth_tester", "eth", "coincurve", "eth_keys")
 
-# Modules outside gateway/chain that still touch the EVM libraries (issue 12 §2 seals these).
-CHAIN_LIBRARY_EXCEPTIONS = {
-    "gateway.cli",  # take-delivery-tx signing, `relayer run` key loading
-    "gateway.config",  # address checksums of the settings
-    "gateway.api.schemas",  # address checksums of requests
-    "gateway.api.enterprises",  # managed account key generation
-    "gateway.engine.build",  # the relayer's LocalAccount
-    "gateway.engine.executor",  # LocalAccount type of the signing keys
-}
+# Modules outside gateway/chain that still touch the EVM libraries (issue 12 §2 sealed them:
+# addresses and keys are gateway.chain.accounts', calldata and reads gateway.chain.calls').
+CHAIN_LIBRARY_EXCEPTIONS: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -105,6 +99,34 @@ def test_only_the_chain_layer_imports_the_evm_libraries() -> None:
         f"no longer needed, strike them off: {sorted(CHAIN_LIBRARY_EXCEPTIONS - offenders)}"
 
 
+# Attributes that only a web3 object has here: `client.w3`, `w3.eth`, `contract.functions`,
+# `contract.encode_abi`, and `ChainClient.contract` (which hands out a web3 contract).
+WEB3_ATTRIBUTES = {"w3", "eth", "functions", "encode_abi", "contract"}
+# Modules outside gateway/chain that may reach into web3 objects: none (issue 12 §2).
+WEB3_OBJECT_EXCEPTIONS: set[str] = set()
+
+
+def _web3_attributes(path: Path) -> set[str]:
+    return {node.attr for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr in WEB3_ATTRIBUTES}
+
+
+def test_only_the_chain_layer_uses_web3_objects() -> None:
+    """Above gateway/chain nothing holds a web3 object: no `client.w3`, `w3.eth`,
+    `contract.functions`, `encode_abi` or `client.contract(...)`; the chain layer offers what
+    is needed (ChainClient methods, gateway.chain.calls, the HTLC proxies)."""
+    offenders = {}
+    for name, path in MODULES.items():
+        if _within(name, "gateway.chain") or _within(name, "gateway.contracts"):
+            continue
+        if used := _web3_attributes(path):
+            offenders[name] = sorted(used)
+    new = {name: used for name, used in offenders.items() if name not in WEB3_OBJECT_EXCEPTIONS}
+    assert not new, f"outside gateway/chain, web3 objects used: {new}"
+    assert WEB3_OBJECT_EXCEPTIONS <= offenders.keys(), \
+        f"no longer needed, strike them off: {sorted(WEB3_OBJECT_EXCEPTIONS - offenders.keys())}"
+
+
 def test_settings_load_without_web3() -> None:
     """`Settings()` is read by every command first: it must not pay for loading web3 (about a
     second) nor tie configuration to the chain library."""
@@ -124,11 +146,7 @@ SQL_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", 
                 "case", "bindparam", "exists"}
 # Modules outside gateway/db that still build SQL (issue 12 §1 moves every query into a
 # repository per aggregate); the list may only shrink.
-SQL_EXCEPTIONS = {
-    "gateway.api.enterprises", "gateway.api.housekeeping", "gateway.api.ops",
-    "gateway.api.ratelimit", "gateway.api.trades", "gateway.api.webhooks", "gateway.cli",
-    "gateway.engine.webhooks", "gateway.runner",
-}
+SQL_EXCEPTIONS: set[str] = set()
 
 
 def _builds_sql(path: Path) -> bool:
