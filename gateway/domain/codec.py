@@ -20,6 +20,9 @@ def encode(value: Any) -> Any:
     return _encoder(type(value))(value)
 
 
+_PLAIN = frozenset({int, str, bool, float, type(None)})  # JSON as they are
+
+
 @cache
 def _encoder(cls: type) -> Callable[[Any], Any]:
     """An encoding function per type, built once: every dispatcher transaction encodes each
@@ -28,7 +31,11 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
         names, tag = _field_names(cls), cls.__name__
 
         def instance(value: Any) -> Any:
-            out = {name: encode(getattr(value, name)) for name in names}
+            out = {}
+            for name in names:
+                v = getattr(value, name)
+                t = type(v)
+                out[name] = v if t in _PLAIN else _encoder(t)(v)
             out["__type__"] = tag
             return out
         return instance
@@ -77,15 +84,20 @@ def _decoder(tp: Any) -> Callable[[Any], Any]:
         return union
     if origin is tuple:
         item = typing.get_args(tp)[0]
-        return lambda data: tuple(_decoder(item)(v) for v in data)
+        return lambda data: tuple(map(_decoder(item), data))
     if origin is frozenset:
         item = typing.get_args(tp)[0]
-        return lambda data: frozenset(_decoder(item)(v) for v in data)
+        return lambda data: frozenset(map(_decoder(item), data))
     if dataclasses.is_dataclass(tp):
+        fields: list[tuple[str, Callable[[Any], Any] | None]] = []
+
         def instance(data: Any) -> Any:
-            hints = _hints(tp)
-            return tp(**{name: _decoder(hints[name])(data[name])
-                         for name in _field_names(tp) if name in data})
+            if not fields:  # built at first use: a type may refer to itself
+                hints = _hints(tp)
+                fields.extend((name, None if _decoder(hints[name]) is _as_is
+                               else _decoder(hints[name])) for name in _field_names(tp))
+            return tp(**{name: data[name] if dec is None else dec(data[name])
+                         for name, dec in fields if name in data})
         return instance
     if isinstance(tp, type) and issubclass(tp, Enum):
         return tp
@@ -93,7 +105,11 @@ def _decoder(tp: Any) -> Callable[[Any], Any]:
         return tp  # a typed string (gateway.domain.marks): stored as the plain string
     if tp is bytes:
         return lambda data: bytes.fromhex(data[2:])
-    return lambda data: data
+    return _as_is
+
+
+def _as_is(data: Any) -> Any:
+    return data
 
 
 @cache
