@@ -151,6 +151,17 @@ def statuses_of(client: ChainClient, locks: list[tuple[str, bytes]]) -> list[int
     return [abi_decode(["uint8"], result)[0] for result in results]
 
 
+_ADDRESS_PAD, _UINT64_PAD = bytes(12), bytes(24)
+
+
+def _canonical_lock_data(data: bytes) -> bool:
+    """Both `Locked` logs carry five static words: (address, address, uint256, bytes32,
+    uint64). Canonically encoded (as the contracts emit them), they are read by slicing;
+    anything else goes through the ABI decoder, which refuses it as before."""
+    return len(data) == 160 and data[:12] == _ADDRESS_PAD and data[32:44] == _ADDRESS_PAD \
+        and data[128:152] == _UINT64_PAD
+
+
 def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
     """Decode one PaymentHTLC/DeliveryHTLC log; None for a log that is not one of ours.
 
@@ -162,11 +173,25 @@ def decode_htlc_log(log: Log, chain_id: int) -> LockEvent | None:
         return None
     topic = log.topics[0]
     if topic == TOPIC_PAYMENT_LOCKED and len(log.topics) == 1:
+        if _canonical_lock_data(log.data):
+            # The lock id is keccak(abi.encode(chainid, htlc, lock)): the log's data IS the
+            # lock's encoding, so no decoding and re-encoding.
+            d = log.data
+            lock = PaymentLock(checksum("0x" + d[12:32].hex()), checksum("0x" + d[44:64].hex()),
+                               int.from_bytes(d[64:96]), d[96:128], int.from_bytes(d[128:]))
+            return PaymentLocked(keccak(chain_id.to_bytes(32) + bytes(12)
+                                        + bytes.fromhex(log.address[2:]) + d), lock)
         sender, beneficiary, amount, hashlock, timelock = abi_decode(PAYMENT_LOCK_TYPES, log.data)
         lock = PaymentLock(checksum(sender), checksum(beneficiary), amount, hashlock,
                            timelock)
         return PaymentLocked(payment_lock_id(chain_id, log.address, lock), lock)
     if topic == TOPIC_DELIVERY_LOCKED and len(log.topics) == 4:
+        if _canonical_lock_data(log.data):
+            d = log.data
+            return DeliveryLocked(log.topics[1], DeliveryLock(
+                checksum("0x" + d[12:32].hex()), checksum("0x" + d[44:64].hex()),
+                int.from_bytes(d[64:96]), d[96:128], log.topics[3], log.topics[2],
+                int.from_bytes(d[128:])))
         seller, buyer, token_id, document_hash, timelock = abi_decode(
             ["address", "address", "uint256", "bytes32", "uint64"], log.data)
         lock = DeliveryLock(checksum(seller), checksum(buyer), token_id, document_hash,
