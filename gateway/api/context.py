@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.api.ratelimit import Network, RateLimiter, parse_networks
 from gateway.chain.client import ChainClient
+from gateway.chain.titles import Title
 from gateway.domain.policy import TimingPolicy
 from gateway.engine.dispatcher import Dispatcher
 from gateway.keys import Cipher
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 MAX_DEADLINE_AHEAD = 30 * 24 * 3600  # the contracts' MAX_LOCK_DURATION
+
+
+class Unread:
+    """A title not read yet (`check_title` reads it)."""
+
+
+UNREAD = Unread()
 
 
 @dataclass
@@ -110,16 +118,26 @@ class ApiContext:
 
 
 def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
-                document_hash: str) -> None:
+                document_hash: str, title: Title | None | Unread = UNREAD) -> None:
     """A proposal's title, read on the business chain: it exists, the seller's business address
     holds it (a title locked in the DeliveryHTLC is the HTLC's, so it is refused too) and it
     carries the document hash of the terms. 422 naming delivery.token_id or
-    delivery.document_hash otherwise."""
+    delivery.document_hash otherwise. `title`: as `read_titles` read it for a batch."""
     from gateway.api.problems import Problem
-    from gateway.chain.titles import title_problems
+    from gateway.chain.titles import problems_of, read_title
 
-    problems = title_problems(ctx.business.client, ctx.business.asset, int(token_id),
-                              seller_business_address, bytes.fromhex(document_hash[2:]))
+    if isinstance(title, Unread):
+        title = read_title(ctx.business.client, ctx.business.asset, int(token_id))
+    problems = problems_of(title, int(token_id), ctx.business.asset, seller_business_address,
+                           bytes.fromhex(document_hash[2:]))
     if problems:
         raise Problem(422, problems[0][1], errors=[
             {"field": f"delivery.{name}", "message": message} for name, message in problems])
+
+
+def read_titles(ctx: ApiContext, token_ids: list[int]) -> dict[int, Title | None]:
+    """The titles of a batch of proposals, read at once (`gateway.chain.titles.read_titles`)."""
+    from gateway.chain.titles import read_titles as read
+
+    ids = sorted(set(token_ids))
+    return dict(zip(ids, read(ctx.business.client, ctx.business.asset, ids), strict=True))

@@ -18,11 +18,18 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from gateway.api.context import MAX_DEADLINE_AHEAD, ApiContext, check_title
+from gateway.api.context import (
+    MAX_DEADLINE_AHEAD,
+    UNREAD,
+    ApiContext,
+    check_title,
+    read_titles,
+)
 from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem, batch_problem
 from gateway.api.schemas import Deadlines, TradeCreate
 from gateway.api.views import trade_views
+from gateway.chain.titles import Title
 from gateway.db.idempotency import IdempotencyKeys
 from gateway.db.trade_records import TradeRecords
 from gateway.domain.locks import hashlock_of
@@ -111,6 +118,7 @@ def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate
     """Every item checked (as `_prepare` checks one, and against the batch's other items:
     one hashlock or one title twice, the cap across them); every problem raised at once."""
     now = _chain_now(ctx)
+    on_chain = read_titles(ctx, [int(b.delivery.token_id) for b in bodies])
     found: list[tuple[int, Problem]] = []
     proposals: list[_Proposal] = []
     hashlocks: dict[str, int] = {}
@@ -122,7 +130,7 @@ def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate
         if other is None:
             gathered.append(Problem(422, "no such counterparty enterprise (and not yourself)",
                                     field="counterparty"))
-        proposal = _prepare(ctx, caller, other, body, now, gathered)
+        proposal = _prepare(ctx, caller, other, body, now, gathered, on_chain)
         if body.hashlock is not None:
             first = hashlocks.setdefault(body.hashlock, i)
             if first != i:
@@ -218,7 +226,8 @@ class _Proposal:
 
 
 def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body: TradeCreate,
-             now: int, gather: list[Problem] | None = None) -> _Proposal | None:
+             now: int, gather: list[Problem] | None = None,
+             titles: dict[int, Title | None] | None = None) -> _Proposal | None:
     """Check a proposal against everything but the buyer's cap and the hashlock's
     uniqueness (decided in the transaction that makes the trade) and build its action.
 
@@ -250,7 +259,8 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
     if seller is not None:
         try:
             check_title(ctx, seller.business_address, body.delivery.token_id,
-                        body.delivery.document_hash)
+                        body.delivery.document_hash,
+                        UNREAD if titles is None else titles[int(body.delivery.token_id)])
         except Problem as problem:
             refuse(problem)
     if buyer is None or seller is None:

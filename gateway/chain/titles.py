@@ -9,9 +9,24 @@ from dataclasses import dataclass
 from gateway.chain.client import ChainClient, RevertError, checksum
 from gateway.contracts import load_artifact
 
-__all__ = ["Title", "read_title", "title_problems"]
+__all__ = ["Title", "problems_of", "read_title", "read_titles", "title_problems"]
 
 UINT256_LIMIT = 2**256
+
+
+class _View:
+    """A `uint256 -> word` view's calldata: selector and the token id as one word."""
+
+    def __init__(self, signature: str) -> None:
+        from eth_utils import keccak
+
+        self.selector = keccak(text=signature)[:4]
+
+    def __call__(self, token_id: int) -> bytes:
+        return self.selector + token_id.to_bytes(32)
+
+
+_OWNER_OF, _DOCUMENT_HASH = _View("ownerOf(uint256)"), _View("documentHash(uint256)")
 
 
 @dataclass(frozen=True)
@@ -37,11 +52,33 @@ def read_title(client: ChainClient, registry: str, token_id: int) -> Title | Non
     return Title(token_id, checksum(owner), bytes(document_hash))
 
 
+def read_titles(client: ChainClient, registry: str, token_ids: list[int]) -> list[Title | None]:
+    """`read_title` of each token id, in order, in one batched read (`ChainClient.calls`: one
+    JSON-RPC batch request on a node) for a batch of proposals. A token never issued makes its
+    `ownerOf` revert and the batch fail: then each is read alone, as `read_title` reads it."""
+    wanted = [t for t in token_ids if 0 <= t < UINT256_LIMIT]
+    try:
+        results = client.calls([(registry, call) for t in wanted
+                                for call in (_OWNER_OF(t), _DOCUMENT_HASH(t))])
+    except Exception:  # noqa: BLE001 - a revert among them (or a node hiccup): one by one
+        return [read_title(client, registry, t) for t in token_ids]
+    found = {t: Title(t, checksum("0x" + results[2 * i][12:32].hex()),
+                      bytes(results[2 * i + 1][:32]))
+             for i, t in enumerate(wanted)}
+    return [found.get(t) for t in token_ids]
+
+
 def title_problems(client: ChainClient, registry: str, token_id: int, seller: str,
                    document_hash: bytes) -> list[tuple[str, str]]:
     """What is wrong with offering title `token_id` (bound to `document_hash`) for sale by
     `seller`: (field, message) pairs, field "token_id" or "document_hash"; empty if nothing."""
-    title = read_title(client, registry, token_id)
+    return problems_of(read_title(client, registry, token_id), token_id, registry, seller,
+                       document_hash)
+
+
+def problems_of(title: Title | None, token_id: int, registry: str, seller: str,
+                document_hash: bytes) -> list[tuple[str, str]]:
+    """`title_problems` of a title already read (`read_titles`)."""
     if title is None:
         return [("token_id", f"title #{token_id} does not exist (not issued by the title "
                              f"registry {checksum(registry)})")]

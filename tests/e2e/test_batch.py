@@ -277,6 +277,25 @@ def test_concurrent_identical_batches_of_a_self_custody_buyer(system, client) ->
 # --- hashlocks, titles, the cap ----------------------------------------------------------------
 
 
+def test_every_items_title_is_checked_from_one_read(system, client) -> None:
+    """The batch's titles are read at once; each item still hears what is wrong with its own:
+    a title never issued, one the seller does not hold, another document's hash."""
+    buyer, seller = managed(system, "Buyer"), managed(system, "Seller")
+    other = managed(system, "Other seller")
+    good, missing, foreign, wrong = items(system, buyer, seller, 4)
+    missing["delivery"]["token_id"] = "999999"
+    foreign["delivery"] = terms(system, buyer.id, seller=other, title=9)["delivery"]
+    wrong["delivery"]["document_hash"] = "0x" + "ee" * 32
+    before = count_trades(system)
+    body = problem(client.post(BATCH, json={"trades": [good, missing, foreign, wrong]},
+                               headers=seller.idem()), 422)
+    assert fields(body) == ["trades[1].delivery.token_id", "trades[2].delivery.token_id",
+                            "trades[3].delivery.document_hash"], body
+    assert "does not exist" in body["errors"][0]["message"]
+    assert "not held by the seller" in body["errors"][1]["message"]
+    assert count_trades(system) == before
+
+
 def test_a_hashlock_twice_in_a_batch_or_already_in_use(system, client) -> None:
     buyer = self_custody(system, "Buyer")
     seller = managed(system, "Seller")
