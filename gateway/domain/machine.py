@@ -9,8 +9,9 @@ Rules (read before changing anything here):
 - The chain is the source of truth. A leg's status changes only when its log is seen, whoever
   sent the transaction. Chain inputs never raise: duplicates and strays are no-ops or flags.
 - Effects are reconciled, not scripted: after every input the machine computes which
-  transactions the facts call for, emits those not already pending, and forgets pending ones
-  the chain has made moot. So inputs may arrive in any order, twice, or after a restart.
+  transactions the facts call for (`gateway.domain.wanted`), emits those not already pending,
+  and forgets pending ones the chain has made moot. So inputs may arrive in any order, twice,
+  or after a restart.
 - The payment is claimed only with a preimage that is public on chain. A managed buyer's own
   secret is used for one thing, taking delivery, and enters the state only with that action:
   until then it lives encrypted outside the domain, so no stored state or input holds it while
@@ -25,13 +26,6 @@ import hashlib
 from dataclasses import dataclass, field, replace
 
 from gateway.domain.effects import (
-    ContractSend,
-    ContractSendDeliveryClaim,
-    ContractSendDeliveryLock,
-    ContractSendDeliveryRefund,
-    ContractSendPaymentClaim,
-    ContractSendPaymentLock,
-    ContractSendPaymentRefund,
     Effect,
     EventClaimAtRisk,
     EventLockRejected,
@@ -47,8 +41,6 @@ from gateway.domain.facts import (
     payment_to_claim,
     phase_for,
     seller_can_still_be_paid,
-    seller_is_safe_to_deliver,
-    seller_paid,
 )
 from gateway.domain.inputs import (
     ActionAcceptTrade,
@@ -82,6 +74,7 @@ from gateway.domain.state import (
     is_hashlock,
     terms_problems,
 )
+from gateway.domain.wanted import wanted
 
 
 @dataclass
@@ -119,23 +112,7 @@ def state_transition(state: TradeState, inp: Input,
                 raise InvalidTransition(state.phase, "cancel")
             step.state = replace(state, phase=Phase.CANCELLED)
         case ActionTakeDelivery():
-            if not state.managed_buyer:
-                raise InvalidTransition(state.phase, "take delivery for a self-custody buyer in")
-            if state.delivery is None or state.delivery.status is not LegStatus.OPEN or \
-                    state.phase is not Phase.DELIVERY_LOCKED:
-                raise InvalidTransition(state.phase, "take delivery of")
-            if not opens(inp.secret, state.terms.hashlock):
-                raise ValueError(f"take delivery: the secret must be {PREIMAGE_LENGTH} bytes "
-                                 "whose sha256 is the trade's hashlock")
-            if not policy.delivery_claim_is_safe(state.business_time,
-                                                 state.delivery.lock.timelock):
-                raise InvalidTransition(state.phase, "take delivery (too close to T_deliver to "
-                                                     "be final in time) of")
-            if not seller_can_still_be_paid(state, policy):
-                raise InvalidTransition(state.phase, "take delivery (the payment could no "
-                                                     "longer be claimed for the seller) of")
-            step.state = replace(state, flags=_add(state.flags, Flag.of(FlagKind.TAKE_DELIVERY)),
-                                 buyer_secret=inp.secret)
+            step.state = _take_delivery(state, inp, policy)
         case ActionProposeTrade():
             raise InvalidTransition(state.phase, "propose again")
         case ContractReceivePaymentLocked():
@@ -157,23 +134,46 @@ def state_transition(state: TradeState, inp: Input,
             if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
                 step.state = replace(state, preimage=inp.preimage)
         case Block(chain=Chain.PAYMENT):
-            finalized = inp.number if inp.finalized is None else inp.finalized
-            if inp.timestamp > state.payment_time or finalized > state.payment_finalized:
-                step.state = replace(state, payment_time=max(inp.timestamp, state.payment_time),
-                                     payment_finalized=max(finalized, state.payment_finalized))
+            step.state = _on_block(state, inp, "payment")
         case Block(chain=Chain.BUSINESS):
-            finalized = inp.number if inp.finalized is None else inp.finalized
-            if inp.timestamp > state.business_time or finalized > state.business_finalized:
-                step.state = replace(state,
-                                     business_time=max(inp.timestamp, state.business_time),
-                                     business_finalized=max(finalized,
-                                                            state.business_finalized))
+            step.state = _on_block(state, inp, "business")
     _advance_phase(step, policy)
     effects = _reconcile(step, policy)
     if step.state.phase is not state.phase:
         step.events.insert(0, EventPhaseChanged(state.trade_id, state.phase, step.state.phase))
     check_invariants(state, step.state)
     return step.state, step.events + effects
+
+
+def _take_delivery(state: TradeState, inp: ActionTakeDelivery,
+                   policy: TimingPolicy) -> TradeState:
+    """Admit the managed buyer's secret only for a claim that can still be final in time."""
+    if not state.managed_buyer:
+        raise InvalidTransition(state.phase, "take delivery for a self-custody buyer in")
+    if state.delivery is None or state.delivery.status is not LegStatus.OPEN or \
+            state.phase is not Phase.DELIVERY_LOCKED:
+        raise InvalidTransition(state.phase, "take delivery of")
+    if not opens(inp.secret, state.terms.hashlock):
+        raise ValueError(f"take delivery: the secret must be {PREIMAGE_LENGTH} bytes "
+                         "whose sha256 is the trade's hashlock")
+    if not policy.delivery_claim_is_safe(state.business_time, state.delivery.lock.timelock):
+        raise InvalidTransition(state.phase, "take delivery (too close to T_deliver to "
+                                             "be final in time) of")
+    if not seller_can_still_be_paid(state, policy):
+        raise InvalidTransition(state.phase, "take delivery (the payment could no "
+                                             "longer be claimed for the seller) of")
+    return replace(state, flags=_add(state.flags, Flag.of(FlagKind.TAKE_DELIVERY)),
+                   buyer_secret=inp.secret)
+
+
+def _on_block(state: TradeState, inp: Block, side: str) -> TradeState:
+    """A chain's time and finality only move forward: a stale or replayed block is a no-op."""
+    time, final = f"{side}_time", f"{side}_finalized"
+    finalized = inp.number if inp.finalized is None else inp.finalized
+    if inp.timestamp <= getattr(state, time) and finalized <= getattr(state, final):
+        return state
+    return replace(state, **{time: max(inp.timestamp, getattr(state, time)),
+                             final: max(finalized, getattr(state, final))})
 
 
 def _flag(step: _Step, flag: Flag, reason: str) -> None:
@@ -299,78 +299,11 @@ def _advance_phase(step: _Step, policy: TimingPolicy) -> None:
         step.state = replace(step.state, phase=new)
 
 
-def _wanted(s: TradeState, policy: TimingPolicy) -> tuple[list[ContractSend], list[Effect]]:
-    """The transactions the facts call for right now, and notifications about them.
-
-    A public secret pays the seller: once the preimage is on chain, one payment lock of the
-    trade's terms (`payment_to_claim`) is claimed for the seller whatever the phase or flags
-    say (only the buyer chose the secret, so only the buyer can have made it public). The
-    title is claimed for the buyer only while the seller has or can still get the payment, so
-    a public preimage never hands one party both.
-    """
-    wanted: list[ContractSend] = []
-    notes: list[Effect] = []
-    t = s.terms
-    pay, dlv = s.payment, s.delivery
-    pay_open = pay is not None and pay.status is LegStatus.OPEN
-    dlv_open = dlv is not None and dlv.status is LegStatus.OPEN
-    to_claim = payment_to_claim(s)
-    seller_gets_paid = seller_paid(s) or (
-        to_claim is not None and s.payment_time < to_claim.lock.timelock)
-    if pay is not None and pay_open and s.payment_time >= pay.lock.timelock:
-        wanted.append(ContractSendPaymentRefund(s.trade_id, pay.lock_id, pay.lock))
-    if s.preimage is not None and to_claim is not None:
-        claim = ContractSendPaymentClaim(s.trade_id, to_claim.lock_id, to_claim.lock, s.preimage)
-        if policy.claim_is_safe(s.payment_time, to_claim.lock.timelock):
-            wanted.append(claim)
-        elif policy.claim_is_possible(s.payment_time, to_claim.lock.timelock):
-            wanted.append(claim)
-            if claim.key not in s.pending:
-                notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
-                                              to_claim.lock.timelock, sent=True))
-        elif not any(f.is_a(FlagKind.AT_RISK) for f in s.flags):
-            # Reported once per trade: the operator acts on the trade, not on each lock.
-            notes.append(EventClaimAtRisk(s.trade_id, s.payment_time,
-                                          to_claim.lock.timelock, sent=False))
-    for leg in s.rejected_payments:
-        if leg.status is LegStatus.OPEN and s.payment_time >= leg.lock.timelock:
-            wanted.append(ContractSendPaymentRefund(s.trade_id, leg.lock_id, leg.lock))
-    for other in s.other_deliveries:
-        if other.status is LegStatus.OPEN and s.business_time >= other.lock.timelock:
-            wanted.append(ContractSendDeliveryRefund(s.trade_id, other.lock_id, other.lock))
-    if dlv is not None and dlv_open:
-        if s.business_time >= dlv.lock.timelock:
-            wanted.append(ContractSendDeliveryRefund(s.trade_id, dlv.lock_id, dlv.lock))
-        elif s.preimage is not None and seller_gets_paid:
-            # The secret is public (e.g. a reorg dropped the buyer's own claim): the buyer paid,
-            # the buyer gets the title.
-            wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
-                                                    s.preimage))
-        elif Flag.of(FlagKind.TAKE_DELIVERY) in s.flags and s.buyer_secret is not None and \
-                Flag.failed(EffectKind.DELIVERY_CLAIM) not in s.flags and \
-                policy.delivery_claim_is_safe(s.business_time, dlv.lock.timelock) and \
-                seller_can_still_be_paid(s, policy):
-            # The managed buyer's private secret goes out only if the claim will be mined and
-            # final before T_deliver: a late claim would publish it for nothing.
-            wanted.append(ContractSendDeliveryClaim(s.trade_id, dlv.lock_id, dlv.lock,
-                                                    s.buyer_secret))
-    # Acting for managed parties: only while the counterparty still has time to act in turn.
-    if s.managed_buyer and s.phase is Phase.AGREED and pay is None and \
-            Flag.failed(EffectKind.PAYMENT_LOCK) not in s.flags and \
-            policy.leaves_time(s.payment_time, t.t_deliver):
-        wanted.append(ContractSendPaymentLock(s.trade_id, t.expected_payment_lock()))
-    if s.managed_seller and s.phase is Phase.PAYMENT_LOCKED and dlv is None and \
-            Flag.failed(EffectKind.DELIVERY_LOCK) not in s.flags and \
-            seller_is_safe_to_deliver(s, policy):
-        wanted.append(ContractSendDeliveryLock(s.trade_id, t.expected_delivery_lock(s.trade_id)))
-    return wanted, notes
-
-
 def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
     s = step.state
-    wanted, notes = _wanted(s, policy)
-    keys = {w.key for w in wanted}
-    new = [w for w in wanted if w.key not in s.pending]
+    sends, notes = wanted(s, policy)
+    keys = {w.key for w in sends}
+    new = [w for w in sends if w.key not in s.pending]
     flags = s.flags
     for note in notes:
         if isinstance(note, EventClaimAtRisk) and not note.sent:

@@ -2,8 +2,9 @@
 
 The machine is split by what each part is (the raiden way): `state` (terms, legs, phases),
 `inputs` (actions, chain logs, blocks), `effects` (transactions to make, notifications), `facts`
-(what the chains' facts mean for a trade) and `machine` (`state_transition`, the rules). Read the
-rules at the top of `gateway.domain.machine` before changing any of them."""
+(what the chains' facts mean for a trade), `wanted` (the transactions those facts call for) and
+`machine` (`state_transition`, the rules). Read the rules at the top of `gateway.domain.machine`
+before changing any of them."""
 
 from __future__ import annotations
 

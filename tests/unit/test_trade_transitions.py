@@ -12,9 +12,9 @@ Conventions of the tables below:
   trade from scratch), so it is ignored: the leg keeps its first exit, nothing is emitted and
   the trade is flagged `contradictory_exit:<lock id>`.
 
-The claims are tied (see `_wanted`): the payment is claimed for the seller only while the buyer
-has or can still get the title, and the title is claimed for the buyer from a public preimage
-only while the seller has or can still get paid.
+The claims are tied (see `gateway.domain.wanted`): the payment is claimed for the seller only
+while the buyer has or can still get the title, and the title is claimed for the buyer from a
+public preimage only while the seller has or can still get paid.
 """
 
 from __future__ import annotations
