@@ -23,7 +23,7 @@ Rules (read before changing anything here):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gateway.domain.effects import (
     Effect,
@@ -71,6 +71,7 @@ from gateway.domain.state import (
     PaymentLeg,
     Phase,
     TradeState,
+    evolve,
     is_hashlock,
     terms_problems,
 )
@@ -105,12 +106,12 @@ def state_transition(state: TradeState, inp: Input,
         case ActionAcceptTrade():
             if state.phase is not Phase.PROPOSED:
                 raise InvalidTransition(state.phase, "accept")
-            step.state = replace(state, phase=Phase.AGREED, **_hashlock_at_accept(state, inp))
+            step.state = evolve(state, phase=Phase.AGREED, **_hashlock_at_accept(state, inp))
         case ActionCancelTrade():
             if state.phase not in (Phase.PROPOSED, Phase.AGREED) or state.payment or \
                     state.delivery or state.pending:
                 raise InvalidTransition(state.phase, "cancel")
-            step.state = replace(state, phase=Phase.CANCELLED)
+            step.state = evolve(state, phase=Phase.CANCELLED)
         case ActionTakeDelivery():
             step.state = _take_delivery(state, inp, policy)
         case ActionProposeTrade():
@@ -132,7 +133,7 @@ def state_transition(state: TradeState, inp: Input,
                   f"{inp.chain} lock recorded {inp.recorded}, {inp.on_chain} on chain")
         case PreimageRevealed():
             if hashlib.sha256(inp.preimage).digest() == state.terms.hashlock:
-                step.state = replace(state, preimage=inp.preimage)
+                step.state = evolve(state, preimage=inp.preimage)
         case Block(chain=Chain.PAYMENT):
             step.state = _on_block(state, inp, "payment")
         case Block(chain=Chain.BUSINESS):
@@ -162,7 +163,7 @@ def _take_delivery(state: TradeState, inp: ActionTakeDelivery,
     if not seller_can_still_be_paid(state, policy):
         raise InvalidTransition(state.phase, "take delivery (the payment could no "
                                              "longer be claimed for the seller) of")
-    return replace(state, flags=_add(state.flags, Flag.of(FlagKind.TAKE_DELIVERY)),
+    return evolve(state, flags=_add(state.flags, Flag.of(FlagKind.TAKE_DELIVERY)),
                    buyer_secret=inp.secret)
 
 
@@ -172,13 +173,13 @@ def _on_block(state: TradeState, inp: Block, side: str) -> TradeState:
     finalized = inp.number if inp.finalized is None else inp.finalized
     if inp.timestamp <= getattr(state, time) and finalized <= getattr(state, final):
         return state
-    return replace(state, **{time: max(inp.timestamp, getattr(state, time)),
+    return evolve(state, **{time: max(inp.timestamp, getattr(state, time)),
                              final: max(finalized, getattr(state, final))})
 
 
 def _flag(step: _Step, flag: Flag, reason: str) -> None:
     if flag not in step.state.flags:
-        step.state = replace(step.state, flags=(*step.state.flags, flag))
+        step.state = evolve(step.state, flags=(*step.state.flags, flag))
         step.events.append(EventTradeFlagged(step.state.trade_id, flag, reason))
 
 
@@ -191,7 +192,7 @@ def _hashlock_at_accept(state: TradeState, inp: ActionAcceptTrade) -> dict:
     if not is_hashlock(inp.hashlock):
         raise ValueError("hashlock: the buyer gives the sha256 hashlock of its 32-byte secret "
                          "when it accepts (32 bytes, not all zero)")
-    return {"terms": replace(state.terms, hashlock=inp.hashlock),
+    return {"terms": evolve(state.terms, hashlock=inp.hashlock),
             "flags": _add(state.flags, Flag.of(FlagKind.HASHLOCK_FROM_BUYER))}
 
 
@@ -216,7 +217,7 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
         step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id,
                                              ("sender is not the buyer",)))
         foreign = Flag.of(FlagKind.FOREIGN_PAYMENT_LOCK, e.lock_id)
-        step.state = replace(s, flags=_add(s.flags, foreign))
+        step.state = evolve(s, flags=_add(s.flags, foreign))
         return
     problems = payment_lock_problems(e.lock, s.terms, policy)
     leg = PaymentLeg(e.lock_id, e.lock, block_number=e.ref.block_number)
@@ -224,9 +225,9 @@ def _on_payment_locked(step: _Step, e: ContractReceivePaymentLocked,
         reasons = tuple(problems) or (f"trade is {s.phase}"
                                       if s.payment is None else "a payment lock exists",)
         step.events.append(EventLockRejected(s.trade_id, Chain.PAYMENT, e.lock_id, reasons))
-        step.state = replace(s, rejected_payments=(*s.rejected_payments, leg))
+        step.state = evolve(s, rejected_payments=(*s.rejected_payments, leg))
         return
-    step.state = replace(s, payment=leg)
+    step.state = evolve(s, payment=leg)
 
 
 def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
@@ -240,7 +241,7 @@ def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
         if s.delivery.lock_id != e.lock_id:
             step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                                  ("a delivery lock exists",)))
-            step.state = replace(s, flags=_add(s.flags, seen[1]), other_deliveries=other)
+            step.state = evolve(s, flags=_add(s.flags, seen[1]), other_deliveries=other)
         return
     problems = delivery_lock_problems(e.lock, s.terms, s.trade_id)
     if problems:
@@ -248,12 +249,12 @@ def _on_delivery_locked(step: _Step, e: ContractReceiveDeliveryLocked) -> None:
         # the buyer takes it, its secret is public and the seller is paid all the same.
         step.events.append(EventLockRejected(s.trade_id, Chain.BUSINESS, e.lock_id,
                                              tuple(problems)))
-        step.state = replace(s, flags=_add(s.flags, seen[0]), other_deliveries=other)
+        step.state = evolve(s, flags=_add(s.flags, seen[0]), other_deliveries=other)
         return
     flags = s.flags
     if s.payment is None:
         flags = _add(flags, Flag.of(FlagKind.DELIVERY_LOCKED_BEFORE_PAYMENT))
-    step.state = replace(s, delivery=DeliveryLeg(e.lock_id, e.lock,
+    step.state = evolve(s, delivery=DeliveryLeg(e.lock_id, e.lock,
                                                  block_number=e.ref.block_number), flags=flags)
 
 
@@ -261,42 +262,42 @@ def _on_exit(step: _Step, chain: Chain, lock_id: bytes, status: LegStatus,
              preimage: bytes | None) -> None:
     s = step.state
     if preimage is not None and hashlib.sha256(preimage).digest() == s.terms.hashlock:
-        s = replace(s, preimage=preimage)
+        s = evolve(s, preimage=preimage)
     if chain is Chain.PAYMENT:
         if s.payment is not None and s.payment.lock_id == lock_id:
             if s.payment.status is not LegStatus.OPEN:
                 if s.payment.status is not status:  # a lock exits once; no chain says twice
-                    s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
+                    s = evolve(s, flags=_add(s.flags, _contradictory(lock_id)))
                 step.state = s
                 return
-            s = replace(s, payment=replace(s.payment, status=status))
+            s = evolve(s, payment=evolve(s.payment, status=status))
         else:
             legs = []
             for leg in s.rejected_payments:
                 if leg.lock_id == lock_id and leg.status is LegStatus.OPEN:
-                    leg = replace(leg, status=status)
+                    leg = evolve(leg, status=status)
                 elif leg.lock_id == lock_id and leg.status is not status:
-                    s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
+                    s = evolve(s, flags=_add(s.flags, _contradictory(lock_id)))
                 legs.append(leg)
-            s = replace(s, rejected_payments=tuple(legs))
+            s = evolve(s, rejected_payments=tuple(legs))
     elif s.delivery is not None and s.delivery.lock_id == lock_id:
         if s.delivery.status is not LegStatus.OPEN:
             if s.delivery.status is not status:
-                s = replace(s, flags=_add(s.flags, _contradictory(lock_id)))
+                s = evolve(s, flags=_add(s.flags, _contradictory(lock_id)))
         else:
-            s = replace(s, delivery=replace(s.delivery, status=status))
+            s = evolve(s, delivery=evolve(s.delivery, status=status))
     else:
-        others = tuple(replace(leg, status=status)
+        others = tuple(evolve(leg, status=status)
                        if leg.lock_id == lock_id and leg.status is LegStatus.OPEN else leg
                        for leg in s.other_deliveries)
-        s = replace(s, other_deliveries=others)
+        s = evolve(s, other_deliveries=others)
     step.state = s
 
 
 def _advance_phase(step: _Step, policy: TimingPolicy) -> None:
     new = phase_for(step.state, policy)
     if new is not step.state.phase:
-        step.state = replace(step.state, phase=new)
+        step.state = evolve(step.state, phase=new)
 
 
 def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
@@ -316,7 +317,7 @@ def _reconcile(step: _Step, policy: TimingPolicy) -> list[Effect]:
     flags = tuple(f for f in flags if not f.is_a(FlagKind.BLOCKED) or f.subject in keys)
     # Pending effects the facts no longer call for (the chain showed their result, or the
     # moment passed) are dropped; those still wanted stay pending exactly once.
-    step.state = replace(s, pending=frozenset(keys), flags=flags)
+    step.state = evolve(s, pending=frozenset(keys), flags=flags)
     return [*new, *notes]
 
 
@@ -324,7 +325,7 @@ def check_invariants(before: TradeState, after: TradeState) -> None:
     if after.terms != before.terms and not (
             before.terms.hashlock == AWAITING_HASHLOCK and before.phase is Phase.PROPOSED
             and after.phase is Phase.AGREED
-            and replace(after.terms, hashlock=AWAITING_HASHLOCK) == before.terms):
+            and evolve(after.terms, hashlock=AWAITING_HASHLOCK) == before.terms):
         raise InvariantViolated("terms changed other than by the buyer's hashlock at accept")
     if after.phase not in (Phase.PROPOSED, Phase.CANCELLED, Phase.EXPIRED) and \
             after.terms.hashlock == AWAITING_HASHLOCK:
