@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.db.repository import Clock, Repository
 from gateway.domain.marks import Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
+from gateway.domain.state import evolve
 from gateway.domain.trade import (
     ActionProposeTrade,
     Block,
@@ -348,7 +348,7 @@ class Dispatcher:
             flag = Flag.of(FlagKind.INVARIANT_VIOLATED, type(inp).__name__)
             if flag in state.flags:
                 return state, []
-            return replace(state, flags=(*state.flags, flag)), []
+            return evolve(state, flags=(*state.flags, flag)), []
 
     def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
         return route(inp, lambda lock_id: repo.trade_id_by_lock(chain.value, lock_id),
@@ -364,7 +364,7 @@ class Dispatcher:
             before = work.before.get(trade_id)
             wakes = wake_times(state, self.policy)
             if before is not None and not effects.get(trade_id) and \
-                    wakes == work.wakes.get(trade_id) and replace(
+                    wakes == work.wakes.get(trade_id) and evolve(
                     state, payment_time=before.payment_time,
                     business_time=before.business_time) == before:
                 continue  # only chain time moved: the next batch that wakes it brings it again
