@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Header, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
@@ -62,37 +63,43 @@ def _client(request: Request, ctx: ApiContext) -> str:
 
 def _admit(ctx: ApiContext, address: str, token: str,
            proposal_key: str | None) -> tuple[str, Any, str | None]:
-    """Admission of a /v1 request, in one database session: the client address's bucket,
-    then the key, then the enterprise's bucket. (outcome, value, enterprise id if known):
-    ("limited", seconds to wait) | ("no-key", None) | ("unknown-key", None) | ("ok",
-    enterprise). Before a proposal, the caller's
-    expired row for its Idempotency-Key (`proposal_key`) is deleted: a key reused after
-    DVP_IDEMPOTENCY_TTL is a new key. Now and then, the housekeeping sweep."""
-    limits, limiter = ctx.limits, ctx.rate_limiter
+    """Admission of a /v1 request, in one database transaction (one commit, whatever the
+    outcome: the buckets' takes count even when the key is refused): the client address's
+    bucket, then the key, then the enterprise's bucket. (outcome, value, enterprise id if
+    known): ("limited", seconds to wait) | ("no-key", None) | ("unknown-key", None) | ("ok",
+    enterprise). Before a proposal, the caller's expired row for its Idempotency-Key
+    (`proposal_key`) is deleted: a key reused after DVP_IDEMPOTENCY_TTL is a new key. Now
+    and then, the housekeeping sweep."""
     with ctx.session_factory() as session:
-        wait = limiter.take(session, client_bucket(address), limits.client_rate,
-                            limits.client_capacity)
+        outcome = _admission(ctx, session, address, token, proposal_key)
         session.commit()
-        if wait:
-            return "limited", wait, None
-        if not token:
-            return "no-key", None, None
-        enterprise = authenticate(session, token)
-        if enterprise is None:
-            return "unknown-key", None, None
-        wait = limiter.take(session, enterprise_bucket(enterprise.id), limits.rate_per_second,
-                            limits.burst)
-        if not wait and proposal_key:
-            expire_idempotency_key(session, enterprise.id, proposal_key,
-                                   limits.idempotency_ttl, limiter.clock())
-        session.commit()
-        if wait:
-            return "limited", wait, enterprise.id
-        if ctx.housekeeping.due():
+        if outcome[0] == "ok" and ctx.housekeeping.due():
             try:
                 ctx.housekeeping.sweep(session)
             except Exception as exc:  # noqa: BLE001 - the request is served all the same
                 session.rollback()
                 structlog.get_logger("gateway.api").warning(
                     "housekeeping_failed", error=f"{type(exc).__name__}: {exc}")
-        return "ok", enterprise, enterprise.id
+        return outcome
+
+
+def _admission(ctx: ApiContext, session: Session, address: str, token: str,
+               proposal_key: str | None) -> tuple[str, Any, str | None]:
+    limits, limiter = ctx.limits, ctx.rate_limiter
+    wait = limiter.take(session, client_bucket(address), limits.client_rate,
+                        limits.client_capacity)
+    if wait:
+        return "limited", wait, None
+    if not token:
+        return "no-key", None, None
+    enterprise = authenticate(session, token)
+    if enterprise is None:
+        return "unknown-key", None, None
+    wait = limiter.take(session, enterprise_bucket(enterprise.id), limits.rate_per_second,
+                        limits.burst)
+    if wait:
+        return "limited", wait, enterprise.id
+    if proposal_key:
+        expire_idempotency_key(session, enterprise.id, proposal_key, limits.idempotency_ttl,
+                               limiter.clock())
+    return "ok", enterprise, enterprise.id

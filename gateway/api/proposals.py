@@ -63,7 +63,8 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                           field="counterparty")
         if body.role == "buyer":  # an early answer; decided in the writing transaction
             check_exposure(ctx, records, caller.id, int(body.payment.amount))
-    proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, _chain_now(ctx))
+    proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, _chain_now(ctx),
+                        titles=read_titles(ctx, [int(body.delivery.token_id)]))
     assert proposal is not None  # (not gathering: the first problem was raised)
 
     def refuse_used(used: list[int]) -> Problem:
