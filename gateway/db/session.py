@@ -83,62 +83,85 @@ def backup_sqlite(source: Path, target: Path, *, force: bool = False) -> tuple[s
     single self-contained file (rollback journal, no -wal), synced and only then renamed to
     `target`. An existing `target` is refused unless `force`. Returns the copy's alembic
     revision (None without one) and its size in bytes."""
-    import sqlite3
-
     if not source.is_file():
         raise BackupError(f"no SQLite database at {source}")
     if target.exists() and not force:
         raise BackupError(f"{target} exists: give --force to overwrite it")
     if target.resolve() == source.resolve():
         raise BackupError(f"{target} is the database itself")
+    tmp = _private_file_beside(target)
+    try:
+        revision, check = _snapshot(source, tmp)
+        if check != ["ok"]:
+            raise BackupError(f"the copy of {source} fails PRAGMA integrity_check: "
+                              + "; ".join(check[:5]))
+        _fsync_file(tmp)
+        size = tmp.stat().st_size
+        _publish(tmp, target, force=force)
+        _fsync_directory(target.parent)
+        return revision, size
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _private_file_beside(target: Path) -> Path:
+    """A new empty file of mode 0600 next to `target`: the copy is made there, then renamed."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
         raise BackupError(f"cannot create {tmp}: {exc}") from exc
+    return tmp
+
+
+def _snapshot(source: Path, copy: Path) -> tuple[str | None, list[str]]:
+    """`source` copied into `copy` in one step (one snapshot) and made a single file: the
+    copy's alembic revision and what `PRAGMA integrity_check` says of it."""
+    import sqlite3
+
     try:
+        src = sqlite3.connect(source.resolve().as_uri() + "?mode=rw", uri=True, timeout=30)
         try:
-            src = sqlite3.connect(source.resolve().as_uri() + "?mode=rw", uri=True, timeout=30)
+            dst = sqlite3.connect(copy)
             try:
-                dst = sqlite3.connect(tmp)
+                src.backup(dst)  # all pages in one step: one snapshot
+                dst.execute("PRAGMA journal_mode=DELETE")
+                check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
                 try:
-                    src.backup(dst)  # all pages in one step: one snapshot
-                    dst.execute("PRAGMA journal_mode=DELETE")
-                    check = [row[0] for row in dst.execute("PRAGMA integrity_check")]
-                    try:
-                        row = dst.execute("SELECT version_num FROM alembic_version").fetchone()
-                        revision = row[0] if row else None
-                    except sqlite3.OperationalError:  # no such table
-                        revision = None
-                finally:
-                    dst.close()
+                    row = dst.execute("SELECT version_num FROM alembic_version").fetchone()
+                    revision = row[0] if row else None
+                except sqlite3.OperationalError:  # no such table
+                    revision = None
             finally:
-                src.close()
-        except sqlite3.Error as exc:
-            raise BackupError(f"cannot back up {source}: {exc}") from exc
-        if check != ["ok"]:
-            raise BackupError(f"the copy of {source} fails PRAGMA integrity_check: "
-                              + "; ".join(check[:5]))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
+                dst.close()
         finally:
-            os.close(fd)
-        size = tmp.stat().st_size
-        try:
-            if force:
-                os.replace(tmp, target)
-            else:
-                os.link(tmp, target)  # fails if `target` appeared meanwhile: never clobbered
-                tmp.unlink()
-        except FileExistsError as exc:
-            raise BackupError(f"{target} exists: give --force to overwrite it") from exc
-        except OSError as exc:
-            raise BackupError(f"cannot write {target}: {exc}") from exc
-        _fsync_directory(target.parent)
-        return revision, size
+            src.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot back up {source}: {exc}") from exc
+    return revision, check
+
+
+def _publish(tmp: Path, target: Path, *, force: bool) -> None:
+    """The finished copy renamed to `target`; without `force`, never over a file that
+    appeared there meanwhile."""
+    try:
+        if force:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)  # fails if `target` appeared meanwhile: never clobbered
+            tmp.unlink()
+    except FileExistsError as exc:
+        raise BackupError(f"{target} exists: give --force to overwrite it") from exc
+    except OSError as exc:
+        raise BackupError(f"cannot write {target}: {exc}") from exc
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:
