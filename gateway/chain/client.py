@@ -16,6 +16,7 @@ go to a JSON-RPC node as batch requests (`gateway.chain.rpc`); a revert is decod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -77,6 +78,13 @@ __all__ = [
 _call_errors = call_errors  # gateway.chain.htlc imports it by this name
 
 
+
+@dataclass(frozen=True)
+class BlockHeader:
+    number: int
+    hash: bytes
+    timestamp: int
+
 class ChainClient:
     """One chain: a Web3 connection and the local nonce of every key that sends through it."""
 
@@ -122,6 +130,29 @@ class ChainClient:
     def block_number(self) -> int:
         """The node's latest block number (`eth_blockNumber`)."""
         return int(self.w3.eth.block_number)
+
+    def blocks(self, which: list[int | str]) -> list[BlockHeader | None]:
+        """The headers of these blocks (numbers, or tags such as "latest" and "finalized"), in
+        order, None for a block the node does not have: one JSON-RPC batch request on a node
+        (the node answers in order, so a later one is never older than an earlier one), one
+        read each on eth-tester. A node that cannot be reached raises."""
+        if not which:
+            return []
+        if self._json_rpc:
+            found = batch(self.w3, [("eth_getBlockByNumber",
+                                     [hex(b) if isinstance(b, int) else b, False])
+                                    for b in which], "eth_getBlockByNumber")
+            return [BlockHeader(int(h["number"], 16), hex_bytes(h["hash"]),
+                                int(h["timestamp"], 16)) if h else None for h in found]
+        headers: list[BlockHeader | None] = []
+        for b in which:
+            try:
+                h = self.w3.eth.get_block(b)
+            except (BlockNotFound, *tester_missing_block()):
+                headers.append(None)
+                continue
+            headers.append(BlockHeader(int(h["number"]), bytes(h["hash"]), int(h["timestamp"])))
+        return headers
 
     def node_chain_id(self) -> int:
         """The chain id the node reports (`eth_chainId`): to check it is `chain_id`."""

@@ -121,20 +121,21 @@ class ChainPoller:
         """The head's number; alert when its timestamp lags the wall clock by too much."""
         if self.stall_after is None:
             return self.head()
-        block = self.client.w3.eth.get_block("latest")
-        age = time.time() - block["timestamp"]
+        (block,) = self.client.blocks(["latest"])
+        assert block is not None
+        age = time.time() - block.timestamp
         CHAIN_HEAD_AGE.labels(self.chain.value).set(age)
         if age > self.stall_after and not self.stalled:
             self.stalled = True
-            log.critical("chain_stalled", chain=self.chain.value, head=block["number"],
+            log.critical("chain_stalled", chain=self.chain.value, head=block.number,
                          head_age_seconds=round(age), threshold=self.stall_after)
         elif age <= self.stall_after and self.stalled:
             self.stalled = False
-            log.warning("chain_resumed", chain=self.chain.value, head=block["number"])
-        return block["number"]
+            log.warning("chain_resumed", chain=self.chain.value, head=block.number)
+        return block.number
 
     def head(self) -> int:
-        return self.client.w3.eth.block_number
+        return self.client.block_number()
 
     def confirmed_head(self) -> int:
         return self.head() - self.confirmations
@@ -143,10 +144,8 @@ class ChainPoller:
         """The block's hash; None when the node has no such block (above its head after a
         reorg or a restart). A node that cannot be reached raises: that is no fork, and the
         relayer retries the step (judging it a fork halted chains on a node's restart)."""
-        try:
-            return bytes(self.client.w3.eth.get_block(number)["hash"])
-        except BlockNotFound:
-            return None
+        (block,) = self.client.blocks([number])
+        return block.hash if block is not None else None
 
     def find_fork(self, recent: list[tuple[int, bytes]], cursor: int | None = None) -> int:
         """Highest remembered position still on the chain (recent is newest first), at most
@@ -184,15 +183,19 @@ class ChainPoller:
         else:
             end = min(target, start + self.batch_blocks - 1)
         inputs = self._inputs(start, end) if start <= end else []
-        # Before the last block: if a reorg lands between the calls, the last block's hash
-        # is the newest thing read, so the checkpoints never come from a newer chain than it.
-        checkpoints = self._checkpoints(start, end)
-        block = self.client.w3.eth.get_block(end)
+        # The checkpoints and the last block in one batch, the last block read last: if a
+        # reorg lands between the reads, its hash is the newest thing read, so the
+        # checkpoints never come from a newer chain than it.
+        numbers = self._checkpoint_numbers(start, end)
+        *marks, block = self.client.blocks([*numbers, end])
+        if block is None or any(m is None for m in marks):
+            raise BlockNotFound(f"{self.chain.value} block {end} or below is gone: read again")
         return ChainBatch(chain=self.chain, chain_id=self.client.chain_id, inputs=inputs,
-                          block=Block(self.chain, end, block["timestamp"],
+                          block=Block(self.chain, end, block.timestamp,
                                       finalized=self._finalized(head, end)),
-                          block_hash=bytes(block["hash"]), rewind_to=rewind_to,
-                          checkpoints=checkpoints)
+                          block_hash=block.hash, rewind_to=rewind_to,
+                          checkpoints=tuple((m.number, m.hash) for m in marks
+                                            if m is not None))
 
     def _finalized(self, head: int, end: int) -> int | None:
         """The highest block of this batch that is final by the chain's rule (None: all)."""
@@ -202,19 +205,21 @@ class ChainPoller:
         if isinstance(self.finality, int):
             final = head - self.finality
         else:
-            final = self.client.w3.eth.get_block(self.finality)["number"]
+            (tagged,) = self.client.blocks([self.finality])
+            if tagged is None:
+                raise BlockNotFound(f"the {self.chain.value} node has no {self.finality!r} block")
+            final = tagged.number
         return max(0, min(final, end))
 
-    def _checkpoints(self, start: int, end: int) -> tuple[tuple[int, bytes], ...]:
-        """(number, hash) of every other block below `end` in the batch's last
-        `max_reorg_depth` blocks, so that remembered positions stay two blocks apart near the
-        cursor (with the previous cursor, `start - 1`, a batch of one or two blocks already
-        does: it needs none)."""
+    def _checkpoint_numbers(self, start: int, end: int) -> list[int]:
+        """Every other block below `end` in the batch's last `max_reorg_depth` blocks, whose
+        hashes are remembered so that positions stay two blocks apart near the cursor (with
+        the previous cursor, `start - 1`, a batch of one or two blocks already does: it needs
+        none)."""
         if self.max_reorg_depth is None or end - start < 2:
-            return ()
+            return []
         lowest = max(start, end - min(self.max_reorg_depth, MAX_CHECKPOINT_DEPTH))
-        return tuple((number, bytes(self.client.w3.eth.get_block(number)["hash"]))
-                     for number in range(end - 2, lowest - 1, -2))
+        return list(range(end - 2, lowest - 1, -2))
 
     def _inputs(self, start: int, end: int) -> list[ContractReceive]:
         inputs = []
