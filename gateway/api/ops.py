@@ -90,6 +90,23 @@ def _check_token(ctx, authorization: str | None) -> None:  # noqa: ANN001
                       kind="unauthorized")
 
 
+def _check_dependencies(ctx, checks: dict[str, str]) -> None:  # noqa: ANN001 - an ApiContext
+    """Readiness: the database answers, and each chain's node gives its head. Written into
+    `checks` as they come, so a probe that times out still reports what answered."""
+    try:
+        with ctx.session_factory() as session:
+            ping(session)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = f"down: {type(exc).__name__}"
+    for name, view in (("payment_chain", ctx.payment), ("business_chain", ctx.business)):
+        try:
+            view.client.block_number()
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks[name] = f"down: {type(exc).__name__}"
+
+
 def add_ops_routes(app: FastAPI, ctx) -> None:  # noqa: ANN001 - an ApiContext
     from gateway.engine import metrics as _metrics
 
@@ -97,23 +114,9 @@ def add_ops_routes(app: FastAPI, ctx) -> None:  # noqa: ANN001 - an ApiContext
 
     async def probe() -> tuple[bool, dict[str, str], dict[str, int | None]]:
         checks: dict[str, str] = {}
-
-        def run() -> None:
-            try:
-                with ctx.session_factory() as session:
-                    ping(session)
-                checks["database"] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                checks["database"] = f"down: {type(exc).__name__}"
-            for name, view in (("payment_chain", ctx.payment), ("business_chain", ctx.business)):
-                try:
-                    view.client.block_number()
-                    checks[name] = "ok"
-                except Exception as exc:  # noqa: BLE001
-                    checks[name] = f"down: {type(exc).__name__}"
-
         try:
-            await asyncio.wait_for(run_in_threadpool(run), timeout=10)
+            await asyncio.wait_for(run_in_threadpool(_check_dependencies, ctx, checks),
+                                   timeout=10)
         except TimeoutError:
             for name in ("database", "payment_chain", "business_chain"):
                 checks.setdefault(name, "down: timeout")
