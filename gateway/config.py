@@ -101,8 +101,12 @@ class Settings(BaseSettings):
     # deleted by the API processes as they serve (gateway.api.housekeeping).
     idempotency_ttl: int = Field(24 * 3600, ge=60)
     # Most trades in one batch request (`POST /v1/trades/batch`, `/v1/trades/accept-batch`):
-    # each batch is one database transaction. A batch must also fit the 64 KiB body limit.
+    # each batch is one database transaction. A batch must also fit the body limit.
     batch_max: int = Field(100, ge=1, le=1000)
+    # Largest request body accepted (413 beyond; counted as it arrives, chunked or not):
+    # 64 KiB holds a batch of about 190 proposals; raise it with DVP_BATCH_MAX (a proposal
+    # with a hashlock is about 340 bytes).
+    max_body_bytes: int = Field(64 * 1024, ge=4 * 1024, le=16 * 1024 * 1024)
     # Operator endpoints (gateway.api.ops). /healthz touches nothing; /readyz probes the
     # database and both nodes and /metrics reads the database, each at most once per
     # DVP_OPS_CACHE_SECONDS however often they are called. With DVP_OPS_TOKEN set (16

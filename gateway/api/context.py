@@ -83,7 +83,7 @@ class Limits:
                    client_burst=settings.client_rate_limit_burst,
                    idempotency_ttl=float(settings.idempotency_ttl),
                    ops_cache_seconds=settings.ops_cache_seconds,
-                   batch_max=settings.batch_max)
+                   batch_max=settings.batch_max, max_body_bytes=settings.max_body_bytes)
 
 
 @dataclass

@@ -435,6 +435,23 @@ def test_a_full_batch_fits_the_body_limit(system, client) -> None:
         fields(body)
 
 
+def test_the_body_limit_is_set_for_bigger_batches(make_system) -> None:
+    """DVP_MAX_BODY_BYTES: a batch bigger than 64 KiB (DVP_BATCH_MAX up to 1000) is read
+    whole; over the limit it is a 413, never read in full."""
+    settings = Settings(_env_file=None, batch_max=500, max_body_bytes=256 * 1024)
+    assert Limits.from_settings(settings).max_body_bytes == 256 * 1024
+    big, big_client = make_system(limits=Limits(rate_per_second=1e6, burst=10**6,
+                                                batch_max=500, max_body_bytes=256 * 1024))
+    b, s = demo(big)
+    one = terms(big, b.id, title=0)
+    body = {"trades": [one] * 300}  # about 100 KiB: over the default limit, under this one
+    assert 64 * 1024 < len(json.dumps(body)) < 256 * 1024
+    # read whole and answered on its items (one title 300 times)
+    assert "trades[299].delivery.token_id" in fields(
+        problem(big_client.post(BATCH, json=body, headers=s.idem()), 422))
+    problem(big_client.post(BATCH, json={"trades": [one] * 900}, headers=s.idem()), 413)
+
+
 # --- accepting ---------------------------------------------------------------------------------
 
 
