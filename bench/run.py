@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import anvil_bench  # noqa: E402
 import api  # noqa: E402
+import api_workers  # noqa: E402
 import backlog  # noqa: E402
 import e2e  # noqa: E402
 import gas  # noqa: E402
@@ -27,7 +28,8 @@ def main() -> int:
     logs.configure(json=True, level=40)
     gas_result = gas.measure()
     print(json.dumps({"gas": gas_result, "e2e_in_process": e2e.measure(),
-                      "api": api.measure(), "backlog": backlog.measure(),
+                      "api": api.measure(), "api_workers": api_workers.measure(),
+                      "backlog": backlog.measure(),
                       "anvil": anvil_bench.measure()}, indent=2))
     return 0 if all(gas_result["within_targets"].values()) else 1
 
