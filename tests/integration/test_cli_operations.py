@@ -1,5 +1,5 @@
 """Operations from the command line: SQLite durability (PRAGMA synchronous), online backups,
-and files that hold keys written with mode 0600."""
+files that hold keys written with mode 0600, and `api --workers` refusals."""
 
 from __future__ import annotations
 
@@ -252,3 +252,84 @@ def test_devnet_demo_json_is_private(tmp_path, monkeypatch) -> None:
         os.umask(old_umask)
     assert stat.S_IMODE((workdir / "demo.json").stat().st_mode) == 0o600
     assert json.loads((workdir / "demo.json").read_text())["enterprises"]["buyer"]["api_key"]
+
+
+# --- api --workers --------------------------------------------------------------------------
+
+
+def test_api_workers_are_refused_on_sqlite(tmp_path) -> None:
+    """SQLite has one writer and every API request writes: several API processes on it are
+    refused before anything is opened (the nodes are never asked, the file never made);
+    tests/anvil/test_api_workers.py runs them on PostgreSQL."""
+    database = tmp_path / "gateway.db"
+    result = CliRunner().invoke(main, ["api", "--workers", "2"], env={
+        "DVP_DATABASE_URL": f"sqlite:///{database}",
+        "DVP_PAYMENT_RPC_URL": "http://127.0.0.1:9", "DVP_BUSINESS_RPC_URL": "http://127.0.0.1:9"})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --workers 2 needs PostgreSQL: DVP_DATABASE_URL is "
+                                    "a SQLite database, which has a single writer")
+    assert "--workers 1" in result.output and "postgresql+psycopg://" in result.output
+    assert "Traceback" not in result.output and "unreachable" not in result.output
+    assert not database.exists()
+
+
+def test_api_workers_must_be_at_least_one() -> None:
+    result = CliRunner().invoke(main, ["api", "--workers", "0"])
+    assert result.exit_code == 2
+    assert "--workers" in result.output and "0 is not in the range x>=1" in result.output
+
+
+def test_an_api_worker_that_cannot_start_stops_the_supervisor(tmp_path, monkeypatch,
+                                                              capsys) -> None:
+    """A worker exits with uvicorn's startup-failure code, whatever the reason (its message
+    printed, secrets redacted): uvicorn's supervisor then stops every worker instead of
+    starting the failing one again and again, and `api --workers` exits 2."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from gateway import logs
+    from gateway.cli import api
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVP_PAYMENT_CHAIN_ID", "7")
+    monkeypatch.setenv("DVP_BUSINESS_CHAIN_ID", "7")
+    with pytest.raises(SystemExit) as exit_info:  # a setting refused
+        api.create_app_from_env()
+    assert exit_info.value.code == STARTUP_FAILURE
+    assert "must differ" in capsys.readouterr().err
+
+    logs.keep_secret(["hunter2-worker-secret"])
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("connection to postgresql://u:hunter2-worker-secret@db refused")
+
+    monkeypatch.setattr(api, "_settings", broken)
+    with pytest.raises(SystemExit) as exit_info:  # anything else
+        api.create_app_from_env()
+    assert exit_info.value.code == STARTUP_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("error: an API worker cannot start: connection to postgresql://")
+    assert "hunter2-worker-secret" not in err
+
+
+SUPERVISOR = """
+from gateway.cli import common, workers
+workers._rpc_clients = lambda settings, relayer: None  # the supervisor's own checks pass
+workers.serve_workers(common._settings(), "127.0.0.1", 0, 2)
+"""
+
+
+def test_api_workers_that_cannot_start_are_not_restarted(tmp_path) -> None:
+    """Workers that fail to start (here: no node configured, which the supervisor was made to
+    overlook) stop the supervisor with exit 2 instead of being started again and again."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")}
+    env["DVP_DATABASE_URL"] = f"sqlite:///{tmp_path / 'gateway.db'}"
+    done = subprocess.run([sys.executable, "-c", SUPERVISOR], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: missing configuration: DVP_PAYMENT_RPC_URL" in done.stderr
+    assert done.stderr.rstrip().endswith(
+        "error: an API worker could not start (see above); every worker is stopped")
+    assert "Traceback" not in done.stderr

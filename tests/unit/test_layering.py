@@ -166,3 +166,23 @@ def test_only_the_database_layer_builds_sql() -> None:
         f"queries belong in gateway/db: {sorted(offenders - SQL_EXCEPTIONS)}"
     assert SQL_EXCEPTIONS <= offenders, \
         f"no longer needed, strike them off: {sorted(SQL_EXCEPTIONS - offenders)}"
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60  # decorators included
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """Issue 12's newcomer test: a module is read in one sitting (<= 400 lines) and a function
+    on one screen (<= 60 lines); something bigger is two things."""
+    too_big = []
+    for name, path in MODULES.items():
+        source = path.read_text()
+        if (lines := len(source.splitlines())) > MAX_MODULE_LINES:
+            too_big.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                if (length := node.end_lineno - start + 1) > MAX_FUNCTION_LINES:
+                    too_big.append(f"{name}.{node.name}: {length} lines")
+    assert not too_big, too_big

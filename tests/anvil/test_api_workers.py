@@ -1,0 +1,107 @@
+"""`dvp-gateway api --workers N` as an operator runs it on PostgreSQL: one port served by N
+worker processes, each building its API from the same DVP_* variables; SIGTERM to the
+supervisor stops every worker and exits 0. (On SQLite the command refuses: see
+tests/integration/test_cli_operations.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.chain.anvil import devnet_env
+from gateway.chain.devnet import BUYER, RELAYER
+from tests.databases import on_postgres
+from tests.e2e.test_run_command import _free_port, _wait_healthy
+from tests.helpers import terminate
+from tests.postgres.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(not on_postgres(), reason="--workers needs PostgreSQL "
+                                "(DVP_TEST_DATABASE_URL)")
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+SCRIPT = Path(sys.executable).parent / "dvp-gateway"  # the installed entry point
+
+
+def _children(pid: int) -> set[int]:
+    """The processes `pid` started (its workers, and multiprocessing's resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def _workers(pid: int) -> set[int]:
+    found = set()
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if b"spawn_main" in cmdline:
+            found.add(child)
+    return found
+
+
+def _enterprise(env: dict, address: str) -> tuple[str, str]:
+    """A self-custody enterprise made with the CLI: (its id, its API key)."""
+    made = subprocess.run([*CLI, "enterprise", "create", "--name", "Workers Ltd",
+                           "--payment-address", address, "--business-address", address],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    lines = made.stdout.splitlines()
+    return lines[0].split()[1], lines[-1].split()[2]
+
+
+@pytest.mark.parametrize(("command", "ops_port"), [([str(SCRIPT)], False), (CLI, True)],
+                         ids=["dvp-gateway", "python-m-ops-port"])
+def test_api_workers_serve_one_port_and_stop_on_sigterm(command, ops_port, anvil_devnet,
+                                                        database_url, tmp_path) -> None:
+    """With DVP_OPS_PORT, the supervisor serves /healthz, /readyz and /metrics there for all
+    its workers, and the workers serve them not at all."""
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed")
+    env = {**os.environ, "DVP_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+    env.update(line.split("=", 1) for line in
+               devnet_env(anvil_devnet, anvil_devnet.account(RELAYER).key, None))
+    ent_id, key = _enterprise(env, anvil_devnet.account(BUYER).address)
+    port = _free_port()
+    base, log = f"http://127.0.0.1:{port}", tmp_path / "api.log"
+    ops = base
+    if ops_port:
+        env["DVP_OPS_PORT"] = str(_free_port())
+        ops = f"http://127.0.0.1:{env['DVP_OPS_PORT']}"
+    with log.open("w") as out:  # a new database: the supervisor and the workers migrate it
+        api = subprocess.Popen([*command, "api", "--workers", "2", "--port", str(port)],
+                               env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(ops, api, timeout=120)
+        wait_for(lambda: len(_workers(api.pid)) == 2, timeout=60, what="two workers")
+        workers, started = _workers(api.pid), _children(api.pid)  # and a resource tracker
+
+        def me(_: int) -> httpx.Response:
+            return httpx.get(f"{base}/v1/me", headers={"Authorization": f"Bearer {key}"},
+                             timeout=30)
+
+        # Every /v1 request writes (its rate-limit buckets): the workers write side by side.
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(me, range(40)))
+        assert {a.status_code for a in answers} == {200}, answers[0].text
+        assert {a.json()["id"] for a in answers} == {ent_id}
+        assert httpx.get(f"{base}/v1/me", timeout=10).status_code == 401
+        assert httpx.get(f"{ops}/readyz", timeout=10).json()["ready"] is True
+        assert "dvp_trades" in httpx.get(f"{ops}/metrics", timeout=10).text
+        if ops_port:
+            assert httpx.get(f"{base}/healthz", timeout=10).status_code == 404
+        assert _workers(api.pid) == workers  # none died and was replaced
+    finally:
+        code = terminate(api, timeout=60)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived it"
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), timeout=10,
+             what="the resource tracker gone")
+    assert "Traceback" not in text, text[-3000:]
