@@ -88,7 +88,8 @@ def module_system(tmp_path_factory, name: str):  # noqa: ANN001, ANN201
 
 
 class Meeting:
-    """Two concurrent calls of `obj.method` made to meet (`meet_in`)."""
+    """Two concurrent calls of `obj.method` made to meet (`meet_in`), once: a later call (a
+    request's unit of work run again after its commit lost a race) does not wait."""
 
     def __init__(self, obj: object, method: str, timeout: float) -> None:
         import threading
@@ -96,13 +97,15 @@ class Meeting:
         self.barrier = threading.Barrier(2, timeout=timeout)
         self._obj, self._method = obj, method
         self._original = original = getattr(obj, method)
-        barrier = self.barrier
+        barrier, met = self.barrier, threading.Event()
 
         def in_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            try:
-                barrier.wait()
-            except threading.BrokenBarrierError:
-                pass
+            if not met.is_set():  # they meet once: a call after that (a retry) goes on
+                try:
+                    barrier.wait()
+                    met.set()
+                except threading.BrokenBarrierError:
+                    pass
             return original(*args, **kwargs)
 
         setattr(obj, method, in_step)
