@@ -649,5 +649,5 @@ class HTLCMachine(RuleBasedStateMachine):
         )
 
 
-HTLCMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=30)  # py-evm cost
+HTLCMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=30)  # py-evm cost
 TestHTLCMachine = HTLCMachine.TestCase

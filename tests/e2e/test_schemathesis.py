@@ -279,7 +279,7 @@ def tenant_a_trades() -> list[str]:
     ids = []
     for action in (None, "accept", "cancel"):
         r = CLIENT.post("/v1/trades", json=valid_proposal(),
-                        headers={**SELLER, "Idempotency-Key": f"tenant-a-{action}"})
+                        headers={**SELLER, "Idempotency-Key": f"tenant-a-{action}-{uuid.uuid4()}"})
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
         if action:
