@@ -175,44 +175,27 @@ def test_a_chain_batch_waits_for_the_writers_of_named_trades(dispatcher) -> None
 
 def test_a_named_lock_serialises_its_holders(dispatcher) -> None:
     """A buyer's exposure lock (`Unit.lock_name`): the second proposal or accept of one buyer
-    reads its open exposure only after the first committed."""
-    inside, go = threading.Event(), threading.Event()
+    reads its open exposure only after the first committed; another buyer's does not wait."""
+    for other, must_wait in (("exposure:buyer", True), ("exposure:another buyer", False)):
+        inside, go = threading.Event(), threading.Event()
 
-    def first() -> None:
-        with dispatcher.unit() as unit:
-            unit.lock_name("exposure:buyer")
-            inside.set()
-            go.wait(30)
+        def first(inside: threading.Event = inside, go: threading.Event = go) -> None:
+            with dispatcher.unit() as unit:
+                unit.lock_name("exposure:buyer")
+                inside.set()
+                go.wait(30)
 
-    a = threading.Thread(target=first)
-    a.start()
-    assert inside.wait(30)
+        def second(name: str = other) -> bool:
+            with dispatcher.unit() as unit:
+                unit.lock_name(name)
+            return True
 
-    def second() -> bool:
-        with dispatcher.unit() as unit:
-            unit.lock_name("exposure:buyer")
-        return True
-
-    thread, out, done = _in_thread(second)
-    waited = not done.wait(HOLD)
-    go.set()
-    a.join(30)
-    thread.join(30)
-    assert waited and out == [True]
-    # another buyer's lock is another lock
-    inside.clear()
-    go.clear()
-    a = threading.Thread(target=first)
-    a.start()
-    assert inside.wait(30)
-
-    def other() -> bool:
-        with dispatcher.unit() as unit:
-            unit.lock_name("exposure:another buyer")
-        return True
-
-    thread, out, done = _in_thread(other)
-    assert done.wait(10)
-    go.set()
-    a.join(30)
-    thread.join(30)
+        holder = threading.Thread(target=first)
+        holder.start()
+        assert inside.wait(30)
+        thread, out, done = _in_thread(second)
+        waited = not done.wait(HOLD if must_wait else 10)
+        go.set()
+        holder.join(30)
+        thread.join(30)
+        assert waited is must_wait and out == [True], (other, waited, out)
