@@ -30,12 +30,12 @@ from tests.databases import create_database, drop_database, on_postgres
 from tests.helpers import terminate
 from tests.integration.harness import AMOUNT, World, make_gateway
 
-TRADES = 120  # 10 chunks: ten kills at random moments, each while the relayers work
+TRADES = 120  # 6 chunks: six kills at random moments, each while the relayers work
 NEVER_PERFORMED = 12  # the buyer never takes delivery: both legs are refunded
 SEED = int(os.environ.get("DVP_CHAOS_SEED", time.time_ns() % 10**6))
 CLAIMED_TOPIC = keccak(text="Claimed(bytes32,bytes32)")
 MAX_KILLS = 25
-CHUNK = 12  # trades the parties lock and perform between two kills
+CHUNK = 20  # trades the parties lock and perform between two kills
 
 
 class Relayers:
