@@ -28,7 +28,7 @@ from gateway.domain.trade import (
     Phase,
     TradeState,
 )
-from gateway.engine.dispatcher import ActionsRefused, Unit, UnknownTrade
+from gateway.engine.unit import ActionsRefused, Unit, UnknownTrade
 
 
 def act(ctx: ApiContext, caller: Enterprise, trade_id: bytes, action: str,

@@ -86,6 +86,7 @@ def _admit(ctx: ApiContext, address: str, token: str,
 def _admission(ctx: ApiContext, session: Session, address: str, token: str,
                proposal_key: str | None) -> tuple[str, Any, str | None]:
     limits, limiter = ctx.limits, ctx.rate_limiter
+    limiter.begin(session)
     wait = limiter.take(session, client_bucket(address), limits.client_rate,
                         limits.client_capacity)
     if wait:

@@ -22,13 +22,6 @@ if TYPE_CHECKING:
 MAX_DEADLINE_AHEAD = 30 * 24 * 3600  # the contracts' MAX_LOCK_DURATION
 
 
-class Unread:
-    """A title not read yet (`check_title` reads it)."""
-
-
-UNREAD = Unread()
-
-
 @dataclass
 class ChainView:
     """One chain as the API sees it: a client and the contracts that matter."""
@@ -118,16 +111,14 @@ class ApiContext:
 
 
 def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
-                document_hash: str, title: Title | None | Unread = UNREAD) -> None:
+                document_hash: str, title: Title | None) -> None:
     """A proposal's title, read on the business chain: it exists, the seller's business address
     holds it (a title locked in the DeliveryHTLC is the HTLC's, so it is refused too) and it
     carries the document hash of the terms. 422 naming delivery.token_id or
-    delivery.document_hash otherwise. `title`: as `read_titles` read it for a batch."""
+    delivery.document_hash otherwise. `title`: as `read_titles` read it."""
     from gateway.api.problems import Problem
-    from gateway.chain.titles import problems_of, read_title
+    from gateway.chain.titles import problems_of
 
-    if isinstance(title, Unread):
-        title = read_title(ctx.business.client, ctx.business.asset, int(token_id))
     problems = problems_of(title, int(token_id), ctx.business.asset, seller_business_address,
                            bytes.fromhex(document_hash[2:]))
     if problems:

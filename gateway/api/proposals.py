@@ -20,7 +20,6 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import (
     MAX_DEADLINE_AHEAD,
-    UNREAD,
     ApiContext,
     check_title,
     read_titles,
@@ -30,6 +29,7 @@ from gateway.api.problems import Problem, batch_problem
 from gateway.api.schemas import Deadlines, TradeCreate
 from gateway.api.views import trade_views
 from gateway.chain.titles import Title
+from gateway.db.enterprises import EnterpriseRepository
 from gateway.db.idempotency import IdempotencyKeys
 from gateway.db.trade_records import TradeRecords
 from gateway.domain.locks import hashlock_of
@@ -39,7 +39,7 @@ from gateway.domain.trade import (
     Terms,
     terms_problems,
 )
-from gateway.engine.dispatcher import Unit
+from gateway.engine.unit import Unit
 
 # A batch's Idempotency-Key shares the namespace of single proposals' keys (one table): its
 # stored request hash covers the route as well as the body, so a key used for a proposal and
@@ -57,14 +57,14 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
         replay = _replay(records, caller, idempotency_key, request_hash)
         if replay is not None:
             return replay
-        other = records.enterprises({body.counterparty}).get(body.counterparty)
+        other = EnterpriseRepository(session).get(body.counterparty)
         if other is None or other.id == caller.id:
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
                           field="counterparty")
         if body.role == "buyer":  # an early answer; decided in the writing transaction
             check_exposure(ctx, records, caller.id, int(body.payment.amount))
     proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, _chain_now(ctx),
-                        titles=read_titles(ctx, [int(body.delivery.token_id)]))
+                        read_titles(ctx, [int(body.delivery.token_id)]))
     assert proposal is not None  # (not gathering: the first problem was raised)
 
     def refuse_used(used: list[int]) -> Problem:
@@ -92,7 +92,7 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
         replay = _replay(records, caller, idempotency_key, request_hash)
         if replay is not None:
             return replay
-        others = {e.id: Enterprise.from_row(e) for e in records.enterprises(
+        others = {e.id: Enterprise.from_row(e) for e in EnterpriseRepository(session).by_ids(
             {b.counterparty for b in bodies} - {caller.id}).values()}
         exposure = records.open_exposure(caller.id) \
             if any(b.role == "buyer" for b in bodies) else 0
@@ -131,7 +131,7 @@ def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate
         if other is None:
             gathered.append(Problem(422, "no such counterparty enterprise (and not yourself)",
                                     field="counterparty"))
-        proposal = _prepare(ctx, caller, other, body, now, gathered, on_chain)
+        proposal = _prepare(ctx, caller, other, body, now, on_chain, gathered)
         if body.hashlock is not None:
             first = hashlocks.setdefault(body.hashlock, i)
             if first != i:
@@ -227,8 +227,8 @@ class _Proposal:
 
 
 def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body: TradeCreate,
-             now: int, gather: list[Problem] | None = None,
-             titles: dict[int, Title | None] | None = None) -> _Proposal | None:
+             now: int, titles: dict[int, Title | None],
+             gather: list[Problem] | None = None) -> _Proposal | None:
     """Check a proposal against everything but the buyer's cap and the hashlock's
     uniqueness (decided in the transaction that makes the trade) and build its action.
 
@@ -261,7 +261,7 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
         try:
             check_title(ctx, seller.business_address, body.delivery.token_id,
                         body.delivery.document_hash,
-                        UNREAD if titles is None else titles[int(body.delivery.token_id)])
+                        titles[int(body.delivery.token_id)])
         except Problem as problem:
             refuse(problem)
     if buyer is None or seller is None:

@@ -95,6 +95,10 @@ class RateLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
 
+    def begin(self, session: Session) -> None:
+        """Before the takes of a transaction (see `RateBuckets.commit_without_waiting`)."""
+        RateBuckets(session).commit_without_waiting()
+
     def take(self, session: Session, key: str, rate: float, burst: int) -> float:
         """Take a token from bucket `key` (refilled at `rate` per second up to `burst`): 0 if
         allowed, else the seconds until a token is there. One statement; the caller commits

@@ -19,6 +19,7 @@ from gateway.api.schemas import (
     Trade,
     TradePage,
 )
+from gateway.db.enterprises import EnterpriseRepository
 from gateway.db.models import EnterpriseRow, InputRow, TradePartyRow, TradeRow
 from gateway.db.trade_records import PageQuery, TradeRecords
 from gateway.domain.codec import decode
@@ -62,7 +63,8 @@ def views(records: TradeRecords, ctx: ApiContext, rows: list[tuple[TradeRow, Tra
           caller: Enterprise, timeline: bool = False) -> list[Trade]:
     if not rows:
         return []
-    enterprises = records.enterprises({e for _, p in rows for e in (p.buyer_id, p.seller_id)})
+    enterprises = EnterpriseRepository(records.session).by_ids(
+        {e for _, p in rows for e in (p.buyer_id, p.seller_id)})
     logs = records.leg_logs([t.id for t, _ in rows])
     return [_view(records, ctx, row, parties, caller, timeline, enterprises, logs.get(row.id, {}))
             for row, parties in rows]

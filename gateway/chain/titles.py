@@ -7,26 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.chain.client import ChainClient, RevertError, checksum
+from gateway.chain.htlc import _Call
 from gateway.contracts import load_artifact
 
-__all__ = ["Title", "problems_of", "read_title", "read_titles", "title_problems"]
+__all__ = ["Title", "problems_of", "read_title", "read_titles"]
 
 UINT256_LIMIT = 2**256
 
 
-class _View:
-    """A `uint256 -> word` view's calldata: selector and the token id as one word."""
-
-    def __init__(self, signature: str) -> None:
-        from eth_utils import keccak
-
-        self.selector = keccak(text=signature)[:4]
-
-    def __call__(self, token_id: int) -> bytes:
-        return self.selector + token_id.to_bytes(32)
-
-
-_OWNER_OF, _DOCUMENT_HASH = _View("ownerOf(uint256)"), _View("documentHash(uint256)")
+_OWNER_OF, _DOCUMENT_HASH = _Call("ownerOf", ["uint256"]), _Call("documentHash", ["uint256"])
 
 
 @dataclass(frozen=True)
@@ -68,17 +57,11 @@ def read_titles(client: ChainClient, registry: str, token_ids: list[int]) -> lis
     return [found.get(t) for t in token_ids]
 
 
-def title_problems(client: ChainClient, registry: str, token_id: int, seller: str,
-                   document_hash: bytes) -> list[tuple[str, str]]:
-    """What is wrong with offering title `token_id` (bound to `document_hash`) for sale by
-    `seller`: (field, message) pairs, field "token_id" or "document_hash"; empty if nothing."""
-    return problems_of(read_title(client, registry, token_id), token_id, registry, seller,
-                       document_hash)
-
-
 def problems_of(title: Title | None, token_id: int, registry: str, seller: str,
                 document_hash: bytes) -> list[tuple[str, str]]:
-    """`title_problems` of a title already read (`read_titles`)."""
+    """What is wrong with offering title `token_id` (bound to `document_hash`), as read
+    (`read_titles`; None: never issued), for sale by `seller`: (field, message) pairs, field
+    "token_id" or "document_hash"; empty if nothing."""
     if title is None:
         return [("token_id", f"title #{token_id} does not exist (not issued by the title "
                              f"registry {checksum(registry)})")]

@@ -21,6 +21,10 @@ class EnterpriseRepository:
     def get(self, enterprise_id: str) -> EnterpriseRow | None:
         return self.session.get(EnterpriseRow, enterprise_id)
 
+    def by_ids(self, ids: set[str]) -> dict[str, EnterpriseRow]:
+        return {e.id: e for e in self.session.scalars(
+            select(EnterpriseRow).where(EnterpriseRow.id.in_(ids)))} if ids else {}
+
     def by_name(self, name: str) -> EnterpriseRow | None:
         return self.session.scalar(select(EnterpriseRow).where(EnterpriseRow.name == name))
 

@@ -46,17 +46,19 @@ class RateBuckets:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    def commit_without_waiting(self) -> None:
+        """The first statement of a transaction of bucket takes. A bucket need not outlive a
+        crash (a few takes lost let a few more requests in): on PostgreSQL the commit does not
+        wait for its WAL to reach the disk, so a bucket's row, which every request of the
+        client or the enterprise takes in turn, is held for a statement, not for an fsync."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(_ASYNC_COMMIT)
+
     def take(self, key: str, now: float, rate: float, burst: float) -> tuple[float, bool]:
         """Take a token from bucket `key` at `now` (Unix seconds), refilled at `rate` per
         second up to `burst`: (tokens left, whether one was taken). One atomic statement; the
         bucket's row stays locked until the caller commits."""
         dialect = self.session.get_bind().dialect.name
-        if dialect == "postgresql":
-            # A bucket need not outlive a crash (a few takes lost let a few more requests
-            # in): this transaction's commit does not wait for its WAL to reach the disk, so
-            # the bucket's row, which every request of the client or the enterprise takes in
-            # turn, is held for a statement, not for an fsync.
-            self.session.execute(_ASYNC_COMMIT)
         statement = _TAKE.get(dialect)
         if statement is None:
             statement = _TAKE[dialect] = _take_statement(dialect)

@@ -1,7 +1,7 @@
-"""The API's records of trades: parties (tenancy), managed buyers' encrypted secrets, and
-the reads its views and lists are made of. Trade state itself is the
-dispatcher's (`gateway.db.repository`); these rows are written in the same transaction as the
-state they describe (a `Unit` of `gateway.engine.dispatcher`)."""
+"""The API's records of trades: parties (tenancy), managed buyers' encrypted secrets, and the
+reads its views and lists are made of. Trade state itself is the dispatcher's
+(`gateway.db.repository`); these rows are written in the same transaction as the state they
+describe (a `Unit`, `gateway.engine.unit`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.db.models import (
-    EnterpriseRow,
     InputRow,
     SecretRow,
     TradeEventRow,
@@ -90,10 +89,6 @@ class TradeRecords:
         ids = [t.hex() for t in trade_ids]
         rows = self.session.scalars(select(TradeRow).where(TradeRow.id.in_(ids))) if ids else []
         return {bytes.fromhex(r.id): r for r in rows}
-
-    def enterprises(self, ids: set[str]) -> dict[str, EnterpriseRow]:
-        return {e.id: e for e in self.session.scalars(
-            select(EnterpriseRow).where(EnterpriseRow.id.in_(ids)))} if ids else {}
 
     def leg_logs(self, trade_ids: list[str]) -> dict[str, dict[tuple[str, str], InputRow]]:
         """Per trade, the first log of each lock ("lock") and of its exit ("exit"), by lock

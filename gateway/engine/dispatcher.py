@@ -42,7 +42,7 @@ from gateway.engine.crashpoints import reach
 from gateway.engine.reorg import rewind
 from gateway.engine.results import Work, Writes, alert, clock_of, result_seen
 from gateway.engine.routing import RoutingIndex, effect_chain, log_keys, route
-from gateway.engine.unit import ActionsRefused, Unit, UnknownTrade  # noqa: F401 - API's names
+from gateway.engine.unit import Unit
 from gateway.logs import trade_ref
 
 log = structlog.get_logger("gateway.dispatcher")

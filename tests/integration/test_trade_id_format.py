@@ -23,7 +23,7 @@ from gateway.domain.trade import (
     InvariantViolated,
 )
 from gateway.engine import dispatcher as dispatcher_module
-from gateway.engine.dispatcher import UnknownTrade
+from gateway.engine.unit import UnknownTrade
 from gateway.engine.webhooks import WebhookSender
 from gateway.logs import trade_ref
 from gateway.runner import build_system
