@@ -41,7 +41,7 @@ from tests.databases import ADMIN_URL, create_database, drop_database  # noqa: E
 from tests.e2e.test_run_command import _free_port, _wait_healthy  # noqa: E402
 from tests.helpers import terminate  # noqa: E402
 
-CONCURRENCY = 16
+CONCURRENCY = int(os.environ.get("CONC", "16"))
 CREATES = 600
 WARMUP = 40
 BATCH = 500

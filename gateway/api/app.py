@@ -12,7 +12,7 @@ from gateway.api import account, problems, trades, webhooks
 from gateway.api.auth import _client, caller_dependency
 from gateway.api.context import ApiContext
 from gateway.api.ops import add_ops_routes
-from gateway.api.problems import BodyLimit
+from gateway.api.problems import BodyLimit, unexpected_answer
 from gateway.engine.egress import Egress
 
 
@@ -97,6 +97,9 @@ def install_request_log(app: FastAPI, ctx: ApiContext) -> None:
             response = await call_next(request)
             status = response.status_code
             return response
+        except Exception as exc:
+            status = unexpected_answer(exc)[0]  # what the outermost handler will answer
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", "unmatched")

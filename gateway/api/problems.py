@@ -121,19 +121,28 @@ def install(app: FastAPI) -> None:
 
         structlog.get_logger("gateway.api").error(
             "unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
-        from sqlalchemy.exc import DataError, OperationalError
+        status, detail, headers = unexpected_answer(exc)
+        return problem_response(status, detail, headers=headers, instance=request.url.path)
 
-        if isinstance(exc, OperationalError):
-            return problem_response(503, "the database is unavailable; retry later",
-                                    headers={"Retry-After": "5"}, instance=request.url.path)
-        if isinstance(exc, DataError):
-            # A value the database cannot hold or compare (PostgreSQL refuses NUL characters
-            # in text, for one): the request's data, not the server, is at fault.
-            return problem_response(422, "a value in the request cannot be stored or "
-                                    "searched for (control characters?)",
-                                    instance=request.url.path)
-        return problem_response(500, "internal error; it has been logged",
-                                instance=request.url.path)
+
+def unexpected_answer(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """(status, detail, headers) of the answer to an exception no route handled: a node or
+    the database that does not answer is a 503 to retry; a value the database cannot hold a
+    422; anything else a 500."""
+    from sqlalchemy.exc import DataError, OperationalError
+
+    from gateway.chain.sending import node_unavailable
+
+    if node_unavailable(exc):
+        return 503, "a chain node is unavailable; retry later", {"Retry-After": "5"}
+    if isinstance(exc, OperationalError):
+        return 503, "the database is unavailable; retry later", {"Retry-After": "5"}
+    if isinstance(exc, DataError):
+        # A value the database cannot hold or compare (PostgreSQL refuses NUL characters
+        # in text, for one): the request's data, not the server, is at fault.
+        return 422, "a value in the request cannot be stored or searched for (control " \
+            "characters?)", None
+    return 500, "internal error; it has been logged", None
 
 
 def allowed_methods(request: Request) -> list[str]:

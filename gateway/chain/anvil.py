@@ -39,6 +39,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from gateway.chain.client import ChainClient
+from gateway.chain.transport import NodeProvider
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANVIL_VERSION = "1.7.1"
@@ -242,7 +243,7 @@ class AnvilChain:
         self.node = node or AnvilNode(chain_id)
         if not self.node.running():
             self.node.start()
-        w3 = Web3(HTTPProvider(self.node.url, request_kwargs={"timeout": timeout}))
+        w3 = Web3(NodeProvider(self.node.url, timeout=timeout))
         self.client = ChainClient(w3, chain_id, name)
         self.accounts: list[LocalAccount] = [Account.from_key(k) for k in DEV_KEYS]
         self._next_timestamp: int | None = None

@@ -364,9 +364,9 @@ def http_client(url: str, name: str, chain_id: int | None = None, *, timeout: fl
     """A client of the JSON-RPC node at `url` (each request times out after `timeout`
     seconds). Without `chain_id`, the node's own, asked now: raises when the node does not
     answer. With it, nothing is asked (`node_chain_id()` checks it)."""
-    from web3 import HTTPProvider
+    from gateway.chain.transport import NodeProvider
 
-    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    w3 = Web3(NodeProvider(url, timeout=timeout))
     if chain_id is None:
         chain_id = int(w3.eth.chain_id)
     return ChainClient(w3, chain_id, name, fee_cap=fee_cap, priority_fee=priority_fee)

@@ -38,14 +38,20 @@ def decode_signed(raw: bytes) -> SignedFields:
                         int.from_bytes(fields[6], "big"), bytes(fields[7]))
 
 
+def node_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the node did not answer (refused, reset, timed out, an HTTP error
+    status), as opposed to an answer refusing the request."""
+    import requests
+
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
+                            TimeoutError))
+
+
 def classify_send_error(exc: BaseException) -> str:
     """Why a node refused `eth_sendRawTransaction`, in one word (see the SEND_* names)."""
     import re
 
-    import requests
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
-                        TimeoutError)):
+    if node_unavailable(exc):
         return SEND_UNAVAILABLE
     message = str(exc).lower()
     if "already known" in message or "already imported" in message or \

@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from web3 import HTTPProvider, Web3
+from web3 import Web3
 
 from gateway.chain.client import ChainClient
 from gateway.chain.devnet import BUYER, RELAYER, SELLER
+from gateway.chain.transport import NodeProvider
 from gateway.domain.trade import ActionTakeDelivery
 from gateway.engine.build import build_gateway
 from tests.integration.harness import AMOUNT, TEST_POLICY, World
@@ -33,11 +34,11 @@ TRADES = 20
 MAX_REQUESTS_PER_TRADE = 20
 
 
-class CountingProvider(HTTPProvider):
+class CountingProvider(NodeProvider):
     """An HTTP provider that counts its requests (one per HTTP POST: a batch is one)."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(url, request_kwargs={"timeout": 30})
+        super().__init__(url, timeout=30)
         self.requests = 0
         self.methods: Counter[str] = Counter()
 
