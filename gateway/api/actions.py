@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem, batch_problem
-from gateway.api.proposals import HASHLOCK_IN_USE, batch_over_cap, check_exposure, hashlock_in_use
+from gateway.api.refusals import HASHLOCK_IN_USE, batch_over_cap, check_exposure, hashlock_in_use
 from gateway.api.schemas import Trade
 from gateway.api.views import parse_trade_id, parties_of, trade_view, trade_views
 from gateway.db.models import TradePartyRow

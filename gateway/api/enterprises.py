@@ -125,11 +125,7 @@ def rotate_keys(session: Session, enterprise_id: str) -> str:
 
 
 def authenticate(session: Session, token: str) -> Enterprise | None:
-    repo = EnterpriseRepository(session)
-    row = repo.active_api_key(hash_api_key(token))
-    if row is None:
-        return None
-    enterprise = repo.get(row.enterprise_id)
+    enterprise = EnterpriseRepository(session).by_active_api_key(hash_api_key(token))
     return Enterprise.from_row(enterprise) if enterprise else None
 
 

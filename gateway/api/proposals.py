@@ -26,17 +26,26 @@ from gateway.api.context import (
 )
 from gateway.api.enterprises import Enterprise
 from gateway.api.problems import Problem, batch_problem
-from gateway.api.schemas import Deadlines, TradeCreate
-from gateway.api.views import trade_views
+from gateway.api.refusals import (
+    HASHLOCK_IN_USE,
+    batch_over_cap,
+    cap_problem,
+    check_exposure,
+    hashlock_in_use,
+)
+from gateway.api.schemas import Deadlines, Trade, TradeCreate
+from gateway.api.views import new_trade_views
 from gateway.chain.titles import Title
 from gateway.db.enterprises import EnterpriseRepository
 from gateway.db.idempotency import IdempotencyKeys
+from gateway.db.models import TradePartyRow
 from gateway.db.trade_records import TradeRecords
 from gateway.domain.locks import hashlock_of
 from gateway.domain.trade import (
     AWAITING_HASHLOCK,
     ActionProposeTrade,
     Terms,
+    TradeState,
     terms_problems,
 )
 from gateway.engine.unit import Unit
@@ -70,12 +79,11 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
     def refuse_used(used: list[int]) -> Problem:
         return hashlock_in_use()
 
-    def view(records: TradeRecords) -> dict:
-        return trade_views(records, ctx, caller, [proposal.action.trade_id])[0].model_dump(
-            mode="json")
+    def view(records: TradeRecords, made: list[_Made]) -> dict:
+        return _views(records, ctx, caller, made)[0].model_dump(mode="json")
 
     return _commit(ctx, caller, [proposal], idempotency_key, request_hash,
-                   _Answers(view, refuse_used, lambda _, exposure: _cap_problem(ctx, exposure)))
+                   _Answers(view, refuse_used, lambda _, exposure: cap_problem(ctx, exposure)))
 
 
 def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
@@ -103,9 +111,9 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
             return Problem(409, HASHLOCK_IN_USE, field="trades", kind="hashlock-reused")
         return batch_problem([(i, hashlock_in_use()) for i in used], len(bodies))
 
-    def view(records: TradeRecords) -> dict:
-        return {"trades": [v.model_dump(mode="json") for v in trade_views(
-            records, ctx, caller, [p.action.trade_id for p in proposals])]}
+    def view(records: TradeRecords, made: list[_Made]) -> dict:
+        return {"trades": [v.model_dump(mode="json")
+                           for v in _views(records, ctx, caller, made)]}
 
     def over_cap(i: int, exposure: int) -> Problem:
         return batch_problem([(i, batch_over_cap(ctx, exposure))], len(bodies))
@@ -163,7 +171,7 @@ class _Answers:
     writing transaction's records; its problem for items whose hashlock is in use (by index);
     its problem for the item that takes the buyer over its cap (index, exposure open)."""
 
-    view: Callable[[TradeRecords], dict]
+    view: Callable[[TradeRecords, list[_Made]], dict]
     hashlocks_used: Callable[[list[int]], Problem]
     over_cap: Callable[[int, int], Problem]
 
@@ -204,14 +212,31 @@ def _write(ctx: ApiContext, unit: Unit, caller: Enterprise, proposals: list[_Pro
                 if open_now + p.amount > ctx.limits.exposure_cap:
                     raise answers.over_cap(i, open_now)
                 open_now += p.amount
-    unit.propose_many([p.action for p in proposals])
-    for p in proposals:
-        records.add_parties(p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
-                            ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None)
+    states = unit.propose_many([p.action for p in proposals])
+    made = [_Made(state, p, records.add_parties(
+        p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
+        ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None))
+        for state, p in zip(states, proposals, strict=True)]
     unit.session.flush()
-    response = answers.view(records)
+    response = answers.view(records, made)
     IdempotencyKeys(unit.session).store(caller.id, key, request_hash, 201, response)
     return 201, response
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A trade as `_write` made it: its state, its proposal, its parties' row."""
+
+    state: TradeState
+    proposal: _Proposal
+    parties: TradePartyRow
+
+
+def _views(records: TradeRecords, ctx: ApiContext, caller: Enterprise,
+           made: list[_Made]) -> list[Trade]:
+    enterprises = {e.id: e for m in made for e in (m.proposal.buyer, m.proposal.seller)}
+    return new_trade_views(records, ctx, caller, [(m.state, m.parties) for m in made],
+                           enterprises)
 
 
 @dataclass
@@ -315,37 +340,6 @@ def _hashlock(ctx: ApiContext, body: TradeCreate, buyer: Enterprise,
     return None, None
 
 
-def batch_over_cap(ctx: ApiContext, exposure: int) -> Problem:
-    return Problem(409, f"the buyer's open exposure would exceed its cap of "
-                        f"{ctx.limits.exposure_cap} units ({exposure} open, counting this "
-                        f"batch's earlier items)", field="payment.amount", kind="exposure-cap")
-
-
-HASHLOCK_IN_USE = ("this hashlock is already in use: every trade needs its own secret; draw a "
-                   "new 32-byte secret and give its sha256")
-
-
-def hashlock_in_use() -> Problem:
-    """The answer to a hashlock that a trade already uses, at proposal or at accept.
-
-    Uniqueness is enforced across all tenants (the unique `trades.hashlock` column): one secret
-    opening two trades' locks is a money-safety fault (revealing it for one exposes the other),
-    and the relayer routes chain events by hashlock. So a collision must be refused, and the
-    refusal necessarily tells the caller one bit: "some trade uses this hashlock".
-
-    Design: that bit is all it tells. The answer is one constant 409 (status, type, detail,
-    `errors[0].field == "hashlock"`) whether the other trade is the caller's own or another
-    tenant's: it never names, links or counts the other trade, its parties or its phase, and
-    it is decided by the same database constraint in both cases (no separate lookup whose
-    cost could differ). The remaining bit is harmless: a hashlock is sha256 of a buyer's
-    32-byte secret, so nobody can guess one (2**-256); before it is locked on chain only the
-    buyer that chose it (it first reaches the gateway in the very request that reserves it)
-    and that trade's counterparty know it, both already parties to the trade; and once
-    locked it is public anyway (every PaymentHTLC `Locked` event carries it). A tenant can
-    only ask about a hashlock it already knows, and learns nothing about whom it belongs to."""
-    return Problem(409, HASHLOCK_IN_USE, field="hashlock", kind="hashlock-reused")
-
-
 REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery",
                   "amount": "payment.amount", "token_id": "delivery.token_id",
                   "document_hash": "delivery.document_hash"}
@@ -381,19 +375,3 @@ def _deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[
                                          f"(latest allowed {now + MAX_DEADLINE_AHEAD})",
                                     field=field))
     return problems
-
-
-def check_exposure(ctx: ApiContext, records: TradeRecords, buyer_id: str, amount: int) -> None:
-    """409 `exposure-cap` (field payment.amount) when committing the buyer to `amount` more
-    would take it over the cap. Decisive only inside a writing transaction that holds the
-    buyer's exposure lock (`Unit.lock_name`): then no other proposal or accept of this buyer
-    can commit between this read and this transaction's commit."""
-    exposure = records.open_exposure(buyer_id)
-    if exposure + amount > ctx.limits.exposure_cap:
-        raise _cap_problem(ctx, exposure)
-
-
-def _cap_problem(ctx: ApiContext, exposure: int) -> Problem:
-    return Problem(409, f"the buyer's open exposure would exceed its cap of "
-                        f"{ctx.limits.exposure_cap} units ({exposure} open)",
-                   field="payment.amount", kind="exposure-cap")

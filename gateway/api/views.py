@@ -4,6 +4,7 @@ kind of row, never one per trade), the tenancy check, trade ids and list cursors
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import datetime
 
 from gateway.api.context import ApiContext
@@ -66,14 +67,25 @@ def views(records: TradeRecords, ctx: ApiContext, rows: list[tuple[TradeRow, Tra
     enterprises = EnterpriseRepository(records.session).by_ids(
         {e for _, p in rows for e in (p.buyer_id, p.seller_id)})
     logs = records.leg_logs([t.id for t, _ in rows])
-    return [_view(records, ctx, row, parties, caller, timeline, enterprises, logs.get(row.id, {}))
+    return [_view(ctx, decode(TradeState, row.state), parties, caller, enterprises,
+                  logs.get(row.id, {}), _timeline(records, row) if timeline else None)
             for row, parties in rows]
 
 
-def _view(records: TradeRecords, ctx: ApiContext, row: TradeRow, parties: TradePartyRow,
-          caller: Enterprise, timeline: bool, enterprises: dict[str, EnterpriseRow],
-          logs: dict[tuple[str, str], InputRow]) -> Trade:
-    state = decode(TradeState, row.state)
+def new_trade_views(records: TradeRecords, ctx: ApiContext, caller: Enterprise,
+                    made: list[tuple[TradeState, TradePartyRow]],
+                    enterprises: dict[str, Enterprise]) -> list[Trade]:
+    """The views of trades made in this unit of work, from the states and rows it wrote
+    rather than read back: only the legs' logs are read (a lock mined before its trade had
+    the hashlock is adopted by the proposal). The same view a later GET shows."""
+    logs = records.leg_logs([state.trade_id.hex() for state, _ in made])
+    return [_view(ctx, state, parties, caller, enterprises, logs.get(state.trade_id.hex(), {}),
+                  None) for state, parties in made]
+
+
+def _view(ctx: ApiContext, state: TradeState, parties: TradePartyRow, caller: Enterprise,
+          enterprises: Mapping[str, EnterpriseRow | Enterprise],
+          logs: dict[tuple[str, str], InputRow], timeline: list[TimelineEvent] | None) -> Trade:
     t = state.terms
 
     def leg(leg_state) -> Leg | None:  # noqa: ANN001
@@ -94,7 +106,7 @@ def _view(records: TradeRecords, ctx: ApiContext, row: TradeRow, parties: TradeP
                      business_address=ent.business_address, managed=ent.managed)
 
     return Trade(
-        id="0x" + row.id, phase=state.phase.value,
+        id="0x" + state.trade_id.hex(), phase=state.phase.value,
         role="buyer" if caller.id == parties.buyer_id else "seller",
         buyer=party(parties.buyer_id), seller=party(parties.seller_id),
         payment=PaymentTerms(token=ctx.payment.asset, amount=str(t.amount)),
@@ -105,7 +117,7 @@ def _view(records: TradeRecords, ctx: ApiContext, row: TradeRow, parties: TradeP
         margin=t.t_pay - t.t_deliver, required_margin=ctx.policy.required_margin,
         legs={"payment": leg(state.payment), "delivery": leg(state.delivery)},
         pending=sorted(EffectKey(k).kind.value for k in state.pending), flags=list(state.flags),
-        created_at=parties.created_at, timeline=_timeline(records, row) if timeline else None)
+        created_at=parties.created_at, timeline=timeline)
 
 
 def _timeline(records: TradeRecords, row: TradeRow) -> list[TimelineEvent]:

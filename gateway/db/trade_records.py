@@ -17,6 +17,7 @@ from gateway.db.models import (
     TradeEventRow,
     TradePartyRow,
     TradeRow,
+    utcnow,
 )
 from gateway.domain.trade import Phase
 
@@ -51,14 +52,16 @@ class TradeRecords:
         return {bytes.fromhex(r.trade_id): r for r in rows}
 
     def add_parties(self, trade_id: bytes, buyer_id: str, seller_id: str, proposer_id: str,
-                    amount: int, encrypted_secret: str | None) -> None:
-        """A new trade's parties and, for a managed buyer, its encrypted secret."""
-        self.session.add(TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer_id,
-                                       seller_id=seller_id, proposer_id=proposer_id,
-                                       amount=str(amount)))
+                    amount: int, encrypted_secret: str | None) -> TradePartyRow:
+        """A new trade's parties (the row, as it will be stored) and, for a managed buyer, its
+        encrypted secret."""
+        row = TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer_id, seller_id=seller_id,
+                            proposer_id=proposer_id, amount=str(amount), created_at=utcnow())
+        self.session.add(row)
         if encrypted_secret is not None:
             self.session.add(SecretRow(trade_id=trade_id.hex(),
                                        encrypted_secret=encrypted_secret))
+        return row
 
     def encrypted_secret(self, trade_id: bytes) -> str | None:
         row = self.session.get(SecretRow, trade_id.hex())
