@@ -11,6 +11,7 @@ for type hints above this package; make one with `load_account` or `new_account`
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
@@ -31,7 +32,14 @@ def is_address(value: Any) -> bool:
 
 
 def to_checksum(value: str | bytes) -> str:
-    """`value` (an address) in its EIP-55 checksummed spelling; ValueError when it is none."""
+    """`value` (an address) in its EIP-55 checksummed spelling; ValueError when it is none.
+    Remembered: a gateway meets few addresses, each many times (every proposal checks its
+    parties' and its title owner's), and each spelling costs a keccak."""
+    return _checksummed(value if isinstance(value, str) else bytes(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(value: str | bytes) -> str:
     from eth_utils import to_checksum_address
 
     return to_checksum_address(value)
