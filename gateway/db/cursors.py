@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
+from gateway.db import bulk
 from gateway.db.models import (
     BlockHashRow,
     CursorRow,
@@ -17,6 +18,7 @@ RECENT_HASHES = 256  # cursor positions kept per chain for finding a fork point
 
 # The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
 _CURSORS = CursorRow.__table__
+_BLOCK_HASHES = BlockHashRow.__table__
 _CURSOR_TIMES = select(_CURSORS.c.chain_id, _CURSORS.c.block_number,
                        _CURSORS.c.block_timestamp).where(
     _CURSORS.c.chain_id.in_(bindparam("ids", expanding=True)))
@@ -41,6 +43,9 @@ class ChainCursors:
         """Move the cursor and remember its block hash, with those of `checkpoints` (blocks
         below it that its batch covered: `ChainBatch.checkpoints`), for finding a fork point;
         hashes of blocks `RECENT_HASHES` or more below the cursor are forgotten."""
+        if bulk.arrays(self.session):
+            self._set_cursor_upserting(chain_id, number, block_hash, timestamp, checkpoints)
+            return
         row = self.session.get(CursorRow, chain_id)
         if row is None:
             self.session.add(CursorRow(chain_id=chain_id, block_number=number,
@@ -60,6 +65,26 @@ class ChainCursors:
                 BlockHashRow.chain_id == chain_id,
                 BlockHashRow.block_number.in_([r["block_number"] for r in rows])))
             self.session.execute(insert(BlockHashRow), rows)
+
+    def _set_cursor_upserting(self, chain_id: int, number: int, block_hash: bytes,
+                              timestamp: int, checkpoints: Iterable[tuple[int, bytes]]) -> None:
+        """`set_cursor` in three statements (PostgreSQL): the cursor and the block hashes
+        written whether or not they are there (ON CONFLICT DO UPDATE), instead of read first
+        and written at the flush."""
+        bulk.insert_rows(self.session, _CURSORS, [
+            {"chain_id": chain_id, "block_number": number, "block_hash": block_hash.hex(),
+             "block_timestamp": timestamp}], upsert_on=("chain_id",))
+        loaded = self.session.identity_map.get(self.session.identity_key(CursorRow, chain_id))
+        if loaded is not None:
+            self.session.expire(loaded)  # read again from the row just written
+        self.session.execute(delete(BlockHashRow).where(
+            BlockHashRow.chain_id == chain_id,
+            BlockHashRow.block_number <= number - RECENT_HASHES))
+        kept = {n: h for n, h in checkpoints if number - RECENT_HASHES < n < number}
+        kept[number] = block_hash
+        bulk.insert_rows(self.session, _BLOCK_HASHES, [
+            {"chain_id": chain_id, "block_number": n, "block_hash": h.hex()}
+            for n, h in sorted(kept.items())], upsert_on=("chain_id", "block_number"))
 
     def recent_block_hashes(self, chain_id: int) -> list[tuple[int, bytes]]:
         rows = self.session.execute(select(BlockHashRow.block_number, BlockHashRow.block_hash)

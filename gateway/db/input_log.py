@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.db import bulk
 from gateway.db.models import (
     InputRow,
     utcnow,
@@ -96,8 +97,7 @@ class InputLog:
                          "log_index": ref.log_index if ref else None, "orphaned": False,
                          "created_at": utcnow(), "route_hashlock": hashlock,
                          "route_lock_id": lock_id})
-        if rows:
-            self.session.execute(insert(_INPUTS), rows)
+        bulk.insert_rows(self.session, _INPUTS, rows)
 
     def unmatched_inputs(self, hashlocks: Iterable[bytes] = (),
                          lock_ids: Iterable[bytes] = ()) -> list[tuple[InputRow, Input]]:
@@ -122,7 +122,7 @@ class InputLog:
             return
         self.session.execute(delete(_INPUTS).where(
             _INPUTS.c.id.in_([row.id for row, _, _ in adopted])))
-        self.session.execute(insert(_INPUTS), [{
+        bulk.insert_rows(self.session, _INPUTS, [{
             "trade_id": trade_id.hex(), "kind": row.kind, "payload": _payload(inp, clock),
             "chain_id": row.chain_id, "block_number": row.block_number, "tx_hash": row.tx_hash,
             "log_index": row.log_index, "orphaned": False, "created_at": row.created_at,
@@ -139,11 +139,28 @@ class InputLog:
         return [(decode(Input, r.payload), _clock(r.payload)) for r in rows]
 
     def orphan_inputs_after(self, chain_id: int, block_number: int) -> list[tuple[bytes, Input]]:
-        """Mark chain inputs from blocks above `block_number` orphaned; returns them."""
+        """Mark chain inputs from blocks above `block_number` orphaned; returns them, in log
+        order."""
+        if bulk.arrays(self.session):
+            return self._orphan_returning(chain_id, block_number)
         rows = list(self.session.scalars(select(InputRow).where(
             InputRow.chain_id == chain_id, InputRow.block_number > block_number,
-            InputRow.orphaned.is_(False))))
+            InputRow.orphaned.is_(False)).order_by(InputRow.id)))
         for row in rows:
             row.orphaned = True
         self.session.flush()  # the replay that follows reads the log back
         return [(bytes.fromhex(r.trade_id), decode(Input, r.payload)) for r in rows if r.trade_id]
+
+    def _orphan_returning(self, chain_id: int, block_number: int) -> list[tuple[bytes, Input]]:
+        """`orphan_inputs_after` in one UPDATE ... RETURNING (PostgreSQL), instead of reading
+        the rows and writing each back at the flush; in log order."""
+        self.session.flush()  # as there: whatever the session holds is written first
+        rows = self.session.execute(update(_INPUTS).where(
+            _INPUTS.c.chain_id == chain_id, _INPUTS.c.block_number > block_number,
+            _INPUTS.c.orphaned.is_(False)).values(orphaned=True).returning(
+            _INPUTS.c.id, _INPUTS.c.trade_id, _INPUTS.c.payload)).all()
+        for loaded in list(self.session.identity_map.values()):
+            if isinstance(loaded, InputRow):
+                self.session.expire(loaded, ["orphaned"])  # read again: it may be one of them
+        return [(bytes.fromhex(trade), decode(Input, payload))
+                for _, trade, payload in sorted(rows, key=lambda row: row.id) if trade]

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.db import bulk
 from gateway.db.models import (
     AttemptRow,
     OutboxRow,
@@ -17,12 +18,9 @@ from gateway.db.models import (
 from gateway.domain.codec import decode, encode
 from gateway.domain.trade import ContractSend
 
-# The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
+# The hot writes are Core statements (the ORM's unit of work costs several times the SQL), one
+# per kind of row however many rows (`gateway.db.bulk`).
 _OUTBOX = OutboxRow.__table__
-_CLOSE_EFFECT = update(_OUTBOX).where(
-    _OUTBOX.c.trade_id == bindparam("b_trade"), _OUTBOX.c.key == bindparam("b_key"),
-    _OUTBOX.c.status == "pending").values(status=bindparam("b_status"),
-                                          updated_at=bindparam("b_now"))
 
 
 class Outbox:
@@ -56,15 +54,15 @@ class Outbox:
             elif row.status != "pending":
                 row.status, row.payload, row.attempt_id, row.last_error = (
                     "pending", encode(effect), None, None)
-        if rows:
-            self.session.execute(insert(_OUTBOX), rows)
+        bulk.insert_rows(self.session, _OUTBOX, rows)
 
     def close_effects_many(self, items: Iterable[tuple[bytes, str, str]]) -> None:
-        """Mark pending effects (trade id, key) finished with a status, in one statement."""
-        rows = [{"b_trade": t.hex(), "b_key": k, "b_status": s, "b_now": utcnow()}
+        """Mark pending effects (trade id, key) finished with a status, in one statement (an
+        effect named twice: the first status, as the second finds it no longer pending)."""
+        rows = [{"trade_id": t.hex(), "key": k, "status": s, "updated_at": utcnow()}
                 for t, k, s in items]
-        if rows:
-            self.session.execute(_CLOSE_EFFECT, rows)
+        bulk.update_rows(self.session, _OUTBOX, rows, keys=("trade_id", "key"),
+                         where={"status": "pending"}, keep="first")
 
     def pending_effects(self, chain: str | None = None) -> list[tuple[OutboxRow, ContractSend]]:
         query = select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from gateway.db import bulk
 from gateway.db.models import (
     LockRow,
     TradeEventRow,
@@ -23,11 +24,11 @@ from gateway.domain.trade import (
     is_active,
 )
 
-# The hot writes are Core statements: the ORM's unit of work costs several times the SQL.
+# The hot writes are Core statements (the ORM's unit of work costs several times the SQL), one
+# per kind of row however many rows (`gateway.db.bulk`).
 _TRADES = TradeRow.__table__
 _LOCKS = LockRow.__table__
 _EVENTS = TradeEventRow.__table__
-_SAVE_TRADE = update(_TRADES).where(_TRADES.c.id == bindparam("b_id"))
 
 
 Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
@@ -119,32 +120,33 @@ class TradeStates:
         wanted = {lock_id.hex(): trade_id.hex() for lock_id, trade_id in links}
         if not wanted:
             return
+        if bulk.arrays(self.session):  # one statement: ON CONFLICT DO NOTHING keeps them
+            bulk.insert_rows(self.session, _LOCKS, [
+                {"lock_id": lock, "chain": chain, "trade_id": trade}
+                for lock, trade in wanted.items()], ignore_existing=True)
+            return
         known = set(self.session.scalars(select(LockRow.lock_id).where(
             LockRow.chain == chain, LockRow.lock_id.in_(wanted))))
         rows = [{"lock_id": lock, "chain": chain, "trade_id": trade}
                 for lock, trade in wanted.items() if lock not in known]
-        if rows:
-            self.session.execute(insert(_LOCKS), rows)
+        bulk.insert_rows(self.session, _LOCKS, rows)
 
     def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
         self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
 
     def add_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
-        """New trades in one executemany INSERT (a batch proposal); a hashlock already in use
-        raises IntegrityError, as in `add_trade`."""
-        rows = [_trade_values(state, wakes) for state, wakes in trades]
-        if rows:
-            self.session.execute(insert(_TRADES), rows)
+        """New trades in one statement (a batch proposal); a hashlock already in use raises
+        IntegrityError, as in `add_trade`."""
+        bulk.insert_rows(self.session, _TRADES,
+                         [_trade_values(state, wakes) for state, wakes in trades])
 
     def save_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
-        """One executemany UPDATE by primary key for all of them (Core: the ORM's bulk
-        update costs more than the statement itself)."""
-        rows = [{"b_id": s.trade_id.hex(), **_trade_values(s, wakes, updated=True)}
-                for s, wakes in trades]
+        """One UPDATE by primary key for all of them (Core: the ORM's bulk update costs more
+        than the statement itself)."""
+        rows = [_trade_values(s, wakes, updated=True) for s, wakes in trades]
         for row in rows:
-            del row["id"], row["hashlock"]
-        if rows:
-            self.session.execute(_SAVE_TRADE, rows)
+            del row["hashlock"]
+        bulk.update_rows(self.session, _TRADES, rows, keys=("id",))
 
     def set_trade_hashlock(self, trade_id: bytes, hashlock: bytes) -> None:
         """The buyer gave the hashlock when it accepted (unique: a reused one raises
@@ -179,8 +181,7 @@ class TradeStates:
                  "block_number": ref.block_number if ref else None,
                  "tx_hash": ref.tx_hash.hex() if ref else None, "created_at": utcnow()}
                 for trade_id, event, ref in items]
-        if rows:
-            self.session.execute(insert(_EVENTS), rows)
+        bulk.insert_rows(self.session, _EVENTS, rows)
 
     def phases_reached_at(self, trade_ids: Iterable[bytes], phase: str,
                           ) -> dict[bytes, datetime]:
