@@ -48,15 +48,15 @@ def arrays(session: Session) -> bool:
 
 def insert_rows(session: Session, table: Table, rows: Sequence[Row], *,
                 ignore_existing: bool = False, upsert_on: tuple[str, ...] = ()) -> None:
-    """Insert `rows` (dicts of the same columns) in order. PostgreSQL only: `ignore_existing`
-    skips rows whose key is taken (ON CONFLICT DO NOTHING), `upsert_on` names the key whose
-    existing rows take the new values (ON CONFLICT (key) DO UPDATE)."""
+    """Insert `rows` (dicts of the same columns) in order. `ignore_existing` skips rows whose
+    key is taken (ON CONFLICT DO NOTHING), `upsert_on` names the key whose existing rows take
+    the new values (ON CONFLICT (key) DO UPDATE); both databases have both forms."""
     if not rows:
         return
     if not arrays(session):
-        if ignore_existing or upsert_on:
-            raise ValueError("ON CONFLICT forms are written for PostgreSQL only")
-        session.execute(insert(table), list(rows))
+        statement = _sqlite_insert(table, tuple(rows[0]), ignore_existing, upsert_on) \
+            if ignore_existing or upsert_on else insert(table)
+        session.execute(statement, list(rows))
         return
     rows = _with_defaults(table, rows, onupdate=False)
     columns = tuple(rows[0])
@@ -95,6 +95,19 @@ def _update_statement(table: Table, keys: tuple[str, ...],
                       where: tuple[tuple[str, object], ...]):  # noqa: ANN202
     return update(table).where(*[table.c[k] == bindparam(f"b_{k}") for k in keys],
                                *[table.c[c] == v for c, v in where])
+
+
+@lru_cache(maxsize=64)
+def _sqlite_insert(table: Table, columns: tuple[str, ...], ignore_existing: bool,
+                   upsert_on: tuple[str, ...]):  # noqa: ANN202
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    statement = sqlite_insert(table)
+    if ignore_existing:
+        return statement.on_conflict_do_nothing()
+    return statement.on_conflict_do_update(
+        index_elements=list(upsert_on),
+        set_={c: statement.excluded[c] for c in columns if c not in upsert_on})
 
 
 # --- PostgreSQL's ---------------------------------------------------------------------------

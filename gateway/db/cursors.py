@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from gateway.db import bulk
@@ -42,35 +42,9 @@ class ChainCursors:
                    checkpoints: Iterable[tuple[int, bytes]] = ()) -> None:
         """Move the cursor and remember its block hash, with those of `checkpoints` (blocks
         below it that its batch covered: `ChainBatch.checkpoints`), for finding a fork point;
-        hashes of blocks `RECENT_HASHES` or more below the cursor are forgotten."""
-        if bulk.arrays(self.session):
-            self._set_cursor_upserting(chain_id, number, block_hash, timestamp, checkpoints)
-            return
-        row = self.session.get(CursorRow, chain_id)
-        if row is None:
-            self.session.add(CursorRow(chain_id=chain_id, block_number=number,
-                                       block_hash=block_hash.hex(), block_timestamp=timestamp))
-        else:
-            row.block_number, row.block_hash, row.block_timestamp = (
-                number, block_hash.hex(), timestamp)
-        self.session.merge(BlockHashRow(chain_id=chain_id, block_number=number,
-                                        block_hash=block_hash.hex()))
-        self.session.execute(delete(BlockHashRow).where(
-            BlockHashRow.chain_id == chain_id,
-            BlockHashRow.block_number <= number - RECENT_HASHES))
-        rows = [{"chain_id": chain_id, "block_number": n, "block_hash": h.hex()}
-                for n, h in checkpoints if number - RECENT_HASHES < n < number]
-        if rows:  # two statements however many (a catch-up batch brings dozens)
-            self.session.execute(delete(BlockHashRow).where(
-                BlockHashRow.chain_id == chain_id,
-                BlockHashRow.block_number.in_([r["block_number"] for r in rows])))
-            self.session.execute(insert(BlockHashRow), rows)
-
-    def _set_cursor_upserting(self, chain_id: int, number: int, block_hash: bytes,
-                              timestamp: int, checkpoints: Iterable[tuple[int, bytes]]) -> None:
-        """`set_cursor` in three statements (PostgreSQL): the cursor and the block hashes
-        written whether or not they are there (ON CONFLICT DO UPDATE), instead of read first
-        and written at the flush."""
+        hashes of blocks `RECENT_HASHES` or more below the cursor are forgotten. Three
+        statements: the cursor and the block hashes are written whether or not they are there
+        (ON CONFLICT DO UPDATE), not read first and written at the flush."""
         bulk.insert_rows(self.session, _CURSORS, [
             {"chain_id": chain_id, "block_number": number, "block_hash": block_hash.hex(),
              "block_timestamp": timestamp}], upsert_on=("chain_id",))

@@ -120,16 +120,10 @@ class TradeStates:
         wanted = {lock_id.hex(): trade_id.hex() for lock_id, trade_id in links}
         if not wanted:
             return
-        if bulk.arrays(self.session):  # one statement: ON CONFLICT DO NOTHING keeps them
-            bulk.insert_rows(self.session, _LOCKS, [
-                {"lock_id": lock, "chain": chain, "trade_id": trade}
-                for lock, trade in wanted.items()], ignore_existing=True)
-            return
-        known = set(self.session.scalars(select(LockRow.lock_id).where(
-            LockRow.chain == chain, LockRow.lock_id.in_(wanted))))
-        rows = [{"lock_id": lock, "chain": chain, "trade_id": trade}
-                for lock, trade in wanted.items() if lock not in known]
-        bulk.insert_rows(self.session, _LOCKS, rows)
+        # One statement: ON CONFLICT DO NOTHING keeps the links already there.
+        bulk.insert_rows(self.session, _LOCKS, [
+            {"lock_id": lock, "chain": chain, "trade_id": trade}
+            for lock, trade in wanted.items()], ignore_existing=True)
 
     def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
         self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
