@@ -47,7 +47,7 @@ from sqlalchemy import func, select
 from gateway.chain.anvil import AnvilChain, devnet_env
 from gateway.chain.devnet import RELAYER
 from gateway.chain.htlc import STATUS_NAMES, decode_htlc_log
-from gateway.db.models import AttemptRow
+from gateway.db.models import AttemptRow, OutboxRow
 from gateway.domain.locks import DeliveryLocked, LockClaimed, LockRefunded, PaymentLocked
 from tests.anvil.test_chaos import Relayers
 from tests.databases import create_database, drop_database, on_postgres
@@ -473,11 +473,16 @@ def test_dirty_chain_nodes_and_relayers_killed_every_lock_claimed_exactly_once(
             dirty.kill()  # while the relayer refunds
 
             def nothing_in_flight() -> bool:
-                """The relayer has recorded what became of every transaction it sent (a trade
-                settles on the claim's log, a pass before its receipt is recorded)."""
+                """The relayer has nothing left to send (a trade's phase can be final while an
+                effect of it is still to go out: the title's refund after the payment's) and
+                has recorded what became of every transaction it sent (a trade settles on the
+                claim's log, a pass before its receipt is recorded)."""
                 with world.gateway.session_factory() as session:
-                    return not session.scalar(select(func.count()).select_from(AttemptRow)
-                                              .where(AttemptRow.status.in_(("signed", "sent"))))
+                    return not session.scalar(select(func.count()).select_from(OutboxRow)
+                                              .where(OutboxRow.status == "pending")) \
+                        and not session.scalar(select(func.count()).select_from(AttemptRow)
+                                               .where(AttemptRow.status.in_(("signed",
+                                                                             "sent"))))
             dirty.wait_for(lambda: settled(performed) and all(
                 world.phase(trade) == "payment_refunded" for trade in idle)
                 and nothing_in_flight(), "the idle trades refunded, nothing in flight")
