@@ -65,11 +65,11 @@ def _admit(ctx: ApiContext, address: str, token: str,
            proposal_key: str | None) -> tuple[str, Any, str | None]:
     """Admission of a /v1 request, in one database transaction (one commit, whatever the
     outcome: the buckets' takes count even when the key is refused): the client address's
-    bucket, then the key, then the enterprise's bucket. (outcome, value, enterprise id if
-    known): ("limited", seconds to wait) | ("no-key", None) | ("unknown-key", None) | ("ok",
-    enterprise). Before a proposal, the caller's expired row for its Idempotency-Key
-    (`proposal_key`) is deleted: a key reused after DVP_IDEMPOTENCY_TTL is a new key. Now
-    and then, the housekeeping sweep."""
+    bucket whatever the key, then, for a known key, the enterprise's bucket. Returns
+    (outcome, value, enterprise id if known): ("limited", seconds to wait) | ("no-key",
+    None) | ("unknown-key", None) | ("ok", enterprise). Before a proposal, the caller's
+    expired row for its Idempotency-Key (`proposal_key`) is deleted: a key reused after
+    DVP_IDEMPOTENCY_TTL is a new key. Now and then, the housekeeping sweep."""
     with ctx.session_factory() as session:
         outcome = _admission(ctx, session, address, token, proposal_key)
         session.commit()
@@ -85,22 +85,27 @@ def _admit(ctx: ApiContext, address: str, token: str,
 
 def _admission(ctx: ApiContext, session: Session, address: str, token: str,
                proposal_key: str | None) -> tuple[str, Any, str | None]:
+    """The reads first (the key, and before a proposal the expired row of its Idempotency-
+    Key), the buckets' takes last: a take locks its bucket's row until the commit, and every
+    request of a client address or an enterprise takes the same row, so the lock is held for
+    the takes and the commit only, not for the reads as well (measured: 16 concurrent
+    requests of one enterprise queued on the client bucket's row)."""
     limits, limiter = ctx.limits, ctx.rate_limiter
     limiter.begin(session)
+    enterprise = authenticate(session, token) if token else None
+    if enterprise is not None and proposal_key:
+        expire_idempotency_key(session, enterprise.id, proposal_key, limits.idempotency_ttl,
+                               limiter.clock())
     wait = limiter.take(session, client_bucket(address), limits.client_rate,
                         limits.client_capacity)
     if wait:
         return "limited", wait, None
     if not token:
         return "no-key", None, None
-    enterprise = authenticate(session, token)
     if enterprise is None:
         return "unknown-key", None, None
     wait = limiter.take(session, enterprise_bucket(enterprise.id), limits.rate_per_second,
                         limits.burst)
     if wait:
         return "limited", wait, enterprise.id
-    if proposal_key:
-        expire_idempotency_key(session, enterprise.id, proposal_key, limits.idempotency_ttl,
-                               limiter.clock())
     return "ok", enterprise, enterprise.id
