@@ -54,7 +54,8 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Row], *,
     if not rows:
         return
     if not arrays(session):
-        statement = _sqlite_insert(table, tuple(rows[0]), ignore_existing, upsert_on) \
+        statement = _conflict_insert(session.get_bind().dialect.name, table, tuple(rows[0]),
+                                     ignore_existing, upsert_on) \
             if ignore_existing or upsert_on else insert(table)
         session.execute(statement, list(rows))
         return
@@ -98,11 +99,15 @@ def _update_statement(table: Table, keys: tuple[str, ...],
 
 
 @lru_cache(maxsize=64)
-def _sqlite_insert(table: Table, columns: tuple[str, ...], ignore_existing: bool,
-                   upsert_on: tuple[str, ...]):  # noqa: ANN202
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+def _conflict_insert(dialect: str, table: Table, columns: tuple[str, ...], ignore_existing: bool,
+                     upsert_on: tuple[str, ...]):  # noqa: ANN202
+    """The executemany INSERT with an ON CONFLICT clause, in the dialect's own form."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
 
-    statement = sqlite_insert(table)
+    statement = dialect_insert(table)
     if ignore_existing:
         return statement.on_conflict_do_nothing()
     return statement.on_conflict_do_update(
