@@ -152,3 +152,20 @@ def test_an_environment_proxy_keeps_requests_transport(node, monkeypatch) -> Non
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         _Connections("ws://127.0.0.1:8545", timeout=1)
+
+
+def test_https_verifies_against_requests_bundle(monkeypatch) -> None:  # noqa: ANN001
+    import ssl
+
+    import certifi
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    connections = _Connections("https://node.invalid/rpc?key=1", timeout=1)
+    assert (connections.port, connections.path) == (443, "/rpc?key=1")
+    assert connections.tls.verify_mode == ssl.CERT_REQUIRED and connections.tls.check_hostname
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/bundle.pem")
+    with pytest.raises(FileNotFoundError):  # the override is read, as requests reads it
+        _Connections("https://node.invalid", timeout=1)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    assert _Connections("https://node.invalid", timeout=1).tls is not None
