@@ -63,22 +63,21 @@ class _Connections:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.url = url
-        self.https = parts.scheme == "https"
         self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.timeout = timeout
         self.auth = None
         if parts.username is not None:
             token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             self.auth = "Basic " + base64.b64encode(token.encode()).decode()
-        self.tls = _tls_context() if self.https else None
+        self.tls = _tls_context() if parts.scheme == "https" else None  # None: plain HTTP
         self.local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self.local, "connection", None)
         if connection is None:
-            if self.https:
+            if self.tls is not None:
                 connection = http.client.HTTPSConnection(self.host, self.port,
                                                          timeout=self.timeout, context=self.tls)
             else:
@@ -114,13 +113,6 @@ class _Connections:
                 raise NodeHTTPError(f"{self.url}: HTTP {response.status} {response.reason}")
             return content
         raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Close this thread's connection (others close with their threads' sockets)."""
-        connection = getattr(self.local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self.local.connection = None
 
 
 def _proxied(url: str) -> bool:

@@ -18,11 +18,6 @@ def system(tmp_path_factory) -> System:
     yield from module_system(tmp_path_factory, "proposal-views")
 
 
-@pytest.fixture(scope="module")
-def client(system: System) -> TestClient:
-    return TestClient(system.app, raise_server_exceptions=False)
-
-
 def _body(system: System, role: str, title: dict, amount: int) -> dict:
     ents = system.demo["enterprises"]
     now = max(system.ctx.payment.now(), system.ctx.business.now())
