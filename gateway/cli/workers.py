@@ -1,5 +1,11 @@
-"""`dvp-gateway api --workers N`: uvicorn's supervisor serving one socket from N worker
+"""`dvp-gateway api --workers N`: uvicorn's supervisor serving one port from N worker
 processes (PostgreSQL only: `dvp-gateway api` refuses SQLite, which has a single writer).
+
+- Each worker accepts on its own socket, all bound to the port with SO_REUSEPORT: the kernel
+  spreads new connections over them. (On one shared socket, the first worker to wake accepted
+  every connection opened at once: 16 kept-alive clients on one of two workers, the other
+  idle.) A worker that dies is replaced on its socket, which stays open and listening in the
+  supervisor meanwhile: the connections it is given wait in its backlog, none is refused.
 
 - The supervisor checks the nodes and migrates the database before any worker starts, so a
   bad configuration is refused once, with exit 2, as `dvp-gateway api` refuses it.
@@ -21,47 +27,89 @@ processes (PostgreSQL only: `dvp-gateway api` refuses SQLite, which has a single
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from functools import partial
 
-from uvicorn.supervisors import Multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.cli.api import FACTORY, _api_context
 from gateway.cli.common import _fail
 from gateway.cli.nodes import _rpc_clients
 from gateway.config import Settings
 
+logger = logging.getLogger("uvicorn.error")
+
 
 class _Supervisor(Multiprocess):
-    """uvicorn's supervisor (handles SIGTERM, SIGINT, SIGHUP), which also starts the operator
-    endpoints once a worker serves the API socket (it is listening)."""
+    """uvicorn's supervisor (handles SIGTERM, SIGINT, SIGHUP), with a socket per worker slot
+    (a replacement takes its slot's socket), which also starts the operator endpoints once a
+    worker serves the port (its socket is listening)."""
 
-    def __init__(self, config, sock: socket.socket,  # noqa: ANN001 - a uvicorn Config
+    def __init__(self, config, socks: list[socket.socket],  # noqa: ANN001 - a uvicorn Config
                  start_ops: Callable[[], Callable[[], None]] | None) -> None:
-        super().__init__(config, sockets=[sock])
-        self.sock = sock
+        super().__init__(config, sockets=socks)
         self.start_ops = start_ops
         self.stop_ops: Callable[[], None] | None = None
         self.ops_error: OSError | None = None
 
+    def _start(self, slot: int) -> Process:
+        process = Process(self.config, [self.sockets[slot]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._start(slot) for slot in range(len(self.sockets))]
+
     def keep_subprocess_alive(self) -> None:
-        super().keep_subprocess_alive()
+        """uvicorn's, each replacement on its slot's socket; then the operator endpoints."""
+        for slot, process in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung, or dead already
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:  # would fail the same way again
+                self.should_exit.set()
+                return
+            self.processes[slot] = self._start(slot)
         if self.start_ops is None or self.stop_ops is not None or self.should_exit.is_set():
             return
-        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if any(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for s in self.sockets):
             try:
                 self.stop_ops = self.start_ops()
             except OSError as exc:
                 self.ops_error = exc
                 self.should_exit.set()
 
+    def restart_all(self) -> None:
+        """SIGHUP: each worker replaced in turn, its replacement started on its socket first."""
+        for slot, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._start(slot)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                return
+            old.terminate()
+            old.join()
+            self.processes[slot] = new
+
+    def handle_ttin(self) -> None:  # a worker's socket is bound before it starts: fixed count
+        logger.warning("the number of API workers is set by --workers; SIGTTIN ignored")
+
+    def handle_ttou(self) -> None:
+        logger.warning("the number of API workers is set by --workers; SIGTTOU ignored")
+
 
 def serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
-    """`workers` API processes on one socket until SIGTERM or SIGINT (exit 0), or until a
+    """`workers` API processes on one port until SIGTERM or SIGINT (exit 0), or until a
     worker fails to start (exit 2, all stopped; its reason printed above)."""
     import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
 
     from gateway.engine.build import open_database
 
@@ -75,14 +123,15 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
         _rpc_clients(settings, relayer=False)
         engine, _ = open_database(settings.database_url)  # migrated
         engine.dispose()
-    sock = _listen(host, port)
+    socks = _listen(host, port, workers)
     config = uvicorn.Config(FACTORY, factory=True, workers=workers, host=host, port=port,
                             log_level="warning")
-    supervisor = _Supervisor(config, sock, start_ops)
+    supervisor = _Supervisor(config, socks, start_ops)
     try:
         supervisor.run()
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
         if supervisor.stop_ops is not None:
             supervisor.stop_ops()
         engine.dispose()
@@ -100,9 +149,11 @@ def _serve_ops(ctx, host: str, port: int) -> Callable[[], None]:  # noqa: ANN001
     return serve_in_thread(create_ops_app(ctx), host, port)
 
 
-def _socket(host: str) -> socket.socket:
+def _socket(host: str, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock
 
 
@@ -115,14 +166,23 @@ def _check_free(host: str, port: int, what: str, options: str) -> None:
             _fail(f"cannot serve {what} on {host}:{port} ({options}): {exc}")
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The API's socket, bound here (a port in use is refused at once) and shared with the
-    workers, which listen on it once they serve."""
-    sock = _socket(host)
+def _listen(host: str, port: int, workers: int) -> list[socket.socket]:
+    """A socket per worker, all bound here to host:port with SO_REUSEPORT and listened on by
+    their workers once they serve. A port in use is refused at once, even by another group
+    of SO_REUSEPORT sockets (another `--workers` gateway of this user): the port is first
+    bound without the option, which only a free port allows."""
+    if port != 0:
+        _check_free(host, port, "the API", "--host/--port")
+    socks: list[socket.socket] = []
     try:
-        sock.bind((host, port))
+        for _ in range(workers):
+            sock = _socket(host, reuse_port=True)
+            socks.append(sock)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # --port 0: the others join the first one's port
+            sock.set_inheritable(True)
     except OSError as exc:
-        sock.close()
+        for sock in socks:
+            sock.close()
         _fail(f"cannot listen on {host}:{port} (--host/--port): {exc}")
-    sock.set_inheritable(True)
-    return sock
+    return socks

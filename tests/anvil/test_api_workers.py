@@ -105,3 +105,93 @@ def test_api_workers_serve_one_port_and_stop_on_sigterm(command, ops_port, anvil
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), timeout=10,
              what="the resource tracker gone")
     assert "Traceback" not in text, text[-3000:]
+
+
+def _served_by(port: int, pids: set[int]) -> dict[int, int]:
+    """How many established connections to `port` each of `pids` holds (the server side of
+    each: the socket inodes of /proc/net/tcp, found among each process's descriptors)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+            inodes.add(fields[9])
+    held = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        links = {os.readlink(fd) for fd in fds.iterdir()} if fds.exists() else set()
+        held[pid] = sum(f"socket:[{inode}]" in links for inode in inodes)
+    return held
+
+
+def _open_at_once(port: int, n: int) -> list:
+    """`n` kept-alive connections opened together, as a client's pool opens them when load
+    starts, each answered once (so each was accepted by a worker); the open sockets."""
+    import socket
+
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+    for conn in conns:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    for conn in conns:
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "a connection was not served"
+    return conns
+
+
+def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url,
+                                                      tmp_path) -> None:
+    """Kept-alive connections opened together are spread over the workers (each worker its
+    own SO_REUSEPORT socket). On one shared socket the first worker to wake accepted every
+    one of them, and the other worker idled while its peer's clients queued. A worker that
+    dies is replaced on its own socket: no connection waits on a socket nobody accepts."""
+    import signal
+
+    env = {**os.environ, "DVP_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+    env.update(line.split("=", 1) for line in
+               devnet_env(anvil_devnet, anvil_devnet.account(RELAYER).key, None))
+    port = _free_port()
+    base, log = f"http://127.0.0.1:{port}", tmp_path / "api.log"
+    with log.open("w") as out:
+        api = subprocess.Popen([*CLI, "api", "--workers", "2", "--port", str(port)],
+                               env=env, stdout=out, stderr=subprocess.STDOUT)
+    conns: list = []
+    try:
+        _wait_healthy(base, api, timeout=120)
+        wait_for(lambda: len(_workers(api.pid)) == 2, timeout=60, what="two workers")
+        workers = _workers(api.pid)
+        conns = _open_at_once(port, 32)
+        held = _served_by(port, workers)
+        assert sum(held.values()) == 32 and min(held.values()) > 0, held
+        for conn in conns:
+            conn.close()
+        dead = min(workers)
+        os.kill(dead, signal.SIGKILL)
+        wait_for(lambda: len(_workers(api.pid) - workers) == 1, timeout=120,
+                 what="the dead worker replaced")
+        replaced = _workers(api.pid)
+        conns = _open_at_once(port, 32)  # every one answered: none waits on the dead socket
+        held = _served_by(port, replaced)
+        assert sum(held.values()) == 32 and min(held.values()) > 0, held
+    finally:
+        for conn in conns:
+            conn.close()
+        code = terminate(api, timeout=60)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_workers_refuse_a_port_another_reuseport_group_holds(anvil_devnet, database_url) -> None:
+    """Sockets with SO_REUSEPORT of the same user share a port: a second `--workers` gateway
+    started on the first one's port would silently take half its connections. Refused."""
+    import socket
+
+    env = {**os.environ, "DVP_DATABASE_URL": database_url}
+    env.update(line.split("=", 1) for line in
+               devnet_env(anvil_devnet, anvil_devnet.account(RELAYER).key, None))
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = subprocess.run([*CLI, "api", "--workers", "2", "--port", str(port)], env=env,
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot serve the API on 127.0.0.1:{port} (--host/--port)" in result.stderr
+    assert "Traceback" not in result.stderr
