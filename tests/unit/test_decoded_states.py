@@ -1,0 +1,41 @@
+"""The process's decoded trade states (`gateway.db.trade_store._DecodedStates`): a state read
+back is the stored value decoded, never a kept state the row no longer holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from gateway.db.trade_store import _DecodedStates
+from gateway.domain.codec import encode
+from gateway.domain.trade import ActionProposeTrade, Phase
+from tests.unit.test_trade_transitions import POLICY, TERMS, new_trade
+
+
+def _stored(state) -> dict:  # noqa: ANN001
+    return json.loads(json.dumps(encode(state)))  # as the database gives it back
+
+
+def test_a_changed_row_is_decoded_not_the_kept_state() -> None:
+    """Another writer (a second relayer, an API worker) changed the row, or this process's
+    write rolled back: the value read differs from the one kept, so it is decoded."""
+    states = _DecodedStates(8)
+    mine, _ = new_trade(ActionProposeTrade(b"\x01" * 32, TERMS), POLICY)
+    theirs = replace(mine, phase=Phase.CANCELLED)
+    states.keep(encode(mine), mine)
+    assert states.decode(_stored(mine)) is mine  # the same value: the kept state
+    read = states.decode(_stored(theirs))
+    assert read == theirs and read is not mine
+    assert states.decode(_stored(mine)) == mine  # and back again
+
+
+def test_kept_states_are_bounded_oldest_out() -> None:
+    states = _DecodedStates(3)
+    made = [new_trade(ActionProposeTrade(bytes([i]) * 32, TERMS), POLICY)[0] for i in range(5)]
+    for state in made:
+        states.keep(encode(state), state)
+    assert [bytes.fromhex(k[2:]) for k in states.kept] == [s.trade_id for s in made[2:]]
+    states.decode(_stored(made[2]))  # read: the newest now
+    states.keep(encode(made[0]), made[0])
+    assert [bytes.fromhex(k[2:]) for k in states.kept] == \
+        [made[4].trade_id, made[2].trade_id, made[0].trade_id]
