@@ -78,5 +78,6 @@ def test_batch_calldata_matches_eth_abi_for_any_batch() -> None:
             calls.refund_many_calldata([bad])
     with pytest.raises(ValueError):
         calls.claim_many_calldata([good], [b"\x02" * 33])
-    with pytest.raises(ValueError):
-        calls.claim_many_calldata([good], [])
+    for preimages in ([], [b"\x02" * 32] * 2):  # lengths apart: the contract refuses them
+        assert calls.claim_many_calldata([good], preimages) == calls._CLAIM_MANY.selector + \
+            encode([f"{tuple_type}[]", "bytes32[]"], [[good.as_tuple()], preimages])
