@@ -77,8 +77,10 @@ def new_trade_views(records: TradeRecords, ctx: ApiContext, caller: Enterprise,
                     enterprises: dict[str, Enterprise]) -> list[Trade]:
     """The views of trades made in this unit of work, from the states and rows it wrote
     rather than read back: only the legs' logs are read (a lock mined before its trade had
-    the hashlock is adopted by the proposal). The same view a later GET shows."""
-    logs = records.leg_logs([state.trade_id.hex() for state, _ in made])
+    the hashlock is adopted by the proposal). The same view a later GET shows. Only a trade
+    with a leg has logs to read: a new trade has one only if it adopted an early lock."""
+    with_legs = [state.trade_id.hex() for state, _ in made if state.payment or state.delivery]
+    logs = records.leg_logs(with_legs) if with_legs else {}
     return [_view(ctx, state, parties, caller, enterprises, logs.get(state.trade_id.hex(), {}),
                   None) for state, parties in made]
 

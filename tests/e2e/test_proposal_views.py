@@ -64,3 +64,34 @@ def test_a_batch_answers_each_trade_as_get_shows_it(system, client) -> None:  # 
         [_as_shown(client, key, t) for t in trades]
     again = client.post("/v1/trades/batch", json={"trades": bodies}, headers=headers)
     assert again.status_code == 201 and again.json() == made.json()
+
+
+def test_a_proposal_that_adopts_an_early_lock_shows_its_leg(system, client) -> None:  # noqa: ANN001
+    """A self-custody buyer locked its payment before proposing (the relayer kept the lock
+    with no trade): its proposal adopts the lock, and the answer shows the payment leg with
+    the lock's transaction and block, as a later GET does."""
+    from gateway.chain.devnet import BUYER
+    from gateway.domain.locks import hashlock_of, new_secret
+    from tests.e2e.conftest import self_custody_parties
+
+    buyer, buyer_key, seller, _, token_id, doc = self_custody_parties(system, b"early lock")
+    d, secret, amount = system.devnet, new_secret(), 3_000
+    body = {**_body(system, "buyer", {"token_id": str(token_id),
+                                      "document_hash": "0x" + doc.hex()}, amount),
+            "counterparty": seller.id, "hashlock": "0x" + hashlock_of(secret).hex()}
+    acct = d.account(BUYER)
+    assert d.payment.client.transact(acct, to=d.payment_token.address, gas=100_000,
+                                     data=d.payment_token.encode_abi(
+                                         "approve", [d.payment_htlc.address, amount])).succeeded
+    receipt, _ = d.payment_htlc.lock(acct, seller.payment_address, amount,
+                                     hashlock_of(secret), body["deadlines"]["payment"])
+    assert receipt.succeeded
+    system.gateway.relayer.step()  # seen, kept for the trade that will name its hashlock
+    made = client.post("/v1/trades", json=body, headers={
+        "Authorization": f"Bearer {buyer_key}", "Idempotency-Key": str(uuid.uuid4())})
+    assert made.status_code == 201, made.text
+    leg = made.json()["legs"]["payment"]
+    assert leg is not None and leg["tx_hash"] == "0x" + receipt.tx_hash.hex()
+    assert leg["block_number"] == receipt.block_number
+    assert {k: v for k, v in made.json().items() if k != "timeline"} == \
+        _as_shown(client, buyer_key, made.json())
