@@ -4,31 +4,46 @@ commits here: callers own the transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.db.models import IdempotencyRow
 
 _KEYS = IdempotencyRow.__table__
+# Core statements: every proposal reads a key and writes one, and the ORM's get and unit of
+# work cost more than the statements themselves.
+_STORED = select(_KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response)
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """An earlier request's hash and the answer stored for it."""
+
+    request_hash: str
+    status_code: int
+    response: dict
 
 
 class IdempotencyKeys:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def stored(self, enterprise_id: str, key: str) -> IdempotencyRow | None:
+    def stored(self, enterprise_id: str, key: str) -> StoredAnswer | None:
         """The earlier request with this key, if any (its request hash and answer)."""
-        return self.session.get(IdempotencyRow, (enterprise_id, key))
+        row = self.session.execute(_STORED.where(_KEYS.c.enterprise_id == enterprise_id,
+                                                 _KEYS.c.key == key)).first()
+        return StoredAnswer(*row) if row is not None else None
 
     def store(self, enterprise_id: str, key: str, request_hash: str, status_code: int,
               response: dict) -> None:
         """Written in the transaction of the request's effects: a concurrent request with the
-        same key loses on the primary key."""
-        self.session.add(IdempotencyRow(enterprise_id=enterprise_id, key=key,
-                                        request_hash=request_hash, status_code=status_code,
-                                        response=response))
+        same key loses on the primary key (IntegrityError here, or at its commit)."""
+        self.session.execute(insert(_KEYS), {
+            "enterprise_id": enterprise_id, "key": key, "request_hash": request_hash,
+            "status_code": status_code, "response": response})
 
     def expire(self, enterprise_id: str, key: str, stored_before: datetime) -> bool:
         """Delete the enterprise's row for `key` if it was stored before `stored_before`
