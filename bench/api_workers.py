@@ -40,7 +40,8 @@ from gateway.chain.devnet import (  # noqa: E402
 )
 from tests.databases import ADMIN_URL, create_database, drop_database  # noqa: E402
 from tests.e2e.test_run_command import _free_port, _wait_healthy  # noqa: E402
-from tests.helpers import terminate  # noqa: E402
+from tests.helpers import listening_sockets, terminate  # noqa: E402
+from tests.postgres.waiting import wait_for  # noqa: E402
 
 CONCURRENCY = 16
 CREATES = 1000
@@ -93,6 +94,8 @@ def _run_workers(devnet, workers: int, titles: list[dict], tmp: Path) -> dict:  
                                    env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(base, api, timeout=120)
+            wait_for(lambda: listening_sockets(port) == workers, timeout=120,
+                     what=f"{workers} workers listening")
             return _load(base, seller_key, buyer_id, devnet, titles)
         finally:
             terminate(api, timeout=60)

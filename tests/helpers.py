@@ -89,3 +89,10 @@ def terminate(process: subprocess.Popen, timeout: float = 30) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets listening on a local IPv4 `port`: with SO_REUSEPORT, one per API worker that
+    serves (`dvp-gateway api --workers N`), so a client can wait for all N."""
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return sum(int(f[1].split(":")[1], 16) == port and f[3] == "0A" for f in rows)  # LISTEN

@@ -18,7 +18,7 @@ from gateway.chain.anvil import devnet_env
 from gateway.chain.devnet import BUYER, RELAYER
 from tests.databases import on_postgres
 from tests.e2e.test_run_command import _free_port, _wait_healthy
-from tests.helpers import terminate
+from tests.helpers import listening_sockets, terminate
 from tests.postgres.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not on_postgres(), reason="--workers needs PostgreSQL "
@@ -141,7 +141,8 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
     """Kept-alive connections opened together are spread over the workers (each worker its
     own SO_REUSEPORT socket). On one shared socket the first worker to wake accepted every
     one of them, and the other worker idled while its peer's clients queued. A worker that
-    dies is replaced on its own socket: no connection waits on a socket nobody accepts."""
+    dies is replaced on its own socket, and so is each worker SIGHUP restarts: no connection
+    waits on a socket nobody accepts."""
     import signal
 
     env = {**os.environ, "DVP_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
@@ -155,7 +156,8 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
     conns: list = []
     try:
         _wait_healthy(base, api, timeout=120)
-        wait_for(lambda: len(_workers(api.pid)) == 2, timeout=60, what="two workers")
+        wait_for(lambda: len(_workers(api.pid)) == 2 and listening_sockets(port) == 2, timeout=120,
+                 what="two workers listening")
         workers = _workers(api.pid)
         conns = _open_at_once(port, 32)
         held = _served_by(port, workers)
@@ -169,6 +171,14 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
         replaced = _workers(api.pid)
         conns = _open_at_once(port, 32)  # every one answered: none waits on the dead socket
         held = _served_by(port, replaced)
+        assert sum(held.values()) == 32 and min(held.values()) > 0, held
+        for conn in conns:
+            conn.close()
+        os.kill(api.pid, signal.SIGHUP)  # every worker replaced in turn, on its socket
+        wait_for(lambda: not _workers(api.pid) & replaced and len(_workers(api.pid)) == 2,
+                 timeout=180, what="the workers restarted")
+        conns = _open_at_once(port, 32)
+        held = _served_by(port, _workers(api.pid))
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
     finally:
         for conn in conns:
