@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.api.problems import Problem
 from gateway.api.ratelimit import Network, RateLimiter, parse_networks
 from gateway.chain.client import ChainClient
 from gateway.chain.titles import Title
@@ -17,6 +18,7 @@ from gateway.engine.dispatcher import Dispatcher
 from gateway.keys import Cipher
 
 if TYPE_CHECKING:
+    from gateway.api.schemas import Deadlines
     from gateway.config import Settings
 
 MAX_DEADLINE_AHEAD = 30 * 24 * 3600  # the contracts' MAX_LOCK_DURATION
@@ -116,7 +118,6 @@ def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
     holds it (a title locked in the DeliveryHTLC is the HTLC's, so it is refused too) and it
     carries the document hash of the terms. 422 naming delivery.token_id or
     delivery.document_hash otherwise. `title`: as `read_titles` read it."""
-    from gateway.api.problems import Problem
     from gateway.chain.titles import problems_of
 
     problems = problems_of(title, int(token_id), ctx.business.asset, seller_business_address,
@@ -132,3 +133,23 @@ def read_titles(ctx: ApiContext, token_ids: list[int]) -> dict[int, Title | None
 
     ids = sorted(set(token_ids))
     return dict(zip(ids, read(ctx.business.client, ctx.business.asset, ids), strict=True))
+
+
+def chain_now(ctx: ApiContext) -> int:
+    """Chain time, by which deadlines are judged: the later of the two chains' latest blocks."""
+    return max(ctx.payment.now(), ctx.business.now())
+
+
+def deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[Problem]:
+    problems = []
+    for name, value in (("deadlines.delivery", deadlines.delivery),
+                         ("deadlines.payment", deadlines.payment)):
+        if value <= now + ctx.policy.claim_lead_time:
+            problems.append(Problem(
+                422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
+                     f" (chain time now {now})", field=name))
+        elif value > now + MAX_DEADLINE_AHEAD:
+            problems.append(Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
+                                         f"(latest allowed {now + MAX_DEADLINE_AHEAD})",
+                                    field=name))
+    return problems

@@ -1,11 +1,13 @@
 """Proposals: `POST /v1/trades` and `POST /v1/trades/batch`.
 
-Each request is read first (the replay of its Idempotency-Key, the counterparty, chain time,
-the titles on the business chain), then written in ONE transaction (`Dispatcher.unit`): the
-replay check again, the buyer's cap, the trades, their parties and secrets, the stored
-response (the view, built in that transaction) and the idempotency record commit together.
-A unique constraint that refuses the commit (a concurrent request with the same key or the
-same hashlock won) runs the unit once more, which then answers the replay or the conflict.
+The chains are read first (chain time, the titles on the business chain), outside any
+transaction; then ONE transaction (`Dispatcher.unit`) reads and writes the rest: the replay of
+the Idempotency-Key, the counterparty, the checks, the buyer's cap, the trades, their parties
+and secrets, the stored response (the view, built in that transaction) and the idempotency
+record commit together. A unique constraint that refuses the commit (a concurrent request with
+the same key or the same hashlock won) runs the unit once more, which then answers the replay
+or the conflict. A node that cannot be reached is a 503, except to a request already answered:
+its stored answer is replayed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import (
-    MAX_DEADLINE_AHEAD,
     ApiContext,
+    chain_now,
     check_title,
+    deadline_problems,
     read_titles,
 )
 from gateway.api.enterprises import Enterprise
@@ -33,8 +36,9 @@ from gateway.api.refusals import (
     check_exposure,
     hashlock_in_use,
 )
-from gateway.api.schemas import Deadlines, Trade, TradeCreate
+from gateway.api.schemas import Trade, TradeCreate
 from gateway.api.views import new_trade_views
+from gateway.chain.sending import node_unavailable
 from gateway.chain.titles import Title
 from gateway.db.enterprises import EnterpriseRepository
 from gateway.db.idempotency import IdempotencyKeys
@@ -61,20 +65,22 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                  idempotency_key: str) -> tuple[int, dict]:
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
                                   .encode()).hexdigest()
-    with ctx.session_factory() as session:
-        records = TradeRecords(session)
-        replay = _replay(records, caller, idempotency_key, request_hash)
-        if replay is not None:
-            return replay
-        other = EnterpriseRepository(session).get(body.counterparty)
+    read = _read_chains(ctx, caller, idempotency_key, request_hash,
+                        [int(body.delivery.token_id)])
+    if isinstance(read, _Replay):
+        return read.answer
+    now, titles = read
+
+    def prepare(records: TradeRecords) -> list[_Proposal]:
+        other = EnterpriseRepository(records.session).get(body.counterparty)
         if other is None or other.id == caller.id:
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
                           field="counterparty")
-        if body.role == "buyer":  # an early answer; decided in the writing transaction
+        if body.role == "buyer":  # an early answer; decided under the exposure lock below
             check_exposure(ctx, records, caller.id, int(body.payment.amount))
-    proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, _chain_now(ctx),
-                        read_titles(ctx, [int(body.delivery.token_id)]))
-    assert proposal is not None  # (not gathering: the first problem was raised)
+        proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, now, titles)
+        assert proposal is not None  # (not gathering: the first problem was raised)
+        return [proposal]
 
     def refuse_used(used: list[int]) -> Problem:
         return hashlock_in_use()
@@ -82,7 +88,7 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
     def view(records: TradeRecords, made: list[_Made]) -> dict:
         return _views(records, ctx, caller, made)[0].model_dump(mode="json")
 
-    return _commit(ctx, caller, [proposal], idempotency_key, request_hash,
+    return _commit(ctx, caller, prepare, idempotency_key, request_hash,
                    _Answers(view, refuse_used, lambda _, exposure: cap_problem(ctx, exposure)))
 
 
@@ -95,16 +101,18 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
     request_hash = hashlib.sha256(
         (BATCH_ROUTE + "\n" + json.dumps([b.model_dump(mode="json") for b in bodies],
                                          sort_keys=True)).encode()).hexdigest()
-    with ctx.session_factory() as session:
-        records = TradeRecords(session)
-        replay = _replay(records, caller, idempotency_key, request_hash)
-        if replay is not None:
-            return replay
-        others = {e.id: Enterprise.from_row(e) for e in EnterpriseRepository(session).by_ids(
-            {b.counterparty for b in bodies} - {caller.id}).values()}
+    read = _read_chains(ctx, caller, idempotency_key, request_hash,
+                        [int(b.delivery.token_id) for b in bodies])
+    if isinstance(read, _Replay):
+        return read.answer
+    now, on_chain = read
+
+    def prepare(records: TradeRecords) -> list[_Proposal]:
+        others = {e.id: Enterprise.from_row(e) for e in EnterpriseRepository(
+            records.session).by_ids({b.counterparty for b in bodies} - {caller.id}).values()}
         exposure = records.open_exposure(caller.id) \
             if any(b.role == "buyer" for b in bodies) else 0
-    proposals = _prepare_batch(ctx, caller, bodies, others, exposure)
+        return _prepare_batch(ctx, caller, bodies, others, exposure, now, on_chain)
 
     def refuse_used(used: list[int]) -> Problem:
         if not used:  # refused by the constraint, gone since (cannot happen: trades stay)
@@ -118,16 +126,37 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
     def over_cap(i: int, exposure: int) -> Problem:
         return batch_problem([(i, batch_over_cap(ctx, exposure))], len(bodies))
 
-    return _commit(ctx, caller, proposals, idempotency_key, request_hash,
+    return _commit(ctx, caller, prepare, idempotency_key, request_hash,
                    _Answers(view, refuse_used, over_cap))
 
 
+@dataclass(frozen=True)
+class _Replay:
+    answer: tuple[int, dict]
+
+
+def _read_chains(ctx: ApiContext, caller: Enterprise, key: str, request_hash: str,
+                 token_ids: list[int]) -> tuple[int, dict[int, Title | None]] | _Replay:
+    """Chain time and the titles, read before the writing transaction (which holds no lock
+    while a node answers). A node that cannot be reached: a request already answered gets
+    its stored answer; any other the node's error (503)."""
+    try:
+        return chain_now(ctx), read_titles(ctx, token_ids)
+    except Exception as exc:
+        if not node_unavailable(exc):
+            raise
+        with ctx.session_factory() as session:
+            replay = _replay(TradeRecords(session), caller, key, request_hash)
+        if replay is None:
+            raise
+        return _Replay(replay)
+
+
 def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
-                   others: dict[str, Enterprise], exposure: int) -> list[_Proposal]:
+                   others: dict[str, Enterprise], exposure: int, now: int,
+                   on_chain: dict[int, Title | None]) -> list[_Proposal]:
     """Every item checked (as `_prepare` checks one, and against the batch's other items:
     one hashlock or one title twice, the cap across them); every problem raised at once."""
-    now = _chain_now(ctx)
-    on_chain = read_titles(ctx, [int(b.delivery.token_id) for b in bodies])
     found: list[tuple[int, Problem]] = []
     proposals: list[_Proposal] = []
     hashlocks: dict[str, int] = {}
@@ -176,27 +205,30 @@ class _Answers:
     over_cap: Callable[[int, int], Problem]
 
 
-def _commit(ctx: ApiContext, caller: Enterprise, proposals: list[_Proposal], key: str,
-            request_hash: str, answers: _Answers) -> tuple[int, dict]:
-    """The writing transaction of a proposal request; once more after a unique constraint
-    refused its commit (a concurrent request won the key or a hashlock): the second run
-    answers the winner's replay or the hashlock problem."""
+def _commit(ctx: ApiContext, caller: Enterprise,
+            prepare: Callable[[TradeRecords], list[_Proposal]], key: str, request_hash: str,
+            answers: _Answers) -> tuple[int, dict]:
+    """The transaction of a proposal request; once more after a unique constraint refused
+    its commit (a concurrent request won the key or a hashlock): the second run answers the
+    winner's replay or the hashlock problem."""
     for attempt in (1, 2):
         try:
             with ctx.dispatcher.unit() as unit:
-                return _write(ctx, unit, caller, proposals, key, request_hash, answers)
+                return _write(ctx, unit, caller, prepare, key, request_hash, answers)
         except IntegrityError:
             if attempt == 2:
                 raise answers.hashlocks_used([]) from None
     raise AssertionError("unreachable")
 
 
-def _write(ctx: ApiContext, unit: Unit, caller: Enterprise, proposals: list[_Proposal],
-           key: str, request_hash: str, answers: _Answers) -> tuple[int, dict]:
+def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
+           prepare: Callable[[TradeRecords], list[_Proposal]], key: str, request_hash: str,
+           answers: _Answers) -> tuple[int, dict]:
     records = TradeRecords(unit.session)
     replay = _replay(records, caller, key, request_hash)
     if replay is not None:
-        return replay  # the same request, committed first by a concurrent call
+        return replay  # answered before, or committed first by a concurrent call
+    proposals = prepare(records)  # checked (Problem: nothing written)
     used = records.hashlocks_in_use([p.action.terms.hashlock for p in proposals
                                      if p.action.terms.hashlock != AWAITING_HASHLOCK])
     if used:
@@ -280,7 +312,7 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
     buyer = caller if body.role == "buyer" else other
     seller = caller if body.role == "seller" else other
     secret, hashlock = _hashlock(ctx, body, buyer, refuse) if buyer is not None else (None, None)
-    for problem in _deadline_problems(ctx, body.deadlines, now):
+    for problem in deadline_problems(ctx, body.deadlines, now):
         refuse(problem)
     if seller is not None:
         try:
@@ -355,23 +387,3 @@ def _replay(records: TradeRecords, caller: Enterprise, key: str,
         raise Problem(422, "this Idempotency-Key was used with a different request body",
                       field="Idempotency-Key", kind="idempotency-key-reused")
     return seen.status_code, seen.response
-
-
-def _chain_now(ctx: ApiContext) -> int:
-    """Chain time, by which deadlines are judged: the later of the two chains' latest blocks."""
-    return max(ctx.payment.now(), ctx.business.now())
-
-
-def _deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[Problem]:
-    problems = []
-    for field, value in (("deadlines.delivery", deadlines.delivery),
-                         ("deadlines.payment", deadlines.payment)):
-        if value <= now + ctx.policy.claim_lead_time:
-            problems.append(Problem(
-                422, f"must be in the future, after {now + ctx.policy.claim_lead_time}"
-                     f" (chain time now {now})", field=field))
-        elif value > now + MAX_DEADLINE_AHEAD:
-            problems.append(Problem(422, f"at most {MAX_DEADLINE_AHEAD} s ahead of chain time "
-                                         f"(latest allowed {now + MAX_DEADLINE_AHEAD})",
-                                    field=field))
-    return problems

@@ -1,6 +1,7 @@
 """A node the API cannot reach: a proposal (which reads chain time and its title) is answered
 503 with Retry-After, as a problem, and writes nothing; once the node is back, the same
-request with the same Idempotency-Key is served."""
+request with the same Idempotency-Key is served. A request already answered is answered again
+while the node is down (its stored answer: the chains are read only for a new one)."""
 
 from __future__ import annotations
 
@@ -46,5 +47,15 @@ def test_a_proposal_while_the_business_node_is_down_is_a_503(tmp_path, database_
             net.business.node.start()
             up = client.post("/v1/trades", json=body, headers=headers)
             assert up.status_code == 201, up.text
+            net.business.node.stop(remove=False)
+            again = client.post("/v1/trades", json=body, headers=headers)
+            assert again.status_code == 201 and again.json() == up.json(), again.text
+            other = client.post("/v1/trades", json=body, headers={
+                **headers, "Idempotency-Key": str(uuid.uuid4())})
+            assert other.status_code == 503, other.text
+            reused = client.post("/v1/trades", json={**body, "payment": {
+                **body["payment"], "amount": "1001"}}, headers=headers)
+            assert reused.status_code == 422, reused.text  # a key reused: told, not a 503
+            net.business.node.start()
         finally:
             system.close()
