@@ -1,14 +1,17 @@
 """Many rows of one kind in one statement: the dispatcher's batch writes.
 
 SQLite runs an executemany in C against a database in this process. Its statement is compiled
-once per table and columns, and the rows go to the driver as tuples, each value through its
-column's bind processor (JSON, UTC instants) as SQLAlchemy would bind it: SQLAlchemy's own
-executemany builds and processes a parameter dict per row in Python, which took longer than
-the executemany itself. On PostgreSQL (psycopg) an executemany is one Bind/Execute per
-row (pipelined): per-row Python in psycopg and per-row statement overhead in the server. A
-multi-row `VALUES` list is no better: psycopg parses a statement with thousands of
-placeholders in Python, and its text is never the same twice. So the rows go as one array per
-column, in binary, to a statement whose text depends only on the columns:
+once per table and columns, and the rows go to the driver as they are (tuples for SQLite's
+positional parameters; dicts for PostgreSQL through another driver than psycopg), each value
+through its column's bind processor (JSON, UTC instants) as SQLAlchemy would bind it:
+SQLAlchemy's own executemany builds and processes a parameter dict per row in Python, which
+took longer than the executemany itself.
+
+On PostgreSQL (psycopg) an executemany is one Bind/Execute per row (pipelined): per-row Python
+in psycopg and per-row statement overhead in the server. A multi-row `VALUES` list is no
+better: psycopg parses a statement with thousands of placeholders in Python, and its text is
+never the same twice. So the rows go as one array per column, in binary, to a statement whose
+text depends only on the columns:
 
     INSERT INTO t (a, b) SELECT a, b FROM unnest($1::T1[], $2::T2[]) WITH ORDINALITY
         AS bulk_rows(a, b, bulk_row_number) ORDER BY bulk_row_number
@@ -96,33 +99,40 @@ def update_rows(session: Session, table: Table, rows: Sequence[Row], keys: tuple
 
 # --- SQLite's statements ---------------------------------------------------------------------
 
-_Compiled = tuple[str, tuple[tuple[str | None, object, object], ...]]
+# (SQL, positional, the parameters: (its name in the SQL, the row's column or None, the
+# statement's own value, the bind processor))
+_Param = tuple[str, str | None, object, object]
+_Compiled = tuple[str, bool, tuple[_Param, ...]]
 
 
 def _execute_compiled(session: Session, compiled: _Compiled, rows: Sequence[Row],
                       renamed: Mapping[str, str]) -> None:
     """`compiled`'s SQL run on the driver for every row: each parameter is a row's value
     (under its own name, or the column `renamed` names) or the statement's own constant,
-    through its bind processor."""
-    sql, params = compiled
-    plan = [(renamed.get(name, name) if name is not None else None, constant, process)
-            for name, constant, process in params]
-    tuples = [tuple((row[name] if name is not None else constant) if process is None
-                    else process(row[name] if name is not None else constant)
-                    for name, constant, process in plan) for row in rows]
-    session.connection().exec_driver_sql(sql, tuples)
+    through its bind processor; as a tuple per row (SQLite's `?`) or a dict (`%(name)s`)."""
+    sql, positional, params = compiled
+    plan = [(key, renamed.get(name, name) if name is not None else None, constant, process)
+            for key, name, constant, process in params]
+    values = [[(row[name] if name is not None else constant) if process is None
+               else process(row[name] if name is not None else constant)
+               for _, name, constant, process in plan] for row in rows]
+    keys = [key for key, _, _, _ in plan]
+    session.connection().exec_driver_sql(sql, [tuple(v) for v in values] if positional else
+                                         [dict(zip(keys, v, strict=True)) for v in values])
 
 
 def _compile(statement, dialect: Dialect, columns: tuple[str, ...]) -> _Compiled:  # noqa: ANN001
     compiled = statement.compile(dialect=dialect, column_keys=list(columns))
-    assert compiled.positiontup is not None, "a positional dialect (SQLite's)"
+    positional = compiled.positiontup is not None
+    escaped = compiled.escaped_bind_names or {}
     params = []
-    for name in compiled.positiontup:
+    for name in compiled.positiontup if positional else compiled.binds:
         bind = compiled.binds[name]
         given = name in columns
-        params.append((name if given else None, None if given else bind.effective_value,
+        params.append((escaped.get(name, name), name if given else None,
+                       None if given else bind.effective_value,
                        bind.type._cached_bind_processor(dialect)))
-    return compiled.string, tuple(params)
+    return compiled.string, positional, tuple(params)
 
 
 @lru_cache(maxsize=64)
