@@ -75,6 +75,7 @@ class _Supervisor(Multiprocess):
             if process.exitcode == STARTUP_FAILURE:  # would fail the same way again
                 self.should_exit.set()
                 return
+            logger.warning(f"API worker [{process.pid}] died; a new one takes its socket")
             self.processes[slot] = self._start(slot)
         if self.start_ops is None or self.stop_ops is not None or self.should_exit.is_set():
             return
