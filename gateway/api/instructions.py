@@ -12,7 +12,7 @@ from gateway.api.schemas import Instructions, UnsignedTx
 from gateway.api.views import parties_of
 from gateway.chain import calls
 from gateway.db.trade_records import TradeRecords
-from gateway.domain.codec import decode
+from gateway.db.trade_store import decode_state
 from gateway.domain.trade import TradeState
 
 
@@ -21,7 +21,7 @@ def instructions(ctx: ApiContext, caller: Enterprise, trade_id: bytes) -> Instru
     with ctx.session_factory() as session:
         records = TradeRecords(session)
         parties = parties_of(records, trade_id, caller)
-        state = decode(TradeState, records.trade_rows([trade_id])[trade_id].state)
+        state = decode_state(records.trade_rows([trade_id])[trade_id].state)
     role = "buyer" if caller.id == parties.buyer_id else "seller"
     phase = state.phase.value
     if caller.managed:

@@ -23,7 +23,7 @@ from gateway.api.schemas import (
 from gateway.db.enterprises import EnterpriseRepository
 from gateway.db.models import EnterpriseRow, InputRow, TradePartyRow, TradeRow
 from gateway.db.trade_records import PageQuery, TradeRecords
-from gateway.domain.codec import decode
+from gateway.db.trade_store import decode_state
 from gateway.domain.marks import EffectKey
 from gateway.domain.trade import TradeState
 
@@ -67,7 +67,7 @@ def views(records: TradeRecords, ctx: ApiContext, rows: list[tuple[TradeRow, Tra
     enterprises = EnterpriseRepository(records.session).by_ids(
         {e for _, p in rows for e in (p.buyer_id, p.seller_id)})
     logs = records.leg_logs([t.id for t, _ in rows])
-    return [_view(ctx, decode(TradeState, row.state), parties, caller, enterprises,
+    return [_view(ctx, decode_state(row.state), parties, caller, enterprises,
                   logs.get(row.id, {}), _timeline(records, row) if timeline else None)
             for row, parties in rows]
 

@@ -68,6 +68,11 @@ class _DecodedStates:
 _STATES = _DecodedStates(2048)
 
 
+def decode_state(stored: dict) -> TradeState:
+    """A trade row's stored state, decoded (or the process's kept state for that value)."""
+    return _STATES.decode(stored)
+
+
 def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
     # A trade awaiting its buyer's hashlock (a seller's proposal to a self-custody buyer) is
     # stored under its own id in the unique hashlock column until the buyer accepts; a lock
