@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # "normal": faster commits, but the last ones before a power cut (not a process crash) may
     # be lost, and the relayer may then have sent a transaction it has no record of.
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    # Database connections each process keeps open (gateway.db.session.DEFAULT_POOL_SIZE).
+    database_pool_size: int = Field(20, ge=1, le=500)
 
     payment_confirmations: int = Field(2, ge=0, le=1000)
     business_confirmations: int = Field(2, ge=0, le=1000)

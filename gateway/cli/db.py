@@ -23,7 +23,8 @@ def db_upgrade(database_url: str | None) -> None:
     from gateway.db.session import make_engine
 
     settings = _settings(database_url=database_url)
-    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous,
+                         pool=settings.database_pool_size)
     try:
         migrate.upgrade(engine)
         click.echo(f"database at revision {migrate.current_revision(engine)}")
