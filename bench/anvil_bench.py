@@ -7,8 +7,15 @@ nodes (JSON-RPC over HTTP); prints JSON.
   both legs locked by the parties, the relayer verifying them, the buyer revealing every
   secret, until the relayer has every trade settled. `end_to_end` times all of it;
   `reveal_to_settled` only the relayer's part from the first secret revealed. SQLite, and
-  claimMany again on PostgreSQL when a server is at hand. Raw and claimMany run twice each
-  (`--rounds`), the fastest kept.
+  claimMany again on PostgreSQL when a server is at hand.
+- the relayer two ways. `daemon` (the headline figures): as `dvp-gateway relayer run` runs it,
+  its own loop (`Relayer.run_forever`, DVP_POLL_INTERVAL's default) woken by each node's
+  `newHeads` over WebSocket, started before the clock; the parties follow the trades as a
+  client of the gateway does: the seller locks the titles once the gateway shows every payment
+  locked, the buyer claims once it shows every title locked. `stepped`: the bench steps the
+  relayer between the parties' phases (`Relayer.step`, then `run_until` settled), so none of
+  its work overlaps theirs: the gateway's whole CPU time adds to the nodes'.
+  Raw and claimMany run `--rounds` times each, the fastest kept.
 - the same N trades' transactions (the parties' and the payment claims as `claimMany`) sent
   straight to the nodes with no gateway (`raw_chain`): the bound the nodes set, in the same run,
   and the gateway's time over it.
@@ -31,13 +38,16 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from e2e import AMOUNT, make_gateway, settled  # noqa: E402 - bench/ is the script's own folder
+from e2e import AMOUNT, in_phase, make_gateway, settled  # noqa: E402 - bench/ is the script's own folder
 
 from gateway import logs  # noqa: E402
 from gateway.chain.anvil import start_anvil_devnet  # noqa: E402
@@ -50,6 +60,7 @@ from gateway.chain.devnet import (  # noqa: E402
     SELLER,
     Devnet,
 )
+from gateway.chain.heads import HeadWatcher  # noqa: E402
 from gateway.chain.htlc import (  # noqa: E402
     GAS_BATCH_BASE,
     GAS_BATCH_PER_LOCK,
@@ -61,11 +72,15 @@ from gateway.chain.htlc import (  # noqa: E402
     delivery_lock_calldata,
     payment_lock_calldata,
 )
+from gateway.config import Settings  # noqa: E402
 from gateway.domain.locks import DeliveryLock, PaymentLock, hashlock_of  # noqa: E402
+from gateway.domain.state import Phase  # noqa: E402
 from gateway.domain.trade import ActionAcceptTrade, ActionProposeTrade, Terms  # noqa: E402
 from gateway.engine.build import Gateway  # noqa: E402
 
 AGREEMENT_BATCH = 100  # trades a batch proposal (and a batch accept) carries
+POLL_INTERVAL = Settings.model_fields["poll_interval"].default  # `relayer run`'s default
+FOLLOW_EVERY = 0.005  # seconds between two looks of a party at the trades' phases
 
 
 class Parties:
@@ -155,35 +170,33 @@ def _close(devnet: Devnet) -> None:
     devnet.business.close()
 
 
-def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
+def settle_run(n: int, max_batch: int, database_url: str | None = None,
+               relayer: str = "daemon") -> dict:
     """`agreement`: the trades proposed and accepted through the dispatcher in batches of
     `AGREEMENT_BATCH` (two database transactions a batch, as `POST /v1/trades/batch` and
     `/v1/trades/accept-batch` make them: a day's trades submitted at once); `settlement`: from
-    the first payment lock sent to the last trade settled. `end_to_end` is both. SQLite in a
-    temporary directory unless `database_url` (an empty database) is given."""
+    the first payment lock sent to the last trade settled. `end_to_end` is both. `relayer`:
+    "daemon" or "stepped" (the module's docstring). SQLite in a temporary directory unless
+    `database_url` (an empty database) is given."""
     devnet = _devnet()
     try:
         parties = Parties(devnet, n)
         signed = parties.presign()
-        pay, biz = devnet.payment.client, devnet.business.client
         with tempfile.TemporaryDirectory() as tmp:
             gw = make_gateway(devnet, tmp, max_batch, database_url)
-            started = time.perf_counter()
-            for start in range(0, n, AGREEMENT_BATCH):
-                chunk = range(start, min(n, start + AGREEMENT_BATCH))
-                gw.dispatcher.propose_many([ActionProposeTrade(parties.trade_ids[i],
-                                                               parties.terms[i]) for i in chunk])
-                gw.dispatcher.apply_actions([ActionAcceptTrade(parties.trade_ids[i])
-                                             for i in chunk])
-            agreed = time.perf_counter()
-            send_signed(pay, signed.payment_locks)
-            gw.relayer.step()
-            send_signed(biz, signed.delivery_locks)
-            gw.relayer.step()
-            revealed = time.perf_counter()
-            send_signed(biz, signed.delivery_claims)
-            gw.relayer.run_until(lambda: settled(gw, n), max_steps=200)
-            done = time.perf_counter()
+            run = _daemon_phases if relayer == "daemon" else _stepped_phases
+            with run(gw, devnet, n) as phases:
+                started = time.perf_counter()
+                for start in range(0, n, AGREEMENT_BATCH):
+                    chunk = range(start, min(n, start + AGREEMENT_BATCH))
+                    gw.dispatcher.propose_many([ActionProposeTrade(parties.trade_ids[i],
+                                                                   parties.terms[i])
+                                                for i in chunk])
+                    gw.dispatcher.apply_actions([ActionAcceptTrade(parties.trade_ids[i])
+                                                 for i in chunk])
+                agreed = time.perf_counter()
+                revealed = phases(signed)
+                done = time.perf_counter()
             claims = _payment_claim_transactions(gw)
             gw.engine.dispose()
         seller = devnet.payment_token.functions.balanceOf(parties.seller.address).call()
@@ -194,7 +207,7 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
     def rate(seconds: float) -> float:
         return round(n / seconds, 1)
 
-    return {"trades": n, "claim_transactions": claims,
+    return {"trades": n, "relayer": relayer, "claim_transactions": claims,
             "parties_signing_s": round(signed.signing_s, 3),
             "agreement_s": round(agreed - started, 3),
             "settlement_s": round(done - agreed, 3),
@@ -204,6 +217,66 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None) -> dict:
             "with_parties_signing_settlements_per_s": rate(done - started + signed.signing_s),
             "reveal_to_settled_s": round(done - revealed, 3),
             "reveal_to_settled_settlements_per_s": rate(done - revealed)}
+
+
+@contextmanager
+def _stepped_phases(gw: Gateway, devnet: Devnet, n: int) -> Iterator:
+    """The parties' phases with the relayer stepped in between; returns when the secrets were
+    revealed."""
+    pay, biz = devnet.payment.client, devnet.business.client
+
+    def phases(signed: PartyTransactions) -> float:
+        send_signed(pay, signed.payment_locks)
+        gw.relayer.step()
+        send_signed(biz, signed.delivery_locks)
+        gw.relayer.step()
+        revealed = time.perf_counter()
+        send_signed(biz, signed.delivery_claims)
+        gw.relayer.run_until(lambda: settled(gw, n), max_steps=200)
+        return revealed
+
+    yield phases
+
+
+@contextmanager
+def _daemon_phases(gw: Gateway, devnet: Devnet, n: int) -> Iterator:
+    """The relayer running as `relayer run` runs it, from before the clock to after the last
+    trade settled; the parties each wait until the gateway shows the phase they act on."""
+    pay, biz = devnet.payment.client, devnet.business.client
+    stop = threading.Event()
+    watchers = [HeadWatcher(name, chain.node.ws_url, gw.relayer.nudge).start()
+                for name, chain in (("payment", devnet.payment), ("business", devnet.business))]
+    loop = threading.Thread(target=gw.relayer.run_forever, args=(stop, POLL_INTERVAL),
+                            name="relayer", daemon=True)
+    loop.start()
+
+    def phases(signed: PartyTransactions) -> float:
+        send_signed(pay, signed.payment_locks)
+        _follow(gw, Phase.PAYMENT_LOCKED, n)  # the seller sees every payment locked
+        send_signed(biz, signed.delivery_locks)
+        _follow(gw, Phase.DELIVERY_LOCKED, n)  # the buyer sees every title locked
+        revealed = time.perf_counter()
+        send_signed(biz, signed.delivery_claims)
+        _follow(gw, Phase.SETTLED, n)
+        return revealed
+
+    try:
+        yield phases
+    finally:
+        stop.set()
+        loop.join(60)
+        for watcher in watchers:
+            watcher.stop()
+        assert not loop.is_alive(), "the relayer loop did not stop"
+
+
+def _follow(gw: Gateway, phase: Phase, n: int, timeout: float = 120.0) -> None:
+    """Until `n` trades are in `phase` (a party reading the gateway's trades)."""
+    deadline = time.monotonic() + timeout
+    while in_phase(gw, phase) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} trades not {phase} after {timeout} s")
+        time.sleep(FOLLOW_EVERY)
 
 
 def postgres_run(n: int) -> dict:
@@ -295,12 +368,19 @@ def _fastest(runs: list[dict]) -> dict:
 
 
 def measure(n: int = 200, latency_samples: int = 30, rounds: int = 2) -> dict:
-    """`rounds` runs of raw and claimMany (each on fresh nodes), the fastest of each kept:
-    wall-clock rates on a shared 2-core machine swing with other processes' load."""
-    raw = min((raw_run(n) for _ in range(rounds)), key=lambda r: r["seconds"])
-    batched = _fastest([settle_run(n, 50) for _ in range(rounds)])
+    """`rounds` rounds of raw, claimMany (relayer daemon, then stepped) and claimMany on
+    PostgreSQL, each run on fresh nodes and the kinds interleaved, the fastest of each kind
+    kept: wall-clock rates on a shared 2-core machine swing with other processes' load."""
+    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "stepped": [], "postgresql": []}
+    for _ in range(rounds):
+        runs["raw"].append(raw_run(n))
+        runs["daemon"].append(settle_run(n, 50))
+        runs["stepped"].append(settle_run(n, 50, relayer="stepped"))
+        runs["postgresql"].append(postgres_run(n))
+    raw = min(runs["raw"], key=lambda r: r["seconds"])
+    batched, stepped = _fastest(runs["daemon"]), _fastest(runs["stepped"])
+    postgres = _fastest(runs["postgresql"])
     single = settle_run(n, 1)
-    postgres = _fastest([postgres_run(n) for _ in range(rounds)])
     lat = sorted(latency_run(latency_samples))
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return {
@@ -308,14 +388,23 @@ def measure(n: int = 200, latency_samples: int = 30, rounds: int = 2) -> dict:
         "rounds": rounds,
         "raw_chain": raw,
         "claim_many": batched,
+        "claim_many_relayer_stepped": stepped,
         "one_claim_per_tx": single,
         "claim_many_postgresql": postgres,
         "claim_many_gateway_over_raw_time_ratio": round(
             batched["end_to_end_s"] / raw["seconds"], 3),
+        "claim_many_relayer_stepped_over_raw_time_ratio": round(
+            stepped["end_to_end_s"] / raw["seconds"], 3),
+        "postgresql_over_sqlite_rate_ratio": round(
+            batched["end_to_end_s"] / postgres["end_to_end_s"], 3)
+        if "end_to_end_s" in postgres else None,
+        "every_end_to_end_s": {kind: [r.get("end_to_end_s", r.get("seconds")) for r in found]
+                               for kind, found in runs.items()},
         "reveal_to_claim_mined_ms": {
             "samples": len(lat), "p50": round(1000 * statistics.median(lat), 1),
             "p99": round(1000 * p99, 1), "max": round(1000 * lat[-1], 1)},
-        "target_settlements_per_s": 100,
+        "targets": {"gateway_over_raw_time_ratio": 1.5, "postgresql_over_sqlite_rate_ratio": 0.9,
+                    "postgresql_settlements_per_s": 150},
     }
 
 

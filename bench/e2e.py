@@ -121,13 +121,18 @@ def make_gateway(devnet: Devnet, tmp: str, max_batch: int = BATCH,
 
 
 def settled(gw: Gateway, n: int) -> bool:
+    return in_phase(gw, "settled") == n
+
+
+def in_phase(gw: Gateway, phase: str) -> int:
+    """How many trades the gateway's database shows in `phase`."""
     from sqlalchemy import func, select
 
     from gateway.db.models import TradeRow
 
     with gw.session_factory() as session:
         return session.scalar(select(func.count()).select_from(TradeRow).where(
-            TradeRow.phase == "settled")) == n
+            TradeRow.phase == phase)) or 0
 
 
 def gateway_run(n: int, tmp: str) -> float:
