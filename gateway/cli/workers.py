@@ -23,12 +23,19 @@ processes (PostgreSQL only: `dvp-gateway api` refuses SQLite, which has a single
 - With DVP_OPS_PORT set, the supervisor serves /healthz, /readyz and /metrics there for all
   workers, from the moment the first worker serves the API port (a probe sees the port
   closed until then), and the workers serve them not at all.
+- The workers' counters and histograms (requests, latencies) are recorded in a directory of
+  the supervisor's (prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR), so
+  /metrics, whoever serves it, counts the requests of every worker, those of replaced workers
+  included. The directory is new at each start and removed at exit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from functools import partial
 
@@ -39,6 +46,7 @@ from gateway.cli.api import FACTORY, _api_context
 from gateway.cli.common import _fail
 from gateway.cli.nodes import _rpc_clients
 from gateway.config import Settings
+from gateway.engine.metrics import MULTIPROCESS_DIR_ENV
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -128,6 +136,9 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
     config = uvicorn.Config(FACTORY, factory=True, workers=workers, host=host, port=port,
                             log_level="warning")
     supervisor = _Supervisor(config, socks, start_ops)
+    counted = tempfile.mkdtemp(prefix="dvp-gateway-metrics-")
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    os.environ[MULTIPROCESS_DIR_ENV] = counted  # the spawned workers inherit it
     try:
         supervisor.run()
     finally:
@@ -136,6 +147,11 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
         if supervisor.stop_ops is not None:
             supervisor.stop_ops()
         engine.dispose()
+        if given is None:
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_DIR_ENV] = given
+        shutil.rmtree(counted, ignore_errors=True)
     if supervisor.ops_error is not None:
         _fail(f"cannot serve the operator endpoints on {settings.ops_host}:"
               f"{settings.ops_port} (DVP_OPS_HOST/DVP_OPS_PORT): {supervisor.ops_error}")

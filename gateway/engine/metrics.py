@@ -5,6 +5,7 @@ time, so every process that serves /metrics reports the same truth."""
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -122,11 +123,25 @@ class _StoredState:
         yield alert
 
 
+# Set (by `dvp-gateway api --workers`, or an operator) to a directory: every process started
+# with it records its counters and histograms there (prometheus_client's multiprocess mode,
+# chosen when it is imported), and /metrics adds them up over the processes.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class _ProcessMetrics:
-    """The process-wide counters and histograms, as one collector of a per-gateway registry."""
+    """The process-wide counters and histograms, as one collector of a per-gateway registry:
+    this process's, or, in multiprocess mode, the sum over every process that recorded them
+    (workers that died included: a counter never goes back when a worker is replaced)."""
 
     def collect(self):  # noqa: ANN201
-        yield from REGISTRY.collect()
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if directory:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            yield from MultiProcessCollector(None, path=directory).collect()
+        else:
+            yield from REGISTRY.collect()
 
 
 def registry(session_factory: sessionmaker[Session],

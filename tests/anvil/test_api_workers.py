@@ -93,7 +93,12 @@ def test_api_workers_serve_one_port_and_stop_on_sigterm(command, ops_port, anvil
         assert {a.json()["id"] for a in answers} == {ent_id}
         assert httpx.get(f"{base}/v1/me", timeout=10).status_code == 401
         assert httpx.get(f"{ops}/readyz", timeout=10).json()["ready"] is True
-        assert "dvp_trades" in httpx.get(f"{ops}/metrics", timeout=10).text
+        scraped = httpx.get(f"{ops}/metrics", timeout=10).text
+        assert "dvp_trades" in scraped
+        # Every worker's requests are counted, whichever process answers the scrape (the
+        # supervisor with DVP_OPS_PORT, else one of the workers).
+        assert _requests_counted(scraped, "/v1/me", "200") == 40
+        assert _requests_counted(scraped, "/v1/me", "401") == 1
         if ops_port:
             assert httpx.get(f"{base}/healthz", timeout=10).status_code == 404
         assert _workers(api.pid) == workers  # none died and was replaced
@@ -105,6 +110,16 @@ def test_api_workers_serve_one_port_and_stop_on_sigterm(command, ops_port, anvil
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), timeout=10,
              what="the resource tracker gone")
     assert "Traceback" not in text, text[-3000:]
+
+
+def _requests_counted(scraped: str, route: str, status: str) -> float:
+    """The sum of `dvp_http_requests_total` for `route` and `status` in a /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(scraped)
+               for sample in family.samples
+               if sample.name == "dvp_http_requests_total"
+               and sample.labels.get("route") == route and sample.labels.get("status") == status)
 
 
 def _served_by(port: int, pids: set[int]) -> dict[int, int]:
@@ -180,11 +195,23 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
         conns = _open_at_once(port, 32)
         held = _served_by(port, _workers(api.pid))
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
+        # The 96 /healthz above are all counted, those the killed and the restarted workers
+        # answered included, in the supervisor's directory (removed at exit).
+        scraped = httpx.get(f"{base}/metrics", timeout=10).text
+        assert _requests_counted(scraped, "/healthz", "200") >= 96
+        counted = _environ(min(_workers(api.pid)))["PROMETHEUS_MULTIPROC_DIR"]
+        assert Path(counted).is_dir()
     finally:
         for conn in conns:
             conn.close()
         code = terminate(api, timeout=60)
     assert code == 0, log.read_text()[-3000:]
+    assert not Path(counted).exists()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
 
 
 def test_workers_refuse_a_port_another_reuseport_group_holds(anvil_devnet, database_url) -> None:
