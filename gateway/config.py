@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     # Operator endpoints (gateway.api.ops). /healthz touches nothing; /readyz probes the
     # database and both nodes and /metrics reads the database, each at most once per
     # DVP_OPS_CACHE_SECONDS however often they are called. With DVP_OPS_TOKEN set (16
-    # characters at least), /readyz and /metrics require `Authorization: Bearer <token>`.
+    # characters at least), /readyz and /metrics require `Authorization: Bearer <token>`, and so
+    # does the relayer's metrics port (DVP_METRICS_PORT).
     # With DVP_OPS_PORT set, /healthz, /readyz and /metrics are served on
     # DVP_OPS_HOST:DVP_OPS_PORT only, not on the public port.
     ops_token: SecretStr | None = Field(None, min_length=16)

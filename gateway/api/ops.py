@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import math
 import socket
 import threading
@@ -79,12 +78,9 @@ class Cached:
 
 def _check_token(ctx, authorization: str | None) -> None:  # noqa: ANN001
     """401 unless DVP_OPS_TOKEN is unset or `authorization` is `Bearer <it>`."""
-    expected = ctx.ops_token
-    if not expected:
-        return
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             expected.encode()):
+    from gateway.engine.metrics import operator_token_given
+
+    if not operator_token_given(authorization, ctx.ops_token):
         raise Problem(401, "this endpoint needs the operator token: 'Authorization: Bearer "
                       "<DVP_OPS_TOKEN>'", headers={"WWW-Authenticate": "Bearer"},
                       kind="unauthorized")

@@ -71,7 +71,8 @@ def relayer_run(devnet: bool, confirmations: int | None, json_logs: bool | None,
 
 
 def _serve_metrics(settings: Settings, gateway):  # noqa: ANN001, ANN202 - server or None
-    """Every metric on DVP_METRICS_HOST:DVP_METRICS_PORT when that is set."""
+    """Every metric on DVP_METRICS_HOST:DVP_METRICS_PORT when that is set, to the bearer of
+    DVP_OPS_TOKEN when that is set."""
     if settings.metrics_port is None:
         return None
     from gateway.engine import metrics
@@ -80,7 +81,8 @@ def _serve_metrics(settings: Settings, gateway):  # noqa: ANN001, ANN202 - serve
         return metrics.serve(gateway.session_factory, {
             chain.value: chain_id for chain, chain_id
             in gateway.dispatcher.chain_ids.items()}, settings.metrics_host,
-            settings.metrics_port)
+            settings.metrics_port,
+            settings.ops_token.get_secret_value() if settings.ops_token else None)
     except OSError as exc:
         _fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
               f"(DVP_METRICS_HOST/DVP_METRICS_PORT): {exc}")

@@ -5,7 +5,10 @@ time, so every process that serves /metrics reports the same truth."""
 from __future__ import annotations
 
 import collections
+import hmac
+import json
 import os
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -153,14 +156,60 @@ def registry(session_factory: sessionmaker[Session],
     return served
 
 
-def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], host: str,
-          port: int):  # noqa: ANN201 - the server, for shutdown()
-    """Serve every metric over HTTP from a background thread (`dvp-gateway relayer run`): the
-    relayer's own counters (lag, reorgs, fee bumps, transactions sent) live in its process."""
-    from prometheus_client import start_http_server
+def operator_token_given(authorization: str | None, expected: str | None) -> bool:
+    """Whether a request may read operator endpoints: no token is set (DVP_OPS_TOKEN), or
+    `authorization` is `Bearer <it>` (compared in constant time)."""
+    if not expected:
+        return True
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              expected.encode())
 
-    server, _thread = start_http_server(port, addr=host,
-                                        registry=registry(session_factory, chain_ids))
+
+UNAUTHORIZED = json.dumps({
+    "type": "https://dvp-gateway.dev/problems/unauthorized", "title": "Unauthorized",
+    "status": 401, "detail": "this endpoint needs the operator token: 'Authorization: Bearer "
+                             "<DVP_OPS_TOKEN>'"}).encode()
+
+
+def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], host: str,
+          port: int, token: str | None = None):  # noqa: ANN201 - the server, for shutdown()
+    """Serve every metric on /metrics over HTTP from a background thread (`dvp-gateway relayer
+    run`): the relayer's own counters (lag, reorgs, fee bumps, transactions sent) live in its
+    process. With `token` (DVP_OPS_TOKEN), only to `Authorization: Bearer <token>`: a 401
+    problem otherwise, as the API's operator endpoints answer."""
+    from http.server import ThreadingHTTPServer
+
+    from prometheus_client.exposition import MetricsHandler
+
+    exposed = MetricsHandler.factory(registry(session_factory, chain_ids))
+
+    class Handler(exposed):  # type: ignore[valid-type, misc]
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.split("?", 1)[0] != "/metrics":
+                self._answer(404, b"", "text/plain")
+            elif not operator_token_given(self.headers.get("Authorization"), token):
+                self._answer(401, UNAUTHORIZED, "application/problem+json",
+                             {"WWW-Authenticate": "Bearer"})
+            else:
+                super().do_GET()
+
+        def _answer(self, status: int, body: bytes, content_type: str,
+                    headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # scrapes are not worth a log line each
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

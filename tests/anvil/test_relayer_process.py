@@ -19,6 +19,7 @@ from tests.e2e.test_run_command import _free_port
 from tests.integration.harness import AMOUNT, World, make_gateway
 
 POLL_INTERVAL = 60.0  # longer than the whole test may take: only new heads wake the relayer
+OPS_TOKEN = "relayer-process-operator-token-0123"
 
 
 def _wait_for(predicate, timeout: float = 40.0) -> None:  # noqa: ANN001
@@ -36,7 +37,7 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
     env = {**os.environ, **dict(line.split("=", 1) for line in lines),
            "DVP_DATABASE_URL": database_url, "DVP_POLL_INTERVAL": str(POLL_INTERVAL),
            "DVP_REACTION_BUDGET": "30", "DVP_DRIFT_ALLOWANCE": "0",
-           "DVP_METRICS_PORT": str(port)}
+           "DVP_METRICS_PORT": str(port), "DVP_OPS_TOKEN": OPS_TOKEN}
     assert env["DVP_PAYMENT_WS_URL"].startswith("ws://")
     # The parties' side (and the trade's terms, agreed through the dispatcher as the API
     # would) shares the database; this gateway object never steps its relayer.
@@ -58,7 +59,10 @@ def test_relayer_process_settles_a_trade_on_anvil_from_the_printed_config(
         _wait_for(lambda: world.phase(trade) == "settled")
         assert proc.poll() is None, log_path.read_text()[-2000:]
         # The relayer's own metrics, from its process (the API serves the stored ones too).
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(url, timeout=10).status_code == 401  # DVP_OPS_TOKEN guards it
+        metrics = httpx.get(url, headers={"Authorization": f"Bearer {OPS_TOKEN}"},
+                            timeout=10).text
         sent = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("dvp_transactions_sent_total{")}
         assert sent['dvp_transactions_sent_total{chain="payment"}'] >= 1, metrics
