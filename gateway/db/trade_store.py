@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
@@ -33,6 +34,16 @@ _EVENTS = TradeEventRow.__table__
 
 
 Wakes = tuple[int | None, int | None]  # (payment, business): see `wake_times`
+
+
+@dataclass(frozen=True)
+class LogTrades:
+    """The trades a batch's logs name, and where the database routes each of their keys (a
+    hashlock or a lock id on the batch's chain) to a trade."""
+
+    trades: list[tuple[TradeState, Wakes]]
+    by_hashlock: dict[bytes, bytes]
+    by_lock: dict[bytes, bytes]
 
 
 class _DecodedStates:
@@ -125,15 +136,27 @@ class TradeStates:
         return self._trades_with_wakes(_TRADES.c.active.is_(True), column <= timestamp)
 
     def trades_for_logs(self, chain: str, hashlocks: Iterable[bytes],
-                        lock_ids: Iterable[bytes]) -> list[tuple[TradeState, Wakes]]:
-        """The trades that logs name, by their hashlock or by a lock of theirs on `chain`:
-        two queries for a whole batch instead of one per log."""
+                        lock_ids: Iterable[bytes]) -> LogTrades:
+        """The trades that logs name, by their hashlock or by a lock of theirs on `chain`, and
+        the database's route for each of those keys: two queries for a whole batch, and none
+        for a log that names no trade (another user's lock on a shared contract)."""
         hashlocks, lock_ids = {h.hex() for h in hashlocks}, {i.hex() for i in lock_ids}
-        found = self._trades_with_wakes(_TRADES.c.hashlock.in_(hashlocks)) if hashlocks else []
+        found = LogTrades([], {}, {})
+        if hashlocks:
+            for state, wp, wb, trade_id, hashlock in self.session.execute(
+                    select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business,
+                           _TRADES.c.id, _TRADES.c.hashlock)
+                    .where(_TRADES.c.hashlock.in_(hashlocks))):
+                found.trades.append((_STATES.decode(state), (wp, wb)))
+                found.by_hashlock[bytes.fromhex(hashlock)] = bytes.fromhex(trade_id)
         if lock_ids:
-            found += self._trades_with_wakes(_TRADES.c.id.in_(
-                select(_LOCKS.c.trade_id).where(_LOCKS.c.chain == chain,
-                                                _LOCKS.c.lock_id.in_(lock_ids))))
+            for state, wp, wb, trade_id, lock_id in self.session.execute(
+                    select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business,
+                           _TRADES.c.id, _LOCKS.c.lock_id)
+                    .join(_LOCKS, _LOCKS.c.trade_id == _TRADES.c.id)
+                    .where(_LOCKS.c.chain == chain, _LOCKS.c.lock_id.in_(lock_ids))):
+                found.trades.append((_STATES.decode(state), (wp, wb)))
+                found.by_lock[bytes.fromhex(lock_id)] = bytes.fromhex(trade_id)
         return found
 
     def _trades_with_wakes(self, *where) -> list[tuple[TradeState, Wakes]]:  # noqa: ANN002
@@ -147,10 +170,6 @@ class TradeStates:
         timing policy (or another version of the rules) are never trusted."""
         self.session.execute(update(_TRADES).where(_TRADES.c.active.is_(True)).values(
             wake_payment=0, wake_business=0))
-
-    def trade_id_by_hashlock(self, hashlock: bytes) -> bytes | None:
-        found = self.session.scalar(select(TradeRow.id).where(TradeRow.hashlock == hashlock.hex()))
-        return bytes.fromhex(found) if found else None
 
     def trade_id_by_lock(self, chain: str, lock_id: bytes) -> bytes | None:
         row = self.session.get(LockRow, (lock_id.hex(), chain))

@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.db.repository import Clock, Repository
+from gateway.db.trade_store import LogTrades
 from gateway.domain.marks import Flag, FlagKind
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.state import evolve
@@ -24,7 +25,6 @@ from gateway.domain.trade import (
     Chain,
     ChainBatch,
     ChainRef,
-    ContractReceive,
     ContractReceiveDeliveryLocked,
     ContractReceivePaymentLocked,
     ContractSend,
@@ -163,12 +163,12 @@ class Dispatcher:
                       if c.chain is not batch.chain or batch.rewind_to is None]
             if batch.rewind_to is not None:
                 rewind(work, batch, effects, self.policy, self._transition)
-            for state, wakes in work.repo.trades_for_logs(batch.chain.value,
-                                                          *log_keys(batch.inputs)):
+            named = work.repo.trades_for_logs(batch.chain.value, *log_keys(batch.inputs))
+            for state, wakes in named.trades:
                 work.add(state, wakes)
             for state, wakes in work.repo.due_trades(batch.chain.value, batch.block.timestamp):
                 work.add(state, wakes)
-            new_inputs, links = self._apply_logs(work, batch, clocks, effects, refs)
+            new_inputs, links = self._apply_logs(work, batch, clocks, effects, refs, named)
             for trade_id, state in list(work.states.items()):
                 if not is_active(state) and trade_id not in effects:
                     continue
@@ -188,11 +188,14 @@ class Dispatcher:
 
     def _apply_logs(self, work: Work, batch: ChainBatch, clocks: list[Block],
                     effects: dict[bytes, list[Effect]], refs: dict[bytes, object],
+                    named: LogTrades,
                     ) -> tuple[list[tuple[bytes | None, Input, ChainRef, Clock | None]],
                                list[tuple[bytes, bytes]]]:
         """Each log of the batch to the trade it names, in chain order; a log seen before is
         skipped, one no trade claims yet is kept for the trade that will (`unmatched_log`).
-        Returns the input rows to record and the (lock id, trade id) links learnt."""
+        A log is routed by the batch's trades (and the links it learns), then by the
+        database's routes for the batch's keys (`named`, read once for the batch). Returns
+        the input rows to record and the (lock id, trade id) links learnt."""
         index = RoutingIndex(work.states.values())
         logged = work.repo.logged_inputs(batch.chain_id, (i.ref for i in batch.inputs))
         new_inputs: list[tuple[bytes | None, Input, ChainRef, Clock | None]] = []
@@ -201,8 +204,8 @@ class Dispatcher:
             row = logged.get((inp.ref.tx_hash.hex(), inp.ref.log_index))
             if row is not None and not row.orphaned:
                 continue  # applied before (a batch fetched again after a crash)
-            trade_id = index.route(batch.chain, inp) or self._route(work.repo, batch.chain,
-                                                                    inp)
+            trade_id = index.route(batch.chain, inp) or route(inp, named.by_lock.get,
+                                                              named.by_hashlock.get)
             state = work.load(trade_id) if trade_id is not None else None
             if state is not None:
                 state, early = self._catch_up(state, clocks)
@@ -237,10 +240,6 @@ class Dispatcher:
             if flag in state.flags:
                 return state, []
             return evolve(state, flags=(*state.flags, flag)), []
-
-    def _route(self, repo: Repository, chain: Chain, inp: ContractReceive) -> bytes | None:
-        return route(inp, lambda lock_id: repo.trade_id_by_lock(chain.value, lock_id),
-                     repo.trade_id_by_hashlock)
 
     # --- storing results ------------------------------------------------------------------
 
