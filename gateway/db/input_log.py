@@ -51,6 +51,8 @@ def _clock(payload: dict) -> Clock | None:
     return (int(clock[0]), int(clock[1])) if clock else None
 
 
+_IN_CHUNK = 1000  # trade ids an IN list carries: well under either database's parameter limit
+
 class InputLog:
     """The append-only input log (a part of `Repository`)."""
 
@@ -133,10 +135,22 @@ class InputLog:
     def inputs_for_trade(self, trade_id: bytes) -> list[tuple[Input, Clock | None]]:
         """The trade's inputs still on chain (or actions), in order, each with the chain times
         it was applied at (None: logged before those were kept)."""
-        rows = self.session.scalars(select(InputRow).where(
-            InputRow.trade_id == trade_id.hex(), InputRow.orphaned.is_(False)
-        ).order_by(InputRow.id))
-        return [(decode(Input, r.payload), _clock(r.payload)) for r in rows]
+        return self.inputs_for_trades([trade_id]).get(trade_id, [])
+
+    def inputs_for_trades(self, trade_ids: Iterable[bytes]
+                          ) -> dict[bytes, list[tuple[Input, Clock | None]]]:
+        """`inputs_for_trade` of each trade, in one query (a reorg replays every trade its
+        orphaned blocks touched)."""
+        found: dict[bytes, list[tuple[Input, Clock | None]]] = {}
+        ids = sorted({t.hex() for t in trade_ids})
+        for start in range(0, len(ids), _IN_CHUNK):
+            rows = self.session.execute(select(InputRow.trade_id, InputRow.payload).where(
+                InputRow.trade_id.in_(ids[start:start + _IN_CHUNK]),
+                InputRow.orphaned.is_(False)).order_by(InputRow.id))
+            for trade_id, payload in rows:
+                found.setdefault(bytes.fromhex(trade_id), []).append(
+                    (decode(Input, payload), _clock(payload)))
+        return found
 
     def orphan_inputs_after(self, chain_id: int, block_number: int) -> list[tuple[bytes, Input]]:
         """Mark chain inputs from blocks above `block_number` orphaned; returns them, in log

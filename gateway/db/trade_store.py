@@ -111,22 +111,19 @@ class TradeStates:
         row = self.session.get(TradeRow, trade_id.hex())
         return _STATES.decode(row.state) if row else None
 
-    def get_trade_for_update(self, trade_id: bytes) -> tuple[TradeState, Wakes] | None:
-        """The trade and its stored wake times (the dispatcher saves them when they change)."""
-        found = self._trades_with_wakes(_TRADES.c.id == trade_id.hex())
-        return found[0] if found else None
-
-    def load_trades(self, trade_ids: Iterable[bytes]) -> dict[bytes, tuple[TradeState, Wakes]]:
+    def load_trades(self, trade_ids: Iterable[bytes], *, lock_rows: bool = True
+                    ) -> dict[bytes, tuple[TradeState, Wakes]]:
         """Trades with their wake times, their rows locked until the transaction ends
         (PostgreSQL `FOR UPDATE`; SQLite's write lock already covers them), taken in trade id
         order: two writers of overlapping sets of trades never hold one each and wait for the
-        other's."""
+        other's. `lock_rows=False`: read only (the caller holds the exclusive trade-writes
+        lock)."""
         ids = sorted({t.hex() for t in trade_ids})
         if not ids:
             return {}
-        rows = self.session.execute(
-            select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business)
-            .where(_TRADES.c.id.in_(ids)).order_by(_TRADES.c.id).with_for_update())
+        query = select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business) \
+            .where(_TRADES.c.id.in_(ids)).order_by(_TRADES.c.id)
+        rows = self.session.execute(query.with_for_update() if lock_rows else query)
         found = [(_STATES.decode(state), (wp, wb)) for state, wp, wb in rows]
         return {state.trade_id: (state, wakes) for state, wakes in found}
 

@@ -47,26 +47,31 @@ def rewind(work: Work, batch: ChainBatch, effects: dict[bytes, list[Effect]],
     work.repo.forget_block_hashes_after(batch.chain_id, fork)
     log.warning("reorg_rewind", chain=batch.chain.value, fork_block=fork,
                 orphaned_inputs=len(orphaned))
-    for trade_id in {t for t, _ in orphaned}:
-        old = work.load(trade_id)
+    touched = sorted({t for t, _ in orphaned})
+    work.load_many(touched)  # every trade, and every trade's remaining inputs, in one query
+    histories = work.repo.inputs_for_trades(touched)
+    lost_inputs = []
+    for trade_id in touched:
+        old = work.states.get(trade_id)
         if old is None:
             continue
         revealed = [i.preimage for t, i in orphaned
                     if t == trade_id and isinstance(i, ContractReceiveClaimed)]
-        state, out = replay(work.repo.inputs_for_trade(trade_id), old, revealed, batch,
-                            policy)
+        state, out = replay(histories[trade_id], old, revealed, batch, policy)
         for lost in acted_on_and_lost(old, state):
             # Trust rule 8: the chain took back a lock the gateway had acted on (reported
             # it verified, delivered against it): a critical alert on the trade.
             state, more = transition(state, lost)
             out.extend(more)
-            work.repo.record_input(trade_id, lost, clock=clock_of(state))
+            lost_inputs.append((trade_id, lost, None, clock_of(state)))
         work.states[trade_id] = state
         # Every effect the replayed facts call for is enqueued again: rows already pending
         # stay as they are, rows whose result the reorg undid start afresh.
         effects.setdefault(trade_id, []).extend(
             e for e in out if isinstance(e, ContractSend) and e.key in state.pending)
         effects[trade_id].extend(e for e in out if not isinstance(e, ContractSend))
+    work.repo.record_inputs(lost_inputs)
+
 
 def replay(inputs: list[tuple[Input, Clock | None]], old: TradeState, revealed: list[bytes],
            batch: ChainBatch, policy: TimingPolicy) -> tuple[TradeState, list[Effect]]:

@@ -45,14 +45,8 @@ class Work:
         wanted = [t for t in trade_ids if t not in self.states]
         if not wanted:
             return
-        if self.lock_rows:
-            for state, wakes in self.repo.load_trades(wanted).values():
-                self.add(state, wakes)
-        else:
-            for trade_id in wanted:
-                found = self.repo.get_trade_for_update(trade_id)
-                if found is not None:
-                    self.add(*found)
+        for state, wakes in self.repo.load_trades(wanted, lock_rows=self.lock_rows).values():
+            self.add(state, wakes)
 
     def add(self, state: TradeState, wakes: Wakes) -> None:
         if state.trade_id not in self.states:
