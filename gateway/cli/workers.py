@@ -50,6 +50,14 @@ from gateway.engine.metrics import MULTIPROCESS_DIR_ENV
 
 logger = logging.getLogger("uvicorn.error")
 
+# uvicorn gives a worker 5 s to answer its supervisor's ping, and a new one 5 s to start
+# serving: on a loaded machine a worker importing its app took longer, and a SIGHUP restart
+# stopped at the first replacement (tests/anvil/test_api_workers.py, with the CPU busy). A
+# worker that answers nothing for half a minute is hung; one that does not serve after a
+# minute will not.
+WORKER_HEALTHCHECK_TIMEOUT = 30
+WORKER_STARTUP_TIMEOUT = 60
+
 
 class _Supervisor(Multiprocess):
     """uvicorn's supervisor (handles SIGTERM, SIGINT, SIGHUP), with a socket per worker slot
@@ -95,14 +103,18 @@ class _Supervisor(Multiprocess):
                 self.should_exit.set()
 
     def restart_all(self) -> None:
-        """SIGHUP: each worker replaced in turn, its replacement started on its socket first."""
+        """SIGHUP: each worker replaced in turn, its replacement started on its socket first.
+        One that does not start within WORKER_STARTUP_TIMEOUT is stopped, and so is the
+        restart: the workers left serve on."""
         for slot, old in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
             new = self._start(slot)
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+            if not new.wait_until_ready(WORKER_STARTUP_TIMEOUT, self.should_exit):
                 new.kill()
                 new.join()
+                logger.warning(f"a new API worker did not start within "
+                               f"{WORKER_STARTUP_TIMEOUT} s; the restart stops there")
                 return
             old.terminate()
             old.join()
@@ -134,7 +146,8 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
         engine.dispose()
     socks = _listen(host, port, workers)
     config = uvicorn.Config(FACTORY, factory=True, workers=workers, host=host, port=port,
-                            log_level="warning")
+                            log_level="warning",
+                            timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT)
     supervisor = _Supervisor(config, socks, start_ops)
     counted = tempfile.mkdtemp(prefix="dvp-gateway-metrics-")
     given = os.environ.get(MULTIPROCESS_DIR_ENV)

@@ -122,33 +122,55 @@ def _requests_counted(scraped: str, route: str, status: str) -> float:
                and sample.labels.get("route") == route and sample.labels.get("status") == status)
 
 
-def _served_by(port: int, pids: set[int]) -> dict[int, int]:
-    """How many established connections to `port` each of `pids` holds (the server side of
-    each: the socket inodes of /proc/net/tcp, found among each process's descriptors)."""
-    inodes = set()
+def _server_sides(port: int) -> dict[int, str]:
+    """The socket inode of the server side of every established connection to `port`, by
+    the client's port (/proc/net/tcp)."""
+    found = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # ESTABLISHED
-            inodes.add(fields[9])
-    held = {}
-    for pid in pids:
-        fds = Path(f"/proc/{pid}/fd")
-        links = {os.readlink(fd) for fd in fds.iterdir()} if fds.exists() else set()
-        held[pid] = sum(f"socket:[{inode}]" in links for inode in inodes)
-    return held
+            found[int(fields[2].split(":")[1], 16)] = fields[9]
+    return found
 
 
-def _open_at_once(port: int, n: int) -> list:
+def _sockets_of(pid: int) -> set[str]:
+    try:
+        return {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:  # gone meanwhile
+        return set()
+
+
+def _open_at_once(port: int, n: int, pids: set[int]) -> tuple[list, dict[int, int]]:
     """`n` kept-alive connections opened together, as a client's pool opens them when load
-    starts, each answered once (so each was accepted by a worker); the open sockets."""
+    starts, each answered once (so each was accepted by a worker); the open sockets, and how
+    many of them each of `pids` accepted. Each connection's worker is looked up while the
+    answers come in, from the moment a worker holds it: a worker closes a connection idle
+    for uvicorn's keep-alive timeout (5 s), and on a loaded machine the last answers (a
+    replacement worker starting) can come later than that after the first."""
+    import select
     import socket
+    import time
 
     conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
     for conn in conns:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    for conn in conns:
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "a connection was not served"
-    return conns
+    clients = [conn.getsockname()[1] for conn in conns]
+    owner: dict[int, int] = {}
+    answered: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(answered) < n or len(owner) < n:
+        assert time.monotonic() < deadline, f"answered {len(answered)}, placed {len(owner)}"
+        sides, held = _server_sides(port), {pid: _sockets_of(pid) for pid in pids}
+        for i, client in enumerate(clients):
+            inode = sides.get(client)
+            for pid, sockets in held.items():
+                if i not in owner and inode is not None and f"socket:[{inode}]" in sockets:
+                    owner[i] = pid
+        waiting = [conn for i, conn in enumerate(conns) if i not in answered]
+        for conn in select.select(waiting, [], [], 0.05)[0] if waiting else []:
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "a connection was not served"
+            answered.add(conns.index(conn))
+    return conns, {pid: sum(1 for p in owner.values() if p == pid) for pid in pids}
 
 
 def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url,
@@ -174,8 +196,7 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
         wait_for(lambda: len(_workers(api.pid)) == 2 and listening_sockets(port) == 2, timeout=120,
                  what="two workers listening")
         workers = _workers(api.pid)
-        conns = _open_at_once(port, 32)
-        held = _served_by(port, workers)
+        conns, held = _open_at_once(port, 32, workers)
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
         for conn in conns:
             conn.close()
@@ -184,16 +205,14 @@ def test_workers_share_the_connections_opened_at_once(anvil_devnet, database_url
         wait_for(lambda: len(_workers(api.pid) - workers) == 1, timeout=120,
                  what="the dead worker replaced")
         replaced = _workers(api.pid)
-        conns = _open_at_once(port, 32)  # every one answered: none waits on the dead socket
-        held = _served_by(port, replaced)
+        conns, held = _open_at_once(port, 32, replaced)  # every one answered, none left waiting
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
         for conn in conns:
             conn.close()
         os.kill(api.pid, signal.SIGHUP)  # every worker replaced in turn, on its socket
         wait_for(lambda: not _workers(api.pid) & replaced and len(_workers(api.pid)) == 2,
                  timeout=180, what="the workers restarted")
-        conns = _open_at_once(port, 32)
-        held = _served_by(port, _workers(api.pid))
+        conns, held = _open_at_once(port, 32, _workers(api.pid))
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
         # The 96 /healthz above are all counted, those the killed and the restarted workers
         # answered included, in the supervisor's directory (removed at exit).
