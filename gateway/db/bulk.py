@@ -42,6 +42,7 @@ from sqlalchemy.types import String
 Row = Mapping[str, object]
 
 CHUNK_ROWS = 5000  # rows a statement: bounds one message's size (a few MB of trade states)
+IN_CHUNK = 1000  # ids an IN list carries: well under either database's parameter limit
 _ALIAS = "bulk_rows"
 _ORDER = "bulk_row_number"
 

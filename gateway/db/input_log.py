@@ -51,8 +51,6 @@ def _clock(payload: dict) -> Clock | None:
     return (int(clock[0]), int(clock[1])) if clock else None
 
 
-_IN_CHUNK = 1000  # trade ids an IN list carries: well under either database's parameter limit
-
 class InputLog:
     """The append-only input log (a part of `Repository`)."""
 
@@ -143,9 +141,9 @@ class InputLog:
         orphaned blocks touched)."""
         found: dict[bytes, list[tuple[Input, Clock | None]]] = {}
         ids = sorted({t.hex() for t in trade_ids})
-        for start in range(0, len(ids), _IN_CHUNK):
+        for start in range(0, len(ids), bulk.IN_CHUNK):
             rows = self.session.execute(select(InputRow.trade_id, InputRow.payload).where(
-                InputRow.trade_id.in_(ids[start:start + _IN_CHUNK]),
+                InputRow.trade_id.in_(ids[start:start + bulk.IN_CHUNK]),
                 InputRow.orphaned.is_(False)).order_by(InputRow.id))
             for trade_id, payload in rows:
                 found.setdefault(bytes.fromhex(trade_id), []).append(

@@ -119,13 +119,15 @@ class TradeStates:
         other's. `lock_rows=False`: read only (the caller holds the exclusive trade-writes
         lock)."""
         ids = sorted({t.hex() for t in trade_ids})
-        if not ids:
-            return {}
-        query = select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business) \
-            .where(_TRADES.c.id.in_(ids)).order_by(_TRADES.c.id)
-        rows = self.session.execute(query.with_for_update() if lock_rows else query)
-        found = [(_STATES.decode(state), (wp, wb)) for state, wp, wb in rows]
-        return {state.trade_id: (state, wakes) for state, wakes in found}
+        found: dict[bytes, tuple[TradeState, Wakes]] = {}
+        for start in range(0, len(ids), bulk.IN_CHUNK):  # in id order across chunks too
+            query = select(_TRADES.c.state, _TRADES.c.wake_payment, _TRADES.c.wake_business) \
+                .where(_TRADES.c.id.in_(ids[start:start + bulk.IN_CHUNK])).order_by(_TRADES.c.id)
+            for stored, wp, wb in self.session.execute(
+                    query.with_for_update() if lock_rows else query):
+                state = _STATES.decode(stored)
+                found[state.trade_id] = (state, (wp, wb))
+        return found
 
     def due_trades(self, chain: str, timestamp: int) -> list[tuple[TradeState, Wakes]]:
         """Open trades that a `chain` block at `timestamp` may change (see `wake_times`)."""

@@ -48,7 +48,7 @@ def rewind(work: Work, batch: ChainBatch, effects: dict[bytes, list[Effect]],
     log.warning("reorg_rewind", chain=batch.chain.value, fork_block=fork,
                 orphaned_inputs=len(orphaned))
     touched = sorted({t for t, _ in orphaned})
-    work.load_many(touched)  # every trade, and every trade's remaining inputs, in one query
+    work.load_many(touched)  # the trades in one query, their remaining inputs in another
     histories = work.repo.inputs_for_trades(touched)
     lost_inputs = []
     for trade_id in touched:

@@ -208,3 +208,23 @@ def test_a_reorg_replays_its_trades_in_a_fixed_number_of_queries(
             assert any(f.startswith("chain_disagrees:") for f in after.flags)
             kinds = [type(i).__name__ for i, _ in repo.inputs_for_trade(trade_id)]
             assert kinds[-1] == "ChainDisagrees" and "ContractReceivePaymentLocked" not in kinds
+
+
+def test_many_trades_are_read_in_chunks_in_id_order(dispatcher: Dispatcher, monkeypatch) -> None:
+    """More trades than an IN list carries (`bulk.IN_CHUNK`, 1,000; 2 here) are read chunk by
+    chunk, every one of them, in trade id order across the chunks (the row-lock order)."""
+    from gateway.db import bulk
+
+    dispatcher.apply_chain_batch(batch(Chain.PAYMENT, 1, T0))
+    dispatcher.apply_chain_batch(batch(Chain.BUSINESS, 1, T0))
+    made = _locked_trades(dispatcher, 300, 5, 3)
+    monkeypatch.setattr(bulk, "IN_CHUNK", 2)
+    with dispatcher.session_factory() as session:
+        repo = Repository(session)
+        found = repo.load_trades(made)
+        histories = repo.inputs_for_trades(made)
+    assert list(found) == sorted(made, key=bytes.hex)
+    assert {found[t][0].phase for t in made} == {Phase.PAYMENT_LOCKED}
+    assert {t: [type(i).__name__ for i, _ in histories[t]] for t in made} == {
+        t: ["ActionProposeTrade", "ActionAcceptTrade", "ContractReceivePaymentLocked"]
+        for t in made}
