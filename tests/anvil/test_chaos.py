@@ -166,9 +166,13 @@ def test_relayers_killed_at_random_settle_every_trade_exactly_once(anvil_devnet,
         for chain in (net.business, net.payment):
             chain.increase_time(trades[0].terms.t_pay - chain.latest_block_timestamp() + 1)
             chain.mine()
+        # A trade shows `payment_refunded` once its payment refund is seen, which can be
+        # before its title's refund is (a relayer killed between the two): wait for the
+        # chain to hold every title back with the seller too.
         _wait_for(lambda: phases() == Counter(settled=len(performed),
-                                              payment_refunded=len(idle)),
-                  "the idle trades refunded", 240, relayers)
+                                              payment_refunded=len(idle))
+                  and all(world.title_owner(trade) == seller for trade in idle),
+                  "the idle trades refunded, titles included", 240, relayers)
     finally:
         relayers.stop.set()
         killer.join(30)  # no kill races the shutdown below (it saw a relayer SIGKILLed once)
