@@ -170,10 +170,6 @@ class TradeStates:
         self.session.execute(update(_TRADES).where(_TRADES.c.active.is_(True)).values(
             wake_payment=0, wake_business=0))
 
-    def trade_id_by_lock(self, chain: str, lock_id: bytes) -> bytes | None:
-        row = self.session.get(LockRow, (lock_id.hex(), chain))
-        return bytes.fromhex(row.trade_id) if row else None
-
     def link_locks(self, chain: str, links: Iterable[tuple[bytes, bytes]]) -> None:
         """Record (lock id, trade id) pairs seen on `chain`; pairs already known are kept."""
         wanted = {lock_id.hex(): trade_id.hex() for lock_id, trade_id in links}

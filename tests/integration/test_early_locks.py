@@ -85,8 +85,10 @@ def test_a_lock_mined_before_the_buyer_gives_its_hashlock_is_the_trades(devnet,
 
         kinds = [type(i).__name__ for i, _ in Repository(session).inputs_for_trade(
             trade.trade_id)]
-        assert Repository(session).trade_id_by_lock(
-            Chain.PAYMENT.value, _payment_lock_id(world, trade)) == trade.trade_id
+        from gateway.db.models import LockRow
+
+        link = session.get(LockRow, (_payment_lock_id(world, trade).hex(), Chain.PAYMENT.value))
+        assert link is not None and link.trade_id == trade.trade_id.hex()
     assert kinds[:3] == ["ActionProposeTrade", "ActionAcceptTrade",
                          "ContractReceivePaymentLocked"]
 
