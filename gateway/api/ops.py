@@ -78,11 +78,10 @@ class Cached:
 
 def _check_token(ctx, authorization: str | None) -> None:  # noqa: ANN001
     """401 unless DVP_OPS_TOKEN is unset or `authorization` is `Bearer <it>`."""
-    from gateway.engine.metrics import operator_token_given
+    from gateway.engine.metrics import OPERATOR_TOKEN_NEEDED, operator_token_given
 
     if not operator_token_given(authorization, ctx.ops_token):
-        raise Problem(401, "this endpoint needs the operator token: 'Authorization: Bearer "
-                      "<DVP_OPS_TOKEN>'", headers={"WWW-Authenticate": "Bearer"},
+        raise Problem(401, OPERATOR_TOKEN_NEEDED, headers={"WWW-Authenticate": "Bearer"},
                       kind="unauthorized")
 
 

@@ -63,8 +63,8 @@ def make_engine(url: str, *, synchronous: str | None = None,
         from sqlalchemy.engine import make_url
 
         in_memory = make_url(url).database in (None, "", ":memory:")  # one connection, no pool
-        engine = create_engine(url, connect_args={"timeout": 30}, **({} if in_memory else {
-            "pool_size": size, "max_overflow": POOL_OVERFLOW}))
+        pooling = {} if in_memory else {"pool_size": size, "max_overflow": POOL_OVERFLOW}
+        engine = create_engine(url, connect_args={"timeout": 30}, **pooling)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001

@@ -166,10 +166,11 @@ def operator_token_given(authorization: str | None, expected: str | None) -> boo
                                                               expected.encode())
 
 
+OPERATOR_TOKEN_NEEDED = "this endpoint needs the operator token: 'Authorization: Bearer " \
+    "<DVP_OPS_TOKEN>'"
 UNAUTHORIZED = json.dumps({
     "type": "https://dvp-gateway.dev/problems/unauthorized", "title": "Unauthorized",
-    "status": 401, "detail": "this endpoint needs the operator token: 'Authorization: Bearer "
-                             "<DVP_OPS_TOKEN>'"}).encode()
+    "status": 401, "detail": OPERATOR_TOKEN_NEEDED}).encode()
 
 
 def serve(session_factory: sessionmaker[Session], chain_ids: dict[str, int], host: str,
