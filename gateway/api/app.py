@@ -7,6 +7,7 @@ import time
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api import account, problems, trades, webhooks
 from gateway.api.auth import _client, caller_dependency
@@ -85,36 +86,55 @@ def install_request_log(app: FastAPI, ctx: ApiContext) -> None:
     """Count and time every request (Prometheus), and write one structured line for it to
     the `gateway.api.access` log: method, route template, path, status, duration, client
     address and, once authenticated, the enterprise id. Never a header, key or body."""
-    log = structlog.get_logger(ACCESS_LOG)
+    app.add_middleware(RequestLog, ctx=ctx)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):  # noqa: ANN001, ANN202
-        from gateway.engine.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
+class RequestLog:
+    """`install_request_log`'s middleware, plain ASGI: Starlette's `@app.middleware("http")`
+    runs the rest of the request in a task of its own with a stream between them, which
+    cost about a millisecond of CPU a request (measured on POST /v1/trades)."""
+
+    def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
+        self.app, self.ctx = app, ctx
+        self.log = structlog.get_logger(ACCESS_LOG)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        status = 500  # unless a response comes back
+        status = 500  # unless a response starts
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, sent)
         except Exception as exc:
             status = unexpected_answer(exc)[0]  # what the outermost handler will answer
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            HTTP_SECONDS.labels(route).observe(elapsed)
-            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-            fields = {"method": request.method, "route": route,
-                      "path": request.url.path[:256], "status": status,
-                      "duration_ms": round(elapsed * 1000, 1), "client": _client(request, ctx)}
-            enterprise_id = getattr(request.state, "enterprise_id", None)
-            if enterprise_id is not None:
-                fields["enterprise_id"] = enterprise_id
-            trade = _trade_of(request)
-            if trade is not None:
-                fields["trade"] = trade  # the form every log line and view uses
-            log.info("http_request", **fields)
+            self._observe(Request(scope), status, time.perf_counter() - started)
+
+    def _observe(self, request: Request, status: int, elapsed: float) -> None:
+        from gateway.engine.metrics import HTTP_REQUESTS, HTTP_SECONDS
+
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        HTTP_SECONDS.labels(route).observe(elapsed)
+        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        fields = {"method": request.method, "route": route, "path": request.url.path[:256],
+                  "status": status, "duration_ms": round(elapsed * 1000, 1),
+                  "client": _client(request, self.ctx)}
+        enterprise_id = getattr(request.state, "enterprise_id", None)
+        if enterprise_id is not None:
+            fields["enterprise_id"] = enterprise_id
+        trade = _trade_of(request)
+        if trade is not None:
+            fields["trade"] = trade  # the form every log line and view uses
+        self.log.info("http_request", **fields)
 
 
 def _trade_of(request: Request) -> str | None:
