@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise, authenticate
-from gateway.api.housekeeping import expire_idempotency_key
 from gateway.api.problems import Problem
 from gateway.api.ratelimit import client_address, client_bucket, enterprise_bucket
 
@@ -28,12 +27,8 @@ def caller_dependency(ctx: ApiContext) -> Callable[..., Awaitable[Enterprise]]:
         enterprise's (gateway.api.ratelimit)."""
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""  # RFC 9110 11.1: any case
-        route = request.scope.get("route")
-        proposal_key = (request.headers.get("idempotency-key")
-                        if request.method == "POST" and getattr(route, "path", None)
-                        in ("/v1/trades", "/v1/trades/batch") else None)
         outcome, value, enterprise_id = await run_in_threadpool(
-            _admit, ctx, _client(request, ctx), token, proposal_key)
+            _admit, ctx, _client(request, ctx), token)
         if enterprise_id is not None:
             request.state.enterprise_id = enterprise_id  # for the access log
         if outcome == "limited":
@@ -61,17 +56,15 @@ def _client(request: Request, ctx: ApiContext) -> str:
     return address
 
 
-def _admit(ctx: ApiContext, address: str, token: str,
-           proposal_key: str | None) -> tuple[str, Any, str | None]:
+def _admit(ctx: ApiContext, address: str, token: str) -> tuple[str, Any, str | None]:
     """Admission of a /v1 request, in one database transaction (one commit, whatever the
     outcome: the buckets' takes count even when the key is refused): the client address's
     bucket whatever the key, then, for a known key, the enterprise's bucket. Returns
     (outcome, value, enterprise id if known): ("limited", seconds to wait) | ("no-key",
-    None) | ("unknown-key", None) | ("ok", enterprise). Before a proposal, the caller's
-    expired row for its Idempotency-Key (`proposal_key`) is deleted: a key reused after
-    DVP_IDEMPOTENCY_TTL is a new key. Now and then, the housekeeping sweep."""
+    None) | ("unknown-key", None) | ("ok", enterprise). Now and then, the housekeeping
+    sweep."""
     with ctx.session_factory() as session:
-        outcome = _admission(ctx, session, address, token, proposal_key)
+        outcome = _admission(ctx, session, address, token)
         session.commit()
         if outcome[0] == "ok" and ctx.housekeeping.due():
             try:
@@ -83,19 +76,16 @@ def _admit(ctx: ApiContext, address: str, token: str,
         return outcome
 
 
-def _admission(ctx: ApiContext, session: Session, address: str, token: str,
-               proposal_key: str | None) -> tuple[str, Any, str | None]:
-    """The reads first (the key, and before a proposal the expired row of its Idempotency-
-    Key), the buckets' takes last: a take locks its bucket's row until the commit, and every
-    request of a client address or an enterprise takes the same row, so the lock is held for
-    the takes and the commit only, not for the reads as well (measured: 16 concurrent
-    requests of one enterprise queued on the client bucket's row)."""
+def _admission(ctx: ApiContext, session: Session, address: str,
+               token: str) -> tuple[str, Any, str | None]:
+    """The read first (the key), the buckets' takes last: a take locks its bucket's row
+    until the commit, and every request of a client address or an enterprise takes the same
+    row, so the lock is held for the takes and the commit only, not for the read as well
+    (measured: 16 concurrent requests of one enterprise queued on the client bucket's
+    row)."""
     limits, limiter = ctx.limits, ctx.rate_limiter
     limiter.begin(session)
     enterprise = authenticate(session, token) if token else None
-    if enterprise is not None and proposal_key:
-        expire_idempotency_key(session, enterprise.id, proposal_key, limits.idempotency_ttl,
-                               limiter.clock())
     wait = limiter.take(session, client_bucket(address), limits.client_rate,
                         limits.client_capacity)
     if wait:

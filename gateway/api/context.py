@@ -127,17 +127,18 @@ def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
             {"field": f"delivery.{name}", "message": message} for name, message in problems])
 
 
-def read_titles(ctx: ApiContext, token_ids: list[int]) -> dict[int, Title | None]:
-    """The titles of a batch of proposals, read at once (`gateway.chain.titles.read_titles`)."""
-    from gateway.chain.titles import read_titles as read
+def read_titles_and_now(ctx: ApiContext, token_ids: list[int]
+                        ) -> tuple[int, dict[int, Title | None]]:
+    """Chain time, by which deadlines are judged (the later of the two chains' latest
+    blocks), and the titles of a batch of proposals (`gateway.chain.titles.read_titles`):
+    the business chain's time is read in the titles' batch request, one round trip to
+    each node."""
+    from gateway.chain.titles import read_titles_and_time
 
     ids = sorted(set(token_ids))
-    return dict(zip(ids, read(ctx.business.client, ctx.business.asset, ids), strict=True))
-
-
-def chain_now(ctx: ApiContext) -> int:
-    """Chain time, by which deadlines are judged: the later of the two chains' latest blocks."""
-    return max(ctx.payment.now(), ctx.business.now())
+    business_now, titles = read_titles_and_time(ctx.business.client, ctx.business.asset, ids)
+    return (max(ctx.payment.now(), business_now),
+            dict(zip(ids, titles, strict=True)))
 
 
 def deadline_problems(ctx: ApiContext, deadlines: Deadlines, now: int) -> list[Problem]:

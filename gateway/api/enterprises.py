@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from gateway.api.secrets import display_prefix, hash_api_key, new_api_key
@@ -39,7 +40,7 @@ class Enterprise:
     business_address: str
 
     @classmethod
-    def from_row(cls, row: EnterpriseRow) -> Enterprise:
+    def from_row(cls, row: EnterpriseRow | Row) -> Enterprise:
         return cls(row.id, row.name, row.managed, row.payment_address, row.business_address)
 
 

@@ -2,10 +2,9 @@
 to run for it): idempotency keys expire after DVP_IDEMPOTENCY_TTL, and rate-limit buckets idle
 long enough to be full again are deleted.
 
-- A key reused after it expired is a new key: before a proposal (`POST /v1/trades`) is looked
-  up, the caller's row for its Idempotency-Key is deleted if it has expired
-  (`expire_idempotency_key`, one statement by primary key), whether or not the sweep has
-  reached it yet.
+- A key reused after it expired is a new key: a proposal (`POST /v1/trades`, the batch) that
+  finds the caller's row for its Idempotency-Key expired (`idempotency_cutoff`) deletes it in
+  its own transaction and is answered as new, whether or not the sweep has reached it yet.
 - The sweep: at most once a minute per API process, the first authenticated request deletes
   a batch of expired keys (by the `created_at` index) and of idle buckets; a full batch makes
   the next request sweep again.
@@ -27,11 +26,10 @@ def _cutoff(now: float, ttl: float) -> datetime:
     return datetime.fromtimestamp(now - ttl, UTC)
 
 
-def expire_idempotency_key(session: Session, enterprise_id: str, key: str, ttl: float,
-                           now: float) -> bool:
-    """Delete the enterprise's row for `key` if it was stored more than `ttl` seconds before
-    `now` (Unix seconds); whether one was. The caller commits."""
-    return IdempotencyKeys(session).expire(enterprise_id, key, _cutoff(now, ttl))
+def idempotency_cutoff(ctx) -> datetime:  # noqa: ANN001 - an ApiContext
+    """Idempotency keys stored before this instant have expired (DVP_IDEMPOTENCY_TTL, by the
+    rate limiter's clock)."""
+    return _cutoff(ctx.rate_limiter.clock(), ctx.limits.idempotency_ttl)
 
 
 def prune_idempotency_keys(session: Session, ttl: float, now: float, limit: int = 500) -> int:

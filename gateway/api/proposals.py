@@ -22,12 +22,12 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import (
     ApiContext,
-    chain_now,
     check_title,
     deadline_problems,
-    read_titles,
+    read_titles_and_now,
 )
 from gateway.api.enterprises import Enterprise
+from gateway.api.housekeeping import idempotency_cutoff
 from gateway.api.problems import Problem, batch_problem
 from gateway.api.refusals import (
     HASHLOCK_IN_USE,
@@ -72,7 +72,7 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
     now, titles = read
 
     def prepare(records: TradeRecords) -> list[_Proposal]:
-        other = EnterpriseRepository(records.session).get(body.counterparty)
+        other = EnterpriseRepository(records.session).fields(body.counterparty)
         if other is None or other.id == caller.id:
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
                           field="counterparty")
@@ -141,12 +141,12 @@ def _read_chains(ctx: ApiContext, caller: Enterprise, key: str, request_hash: st
     while a node answers). A node that cannot be reached: a request already answered gets
     its stored answer; any other the node's error (503)."""
     try:
-        return chain_now(ctx), read_titles(ctx, token_ids)
+        return read_titles_and_now(ctx, token_ids)
     except Exception as exc:
         if not node_unavailable(exc):
             raise
         with ctx.session_factory() as session:
-            replay = _replay(TradeRecords(session), caller, key, request_hash)
+            replay = _replay(ctx, TradeRecords(session), caller, key, request_hash)
         if replay is None:
             raise
         return _Replay(replay)
@@ -225,7 +225,7 @@ def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
            prepare: Callable[[TradeRecords], list[_Proposal]], key: str, request_hash: str,
            answers: _Answers) -> tuple[int, dict]:
     records = TradeRecords(unit.session)
-    replay = _replay(records, caller, key, request_hash)
+    replay = _replay(ctx, records, caller, key, request_hash)
     if replay is not None:
         return replay  # answered before, or committed first by a concurrent call
     proposals = prepare(records)  # checked (Problem: nothing written)
@@ -245,11 +245,11 @@ def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
                     raise answers.over_cap(i, open_now)
                 open_now += p.amount
     states = unit.propose_many([p.action for p in proposals])
-    made = [_Made(state, p, records.add_parties(
-        p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
-        ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None))
-        for state, p in zip(states, proposals, strict=True)]
-    unit.session.flush()
+    parties = records.add_parties([
+        (p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
+         ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None) for p in proposals])
+    made = [_Made(state, p, row) for state, p, row in zip(states, proposals, parties,
+                                                          strict=True)]
     response = answers.view(records, made)
     IdempotencyKeys(unit.session).store(caller.id, key, request_hash, 201, response)
     return 201, response
@@ -377,10 +377,12 @@ REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery
                   "document_hash": "delivery.document_hash"}
 
 
-def _replay(records: TradeRecords, caller: Enterprise, key: str,
+def _replay(ctx: ApiContext, records: TradeRecords, caller: Enterprise, key: str,
             request_hash: str) -> tuple[int, dict] | None:
-    """The stored response of an earlier request with this key, or None if it is new."""
-    seen = IdempotencyKeys(records.session).stored(caller.id, key)
+    """The stored response of an earlier request with this key, or None if it is new (never
+    used, or used more than DVP_IDEMPOTENCY_TTL ago: that row is deleted, as the request
+    takes the key anew)."""
+    seen = IdempotencyKeys(records.session).stored(caller.id, key, idempotency_cutoff(ctx))
     if seen is None:
         return None
     if seen.request_hash != request_hash:

@@ -238,6 +238,17 @@ class ChainClient:
             self.w3, [("eth_call", [{"to": to, "data": "0x" + data.hex()}, "latest"])
                       for to, data in calls], "eth_call")]
 
+    def calls_with_time(self, calls: list[tuple[str, bytes]]) -> tuple[int, list[bytes]]:
+        """Chain time (`head`'s timestamp) and `calls`' results: on a JSON-RPC node the latest
+        header rides in the calls' batch request, one round trip for both (a proposal reads
+        the business chain's time and its titles)."""
+        if not self._json_rpc:
+            return self.head()[0], self.calls(calls)
+        answers = batch(self.w3, [("eth_getBlockByNumber", ["latest", False]), *(
+            ("eth_call", [{"to": to, "data": "0x" + data.hex()}, "latest"])
+            for to, data in calls)], "eth_call")
+        return int(answers[0]["timestamp"], 16), [hex_bytes(result) for result in answers[1:]]
+
     def receipts(self, tx_hashes: list[bytes]) -> list[Receipt | None]:
         """`receipt()` of every transaction, in order (None: not mined, or unknown): one JSON-RPC
         batch request (per `CALL_BATCH` hashes) on a JSON-RPC node, one lookup each on

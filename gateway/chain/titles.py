@@ -10,7 +10,7 @@ from gateway.chain.client import ChainClient, RevertError, checksum
 from gateway.chain.htlc import _Call
 from gateway.contracts import load_artifact
 
-__all__ = ["Title", "problems_of", "read_title", "read_titles"]
+__all__ = ["Title", "problems_of", "read_title", "read_titles", "read_titles_and_time"]
 
 UINT256_LIMIT = 2**256
 
@@ -45,16 +45,22 @@ def read_titles(client: ChainClient, registry: str, token_ids: list[int]) -> lis
     """`read_title` of each token id, in order, in one batched read (`ChainClient.calls`: one
     JSON-RPC batch request on a node) for a batch of proposals. A token never issued makes its
     `ownerOf` revert and the batch fail: then each is read alone, as `read_title` reads it."""
+    return read_titles_and_time(client, registry, token_ids)[1]
+
+
+def read_titles_and_time(client: ChainClient, registry: str,
+                         token_ids: list[int]) -> tuple[int, list[Title | None]]:
+    """The chain's time and `read_titles`, in the same batch request on a node."""
     wanted = [t for t in token_ids if 0 <= t < UINT256_LIMIT]
     try:
-        results = client.calls([(registry, call) for t in wanted
-                                for call in (_OWNER_OF(t), _DOCUMENT_HASH(t))])
+        now, results = client.calls_with_time([(registry, call) for t in wanted
+                                               for call in (_OWNER_OF(t), _DOCUMENT_HASH(t))])
     except Exception:  # noqa: BLE001 - a revert among them (or a node hiccup): one by one
-        return [read_title(client, registry, t) for t in token_ids]
+        return client.head()[0], [read_title(client, registry, t) for t in token_ids]
     found = {t: Title(t, checksum("0x" + results[2 * i][12:32].hex()),
                       bytes(results[2 * i + 1][:32]))
              for i, t in enumerate(wanted)}
-    return [found.get(t) for t in token_ids]
+    return now, [found.get(t) for t in token_ids]
 
 
 def problems_of(title: Title | None, token_id: int, registry: str, seller: str,

@@ -15,7 +15,8 @@ from gateway.db.models import IdempotencyRow
 _KEYS = IdempotencyRow.__table__
 # Core statements: every proposal reads a key and writes one, and the ORM's get and unit of
 # work cost more than the statements themselves.
-_STORED = select(_KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response)
+_STORED = select(_KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response,
+                 _KEYS.c.created_at)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,22 @@ class IdempotencyKeys:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def stored(self, enterprise_id: str, key: str) -> StoredAnswer | None:
-        """The earlier request with this key, if any (its request hash and answer)."""
+    def stored(self, enterprise_id: str, key: str, stored_before: datetime
+               ) -> StoredAnswer | None:
+        """The earlier request with this key, if any (its request hash and answer). A row
+        stored before `stored_before` has expired: it is deleted (by primary key, so a reused
+        key is new even before the sweep reaches it, and the new answer can take its place in
+        this transaction) and None returned."""
         row = self.session.execute(_STORED.where(_KEYS.c.enterprise_id == enterprise_id,
                                                  _KEYS.c.key == key)).first()
-        return StoredAnswer(*row) if row is not None else None
+        if row is None:
+            return None
+        if row.created_at < stored_before:
+            self.session.execute(delete(_KEYS).where(
+                _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
+                _KEYS.c.created_at < stored_before))
+            return None
+        return StoredAnswer(row.request_hash, row.status_code, row.response)
 
     def store(self, enterprise_id: str, key: str, request_hash: str, status_code: int,
               response: dict) -> None:
@@ -44,15 +56,6 @@ class IdempotencyKeys:
         self.session.execute(insert(_KEYS), {
             "enterprise_id": enterprise_id, "key": key, "request_hash": request_hash,
             "status_code": status_code, "response": response})
-
-    def expire(self, enterprise_id: str, key: str, stored_before: datetime) -> bool:
-        """Delete the enterprise's row for `key` if it was stored before `stored_before`
-        (one statement by primary key, so a reused key is new even before the sweep reaches
-        it); whether there was one."""
-        result = self.session.execute(delete(_KEYS).where(
-            _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
-            _KEYS.c.created_at < stored_before))
-        return bool(result.rowcount)
 
     def prune(self, stored_before: datetime, limit: int) -> int:
         """Delete up to `limit` rows stored before `stored_before`, oldest first (bounded, so

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from gateway.db import bulk
 from gateway.db.models import (
     InputRow,
     SecretRow,
@@ -20,6 +21,8 @@ from gateway.db.models import (
     utcnow,
 )
 from gateway.domain.trade import Phase
+
+_PARTIES, _SECRETS = TradePartyRow.__table__, SecretRow.__table__
 
 LEG_INPUTS = ("ContractReceivePaymentLocked", "ContractReceiveDeliveryLocked",
               "ContractReceiveClaimed", "ContractReceiveRefunded")
@@ -51,17 +54,24 @@ class TradeRecords:
             TradePartyRow.trade_id.in_(ids))) if ids else []
         return {bytes.fromhex(r.trade_id): r for r in rows}
 
-    def add_parties(self, trade_id: bytes, buyer_id: str, seller_id: str, proposer_id: str,
-                    amount: int, encrypted_secret: str | None) -> TradePartyRow:
-        """A new trade's parties (the row, as it will be stored) and, for a managed buyer, its
-        encrypted secret."""
-        row = TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer_id, seller_id=seller_id,
-                            proposer_id=proposer_id, amount=str(amount), created_at=utcnow())
-        self.session.add(row)
-        if encrypted_secret is not None:
-            self.session.add(SecretRow(trade_id=trade_id.hex(),
-                                       encrypted_secret=encrypted_secret))
-        return row
+    def add_parties(self, entries: list[tuple[bytes, str, str, str, int, str | None]]
+                    ) -> list[TradePartyRow]:
+        """New trades' parties, each (trade id, buyer id, seller id, proposer id, amount,
+        encrypted secret or None), in one statement per table; the rows as stored (not in
+        the session: Core inserts, which cost a proposal a fraction of the ORM's flush). A
+        managed buyer's secret is stored encrypted."""
+        created_at = utcnow()
+        rows = [TradePartyRow(trade_id=trade_id.hex(), buyer_id=buyer_id, seller_id=seller_id,
+                              proposer_id=proposer_id, amount=str(amount), created_at=created_at)
+                for trade_id, buyer_id, seller_id, proposer_id, amount, _ in entries]
+        bulk.insert_rows(self.session, _PARTIES, [
+            {"trade_id": r.trade_id, "buyer_id": r.buyer_id, "seller_id": r.seller_id,
+             "proposer_id": r.proposer_id, "created_at": r.created_at, "amount": r.amount}
+            for r in rows])
+        bulk.insert_rows(self.session, _SECRETS, [
+            {"trade_id": trade_id.hex(), "encrypted_secret": secret}
+            for trade_id, *_, secret in entries if secret is not None])
+        return rows
 
     def encrypted_secret(self, trade_id: bytes) -> str | None:
         row = self.session.get(SecretRow, trade_id.hex())

@@ -101,3 +101,32 @@ def test_relayer_settles_managed_trades_in_few_requests_per_trade(anvil_devnet,
     assert methods["eth_getTransactionReceipt"] == 0, methods
     assert methods["eth_chainId"] <= 4, methods  # asked once per provider, not per call
     assert per_trade <= MAX_REQUESTS_PER_TRADE, (per_trade, dict(methods.most_common()))
+
+
+def test_a_proposal_reads_the_business_chain_in_one_request(anvil_devnet) -> None:
+    """Chain time and the titles a proposal offers: one batch request to the business node
+    (its latest header rides with the titles' calls), answering as `head` and `read_titles`
+    do. A title never issued fails the batch: then each is read alone, the time as well."""
+    from gateway.chain.calls import title_issue_calldata
+    from gateway.chain.devnet import ISSUER
+    from gateway.chain.titles import Title, read_titles, read_titles_and_time
+
+    devnet = anvil_devnet
+    business, counter = _counting_client(devnet.business)
+    registry, seller = devnet.titles.address, devnet.account(SELLER).address
+    docs = [bytes([n]) * 32 for n in (1, 2)]
+    for doc in docs:
+        assert devnet.business.client.transact(
+            devnet.account(ISSUER), to=registry, gas=300_000,
+            data=title_issue_calldata(seller, doc)).succeeded
+    first = devnet.titles.functions.issuedCount().call() - 1
+    devnet.business.client.w3.provider.make_request("evm_increaseTime", [1000])
+    devnet.business.client.w3.provider.make_request("evm_mine", [])
+    counter.requests = 0
+    now, titles = read_titles_and_time(business, registry, [first + 1, first])
+    assert counter.requests == 1 and counter.methods == {
+        "batch:eth_call+eth_getBlockByNumber": 1}
+    assert now == business.head()[0]
+    assert titles == [Title(first + 1, seller, docs[1]), Title(first, seller, docs[0])]
+    assert titles == read_titles(business, registry, [first + 1, first])
+    assert read_titles_and_time(business, registry, [first, 10**9]) == (now, [titles[1], None])
