@@ -6,16 +6,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.db.models import ApiKeyRow, EnterpriseRow, ManagedKeyRow
 
-# What a request needs of an enterprise, read as plain rows (Core): the two reads every
-# proposal makes (the caller by its key, the counterparty by id) cost more through the ORM's
-# identity map than in the database.
-_FIELDS = select(EnterpriseRow.id, EnterpriseRow.name, EnterpriseRow.managed,
-                 EnterpriseRow.payment_address, EnterpriseRow.business_address)
+# What a request needs of an enterprise, read as plain rows: the two reads every proposal
+# makes (the caller by its key, the counterparty by id) are statements built once, run on the
+# session's connection (Core): through the ORM, and built per call, they cost several times
+# the database's work.
+_E, _K = EnterpriseRow.__table__.c, ApiKeyRow.__table__.c
+_FIELDS = select(_E.id, _E.name, _E.managed, _E.payment_address, _E.business_address)
+_BY_ID = _FIELDS.where(_E.id == bindparam("id"))
+_BY_KEY = _FIELDS.join(ApiKeyRow.__table__, _K.enterprise_id == _E.id).where(
+    _K.key_hash == bindparam("key_hash"), _K.revoked_at.is_(None))
 
 
 class EnterpriseRepository:
@@ -29,7 +33,7 @@ class EnterpriseRepository:
 
     def fields(self, enterprise_id: str) -> Row | None:
         """The enterprise's id, name, managed flag and addresses (`_FIELDS`), if it exists."""
-        return self.session.execute(_FIELDS.where(EnterpriseRow.id == enterprise_id)).first()
+        return self.session.connection().execute(_BY_ID, {"id": enterprise_id}).first()
 
     def by_ids(self, ids: set[str]) -> dict[str, EnterpriseRow]:
         return {e.id: e for e in self.session.scalars(
@@ -72,9 +76,7 @@ class EnterpriseRepository:
     def by_active_api_key(self, key_hash: str) -> Row | None:
         """The fields (`_FIELDS`) of the enterprise holding an unrevoked key with this hash,
         if any (one query: every API request asks)."""
-        return self.session.execute(_FIELDS.join(
-            ApiKeyRow, ApiKeyRow.enterprise_id == EnterpriseRow.id).where(
-            ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked_at.is_(None))).first()
+        return self.session.connection().execute(_BY_KEY, {"key_hash": key_hash}).first()
 
     def revoke_api_keys(self, enterprise_id: str, at: datetime) -> None:
         """Revoke every active key of the enterprise, as of `at`."""

@@ -7,16 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import bindparam, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.db.models import IdempotencyRow
 
 _KEYS = IdempotencyRow.__table__
-# Core statements: every proposal reads a key and writes one, and the ORM's get and unit of
-# work cost more than the statements themselves.
+# Core statements built once, run on the session's connection: every proposal reads a key
+# and writes one, and the ORM's get and unit of work, or a statement built per call, cost
+# more than the statements themselves.
 _STORED = select(_KEYS.c.request_hash, _KEYS.c.status_code, _KEYS.c.response,
-                 _KEYS.c.created_at)
+                 _KEYS.c.created_at).where(_KEYS.c.enterprise_id == bindparam("enterprise_id"),
+                                           _KEYS.c.key == bindparam("key"))
+_STORE = insert(_KEYS)
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class IdempotencyKeys:
         stored before `stored_before` has expired: it is deleted (by primary key, so a reused
         key is new even before the sweep reaches it, and the new answer can take its place in
         this transaction) and None returned."""
-        row = self.session.execute(_STORED.where(_KEYS.c.enterprise_id == enterprise_id,
-                                                 _KEYS.c.key == key)).first()
+        row = self.session.connection().execute(_STORED, {"enterprise_id": enterprise_id,
+                                                         "key": key}).first()
         if row is None:
             return None
         if row.created_at < stored_before:
@@ -53,7 +56,7 @@ class IdempotencyKeys:
               response: dict) -> None:
         """Written in the transaction of the request's effects: a concurrent request with the
         same key loses on the primary key (IntegrityError here, or at its commit)."""
-        self.session.execute(insert(_KEYS), {
+        self.session.connection().execute(_STORE, {
             "enterprise_id": enterprise_id, "key": key, "request_hash": request_hash,
             "status_code": status_code, "response": response})
 

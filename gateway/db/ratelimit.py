@@ -52,7 +52,7 @@ class RateBuckets:
         wait for its WAL to reach the disk, so a bucket's row, which every request of the
         client or the enterprise takes in turn, is held for a statement, not for an fsync."""
         if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(_ASYNC_COMMIT)
+            self.session.connection().execute(_ASYNC_COMMIT)
 
     def take(self, key: str, now: float, rate: float, burst: float) -> tuple[float, bool]:
         """Take a token from bucket `key` at `now` (Unix seconds), refilled at `rate` per
@@ -62,7 +62,7 @@ class RateBuckets:
         statement = _TAKE.get(dialect)
         if statement is None:
             statement = _TAKE[dialect] = _take_statement(dialect)
-        tokens, allowed = self.session.execute(statement, {
+        tokens, allowed = self.session.connection().execute(statement, {
             "key": key, "now": now, "rate": rate, "burst": burst}).one()
         return tokens, allowed
 

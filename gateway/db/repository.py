@@ -4,17 +4,23 @@ cursors: one `Repository` over a session, made of a part per aggregate (`trade_s
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.db.cursors import RECENT_HASHES, ChainCursors
 from gateway.db.encrypted import UndecryptableError, encrypted_columns, rotate_encrypted
 from gateway.db.input_log import Clock, InputLog
+from gateway.db.locks import TRADE_WRITES
 from gateway.db.outbox import Outbox
 from gateway.db.trade_store import TradeStates, Wakes
 
 __all__ = ["RECENT_HASHES", "Clock", "Repository", "UndecryptableError", "Wakes",
            "encrypted_columns", "rotate_encrypted"]
+
+# PostgreSQL's trade-writes lock (`lock_trade_writes`), the first statement of every writing
+# transaction: built once, run on the session's connection.
+_TRADE_WRITES = select(func.pg_advisory_xact_lock(TRADE_WRITES))
+_TRADE_WRITES_SHARED = select(func.pg_advisory_xact_lock_shared(TRADE_WRITES))
 
 
 class Repository(TradeStates, InputLog, Outbox, ChainCursors):
@@ -40,12 +46,8 @@ class Repository(TradeStates, InputLog, Outbox, ChainCursors):
         reads, all after it, then see everything committed before it. Readers do not wait."""
         dialect = self.session.get_bind().dialect.name
         if dialect == "postgresql":
-            from sqlalchemy import func
-
-            from gateway.db.locks import TRADE_WRITES
-
-            take = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
-            self.session.execute(select(take(TRADE_WRITES)))
+            self.session.connection().execute(_TRADE_WRITES_SHARED if shared
+                                              else _TRADE_WRITES)
         elif dialect == "sqlite":
             from sqlalchemy import text
 
