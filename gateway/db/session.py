@@ -75,8 +75,42 @@ def make_engine(url: str, *, synchronous: str | None = None,
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=size, max_overflow=POOL_OVERFLOW,
-                         connect_args=_postgres_connect_args(url))
+    engine = create_engine(url, pool_size=size, max_overflow=POOL_OVERFLOW,
+                           connect_args=_postgres_connect_args(url))
+    ping_when_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection is checked before use only if it sat unused in the pool this
+# long. SQLAlchemy's `pool_pre_ping` checks every checkout: a round trip more per transaction,
+# two per proposal (measured: 0.8 ms of the API's 14 ms CPU a proposal, 0.3 of the database's
+# 3.4). A connection the server dropped while idle (a restart, a proxy's idle timeout) is still
+# replaced before use; one in use a moment ago that fails anyway (the server went within the
+# second) fails its request with a 503, and SQLAlchemy then replaces every pooled connection.
+PING_AFTER_IDLE = 1.0  # seconds
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection at checkout when it was returned `PING_AFTER_IDLE` seconds
+    ago or more; one that fails the check is discarded and another taken (SQLAlchemy's
+    disconnect handling: the pool retries on `DisconnectionError`)."""
+    import time
+
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection, record) -> None:  # noqa: ANN001
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy) -> None:  # noqa: ANN001
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE:
+            return  # just opened, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its check: {exc}") from exc
 
 
 # PostgreSQL sessions: give up connecting after 10 s (a database that is away makes the API
