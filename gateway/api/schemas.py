@@ -43,6 +43,9 @@ Hex32 = Annotated[str, Field(max_length=66, examples=["0x" + "ab" * 32]), AfterV
 Address = Annotated[str, Field(max_length=42), AfterValidator(checksum_address)]
 TokenId = Annotated[str, Field(max_length=80, examples=["1"]), AfterValidator(_uint256_string)]
 UnixTime = Annotated[int, Field(ge=0, lt=2**63)]
+# An enterprise id as a client names one (a counterparty, a list filter): no control
+# characters, which PostgreSQL cannot hold or compare in text (NUL) and no id contains.
+ENTERPRISE_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class Strict(BaseModel):
@@ -66,7 +69,8 @@ class Deadlines(Strict):
 
 class TradeCreate(Strict):
     role: Literal["buyer", "seller"] = Field(description="The caller's role in the trade.")
-    counterparty: str = Field(min_length=1, max_length=64, description="Enterprise id.")
+    counterparty: str = Field(min_length=1, max_length=64, pattern=ENTERPRISE_ID_PATTERN,
+                              description="Enterprise id.")
     payment: PaymentTerms
     delivery: DeliveryTerms
     deadlines: Deadlines

@@ -22,6 +22,7 @@ from gateway.api.enterprises import Enterprise
 from gateway.api.instructions import instructions
 from gateway.api.proposals import create_trade, create_trades
 from gateway.api.schemas import (
+    ENTERPRISE_ID_PATTERN,
     Instructions,
     Trade,
     TradeAccept,
@@ -132,7 +133,8 @@ def _read_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  # no
     async def trades(who: Caller,
                      phase: Annotated[Literal[PHASES] | None, Query()] = None,  # type: ignore[valid-type]
                      role: Annotated[Literal["buyer", "seller"] | None, Query()] = None,
-                     counterparty: Annotated[str | None, Query(max_length=64)] = None,
+                     counterparty: Annotated[str | None, Query(
+                         max_length=64, pattern=ENTERPRISE_ID_PATTERN)] = None,
                      created_from: Annotated[datetime | None, Query()] = None,
                      created_to: Annotated[datetime | None, Query()] = None,
                      cursor: Annotated[str | None, Query(max_length=500)] = None,

@@ -4,6 +4,7 @@ kind of row, never one per trade), the tenancy check, trade ids and list cursors
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -148,6 +149,9 @@ def list_trades(ctx: ApiContext, caller: Enterprise, *, phase: str | None, role:
     return TradePage(items=items, next_cursor=next_cursor)
 
 
+_CURSOR_TRADE = re.compile(r"[0-9a-f]{64}")  # a trade id as the cursor carries it
+
+
 def _encode_cursor(at: datetime, trade_id: str) -> str:
     return base64.urlsafe_b64encode(f"{at.isoformat()}|{trade_id}".encode()).decode()
 
@@ -155,6 +159,8 @@ def _encode_cursor(at: datetime, trade_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, trade_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        if not _CURSOR_TRADE.fullmatch(trade_id):
+            raise ValueError(trade_id)  # never one this API wrote (nor a NUL for the database)
         return datetime.fromisoformat(at), trade_id
     except Exception:  # noqa: BLE001 - any malformed cursor is the client's error
         raise Problem(422, "not a cursor returned by this API", field="cursor") from None

@@ -164,3 +164,27 @@ def test_a_document_hash_the_title_does_not_carry_is_refused(system, client) -> 
     second = system.demo["enterprises"]["seller"]["titles"][1]["document_hash"]
     refused(post(client, system, proposal(system, document_hash=second)),
             "delivery.document_hash")
+
+
+@pytest.mark.parametrize("counterparty", ["\x00", "a\x00b", "id\n", "\x7f"])
+def test_an_enterprise_id_with_control_characters_is_refused_naming_the_field(
+        system, client, counterparty) -> None:
+    """Never a database error: PostgreSQL cannot hold or compare a NUL in text, and no
+    enterprise id carries a control character (found by schemathesis on PostgreSQL: a list
+    filter of "%00" reached the query)."""
+    refused(post(client, system, proposal(system, counterparty=counterparty)), "counterparty")
+    key = system.demo["enterprises"]["seller"]["api_key"]
+    listed = client.get("/v1/trades", params={"counterparty": counterparty},
+                        headers={"Authorization": f"Bearer {key}"})
+    refused(listed, "counterparty")
+
+
+def test_a_list_cursor_naming_no_trade_id_is_refused_naming_the_field(system, client) -> None:
+    import base64
+
+    key = system.demo["enterprises"]["seller"]["api_key"]
+    for trade_id in ("\x00", "ab" * 31, "AB" * 32):
+        cursor = base64.urlsafe_b64encode(f"2026-12-03T00:00:00+00:00|{trade_id}".encode())
+        listed = client.get("/v1/trades", params={"cursor": cursor.decode()},
+                            headers={"Authorization": f"Bearer {key}"})
+        refused(listed, "cursor")
