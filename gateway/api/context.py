@@ -117,7 +117,7 @@ def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
     """A proposal's title, read on the business chain: it exists, the seller's business address
     holds it (a title locked in the DeliveryHTLC is the HTLC's, so it is refused too) and it
     carries the document hash of the terms. 422 naming delivery.token_id or
-    delivery.document_hash otherwise. `title`: as `read_titles` read it."""
+    delivery.document_hash otherwise. `title`: as `read_titles_and_now` read it."""
     from gateway.chain.titles import problems_of
 
     problems = problems_of(title, int(token_id), ctx.business.asset, seller_business_address,
@@ -130,7 +130,7 @@ def check_title(ctx: ApiContext, seller_business_address: str, token_id: str,
 def read_titles_and_now(ctx: ApiContext, token_ids: list[int]
                         ) -> tuple[int, dict[int, Title | None]]:
     """Chain time, by which deadlines are judged (the later of the two chains' latest
-    blocks), and the titles of a batch of proposals (`gateway.chain.titles.read_titles`):
+    blocks), and the titles of a batch of proposals (`gateway.chain.titles.read_titles_and_time`):
     the business chain's time is read in the titles' batch request, one round trip to
     each node."""
     from gateway.chain.titles import read_titles_and_time

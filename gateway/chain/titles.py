@@ -10,7 +10,7 @@ from gateway.chain.client import ChainClient, RevertError, checksum
 from gateway.chain.htlc import _Call
 from gateway.contracts import load_artifact
 
-__all__ = ["Title", "problems_of", "read_title", "read_titles", "read_titles_and_time"]
+__all__ = ["Title", "problems_of", "read_title", "read_titles_and_time"]
 
 UINT256_LIMIT = 2**256
 
@@ -41,16 +41,13 @@ def read_title(client: ChainClient, registry: str, token_id: int) -> Title | Non
     return Title(token_id, checksum(owner), bytes(document_hash))
 
 
-def read_titles(client: ChainClient, registry: str, token_ids: list[int]) -> list[Title | None]:
-    """`read_title` of each token id, in order, in one batched read (`ChainClient.calls`: one
-    JSON-RPC batch request on a node) for a batch of proposals. A token never issued makes its
-    `ownerOf` revert and the batch fail: then each is read alone, as `read_title` reads it."""
-    return read_titles_and_time(client, registry, token_ids)[1]
-
-
 def read_titles_and_time(client: ChainClient, registry: str,
                          token_ids: list[int]) -> tuple[int, list[Title | None]]:
-    """The chain's time and `read_titles`, in the same batch request on a node."""
+    """The chain's time (its latest block's timestamp) and `read_title` of each token id, in
+    order, for a batch of proposals: one JSON-RPC batch request on a node
+    (`ChainClient.calls_with_time`), the header riding with the calls. A token never issued
+    makes its `ownerOf` revert and the batch fail: then each is read alone, as `read_title`
+    reads it, and the time on its own."""
     wanted = [t for t in token_ids if 0 <= t < UINT256_LIMIT]
     try:
         now, results = client.calls_with_time([(registry, call) for t in wanted
@@ -66,8 +63,8 @@ def read_titles_and_time(client: ChainClient, registry: str,
 def problems_of(title: Title | None, token_id: int, registry: str, seller: str,
                 document_hash: bytes) -> list[tuple[str, str]]:
     """What is wrong with offering title `token_id` (bound to `document_hash`), as read
-    (`read_titles`; None: never issued), for sale by `seller`: (field, message) pairs, field
-    "token_id" or "document_hash"; empty if nothing."""
+    (`read_titles_and_time`; None: never issued), for sale by `seller`: (field, message)
+    pairs, field "token_id" or "document_hash"; empty if nothing."""
     if title is None:
         return [("token_id", f"title #{token_id} does not exist (not issued by the title "
                              f"registry {checksum(registry)})")]

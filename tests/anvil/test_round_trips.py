@@ -105,11 +105,11 @@ def test_relayer_settles_managed_trades_in_few_requests_per_trade(anvil_devnet,
 
 def test_a_proposal_reads_the_business_chain_in_one_request(anvil_devnet) -> None:
     """Chain time and the titles a proposal offers: one batch request to the business node
-    (its latest header rides with the titles' calls), answering as `head` and `read_titles`
+    (its latest header rides with the titles' calls), answering as `head` and `read_title`
     do. A title never issued fails the batch: then each is read alone, the time as well."""
     from gateway.chain.calls import title_issue_calldata
     from gateway.chain.devnet import ISSUER
-    from gateway.chain.titles import Title, read_titles, read_titles_and_time
+    from gateway.chain.titles import Title, read_title, read_titles_and_time
 
     devnet = anvil_devnet
     business, counter = _counting_client(devnet.business)
@@ -128,5 +128,5 @@ def test_a_proposal_reads_the_business_chain_in_one_request(anvil_devnet) -> Non
         "batch:eth_call+eth_getBlockByNumber": 1}
     assert now == business.head()[0]
     assert titles == [Title(first + 1, seller, docs[1]), Title(first, seller, docs[0])]
-    assert titles == read_titles(business, registry, [first + 1, first])
+    assert titles == [read_title(business, registry, t) for t in (first + 1, first)]
     assert read_titles_and_time(business, registry, [first, 10**9]) == (now, [titles[1], None])

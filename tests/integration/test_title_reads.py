@@ -1,5 +1,5 @@
-"""A batch of proposals reads its titles at once (`gateway.chain.titles.read_titles`: one
-JSON-RPC batch request on a node), with the answers `read_title` gives one by one, including
+"""A batch of proposals reads its titles at once (`gateway.chain.titles.read_titles_and_time`:
+one JSON-RPC batch request on a node), with the answers `read_title` gives one by one, including
 for a title never issued (its `ownerOf` reverts: then each is read alone)."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ import hashlib
 
 from gateway.chain.calls import title_issue_calldata
 from gateway.chain.devnet import BUYER, ISSUER, SELLER
-from gateway.chain.titles import Title, read_title, read_titles
+from gateway.chain.titles import Title, read_title, read_titles_and_time
+
+
+def read_titles(client, registry: str, token_ids: list[int]) -> list:  # noqa: ANN001
+    return read_titles_and_time(client, registry, token_ids)[1]
 
 
 def _issue(devnet, owner: str, n: int) -> tuple[int, bytes]:  # noqa: ANN001
