@@ -54,8 +54,11 @@ of all of them read in one batch request, `ChainClient.receipts`):
   critical (`claim_fee_cap_insufficient`, naming the trades) and counted, once per rise; it
   waits, and goes out when the base fee falls back.
 - a nonce gap (our lowest live nonce above the chain's, nothing pending below it: a
-  transaction of this key made elsewhere was dropped) is filled with zero-value self-transfers,
-  recorded before they are sent, so the queued transactions can be mined.
+  transaction of this key made elsewhere was dropped, or a node came back without our own
+  mined ones) is filled with zero-value self-transfers, recorded before they are sent, so the
+  queued transactions can be mined. Whenever a nonce is handed out again (a filler, or a new
+  transaction at the chain's nonce), our attempts recorded as mined at it or above are marked
+  `orphaned`: their blocks are gone, and their effects are planned again from the chain.
 Refusals are classified (`classify_send_error`): "already known" is success, "nonce too low"
 is settled from the chain's nonce on the next pass, "underpriced" leads to a replacement.
 
@@ -82,7 +85,7 @@ from gateway.engine import metrics
 from gateway.engine.crashpoints import reach
 from gateway.engine.planning import DONE, MAX_BATCH, MISSING, NONE, OPEN, TO_DO, Planner
 from gateway.engine.replacing import Replacer, SendPolicy, deadline_window
-from gateway.engine.settling import GAS_FILLER, LIVE, Settler
+from gateway.engine.settling import GAS_FILLER, LIVE, Settler, orphan_lost_mined
 from gateway.engine.transactions import ChainEndpoint, KeyError_, Keys
 from gateway.logs import trade_ref
 
@@ -190,11 +193,7 @@ class Executor:
         on_chain = ep.client.pending_nonce(sender)
         recorded = repo.max_inflight_nonce(ep.chain_id, sender)
         nonce = max(on_chain, recorded + 1 if recorded is not None else 0)
-        # Our transactions recorded as mined at this nonce or above are no longer on chain (a
-        # reorg, or a node that came back short, took them): the records say so.
-        for attempt in repo.orphan_mined_attempts(ep.chain_id, sender, nonce):
-            log.warning("mined_attempt_orphaned", chain=ep.chain.value, nonce=attempt.nonce,
-                        tx=attempt.tx_hash, block=attempt.block_number)
+        orphan_lost_mined(ep, repo, sender, nonce)
         return nonce
 
     def _broadcast(self, ep: ChainEndpoint, attempt_id: int) -> None:

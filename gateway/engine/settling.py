@@ -29,6 +29,15 @@ GAS_FILLER = 21_000
 LIVE = ("signed", "sent")
 
 
+def orphan_lost_mined(ep: ChainEndpoint, repo: Repository, sender: str, nonce: int) -> None:
+    """Before `nonce` is handed out again: our transactions recorded as mined at it or above
+    are no longer on chain (a reorg, or a node that came back short, took them), and the
+    records say so (`orphaned`), not a block the chain no longer has."""
+    for attempt in repo.orphan_mined_attempts(ep.chain_id, sender, nonce):
+        log.warning("mined_attempt_orphaned", chain=ep.chain.value, nonce=attempt.nonce,
+                    tx=attempt.tx_hash, block=attempt.block_number)
+
+
 class Settler:
     """Settles one chain's transactions inside the executor's settling transaction: what it
     broadcasts again is recorded already; the replacements and fillers it records are
@@ -161,6 +170,7 @@ class Settler:
                 key = self.keys.of(sender)
             except KeyError_:
                 continue
+            orphan_lost_mined(ep, repo, sender, mined)
             fees = ep.client.suggest_fees()
             for nonce in range(mined, low):
                 raw = ep.client.sign_with_nonce(key, to=sender, data=b"", gas=GAS_FILLER,

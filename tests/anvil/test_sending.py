@@ -222,3 +222,50 @@ def test_crash_after_recording_a_replacement_it_is_sent_on_restart(anvil_devnet,
     _assert_settled(world, trade, before)
     statuses = [a.status for a in _attempts(world)]
     assert statuses.count("mined") == 1 and statuses[1] == "mined"
+
+
+def test_nonce_gap_left_by_our_own_claim_a_node_lost_is_filled_and_the_claim_orphaned(
+        anvil_devnet, database_url) -> None:
+    """A node comes back without the block holding our mined claim and without the next claim
+    we had sent: the rebroadcast claim is queued behind our own lost nonce, which is filled
+    with a self-transfer. The lost claim is recorded `orphaned`, not left `mined` at a block
+    the chain no longer has, and its payment goes out again."""
+    world = World(anvil_devnet, make_gateway(anvil_devnet, database_url, send_policy=NEVER,
+                                             max_reorg_depth=8))
+    payment = anvil_devnet.payment
+    before = {a: world.token_balance(a) for a in (world.buyer.address, world.seller.address)}
+    first, second = world.agree(), world.agree()
+    for trade in (first, second):
+        world.lock_payment(trade)
+        world.lock_delivery(trade)
+        world.run_until_phase(trade, "delivery_locked")
+    payment.set_automine(False)
+    world.take_delivery(first)
+    world.gateway.relayer.step()
+    (lost,) = _attempts(world)
+    payment.mine()  # the first claim is mined, and recorded so
+    world.run_until_phase(first, "settled")
+    world.take_delivery(second)
+    world.gateway.relayer.step()
+    assert [a.status for a in _attempts(world)] == ["mined", "sent"]
+    queued = _attempts(world)[1]
+    assert queued.nonce == lost.nonce + 1
+
+    payment.reorg(1)  # the node lost the first claim's block ...
+    payment.drop_transaction(bytes.fromhex(queued.tx_hash))  # ... and the second claim
+    assert payment.client.receipt(bytes.fromhex(lost.tx_hash)) is None
+    world.gateway.relayer.step()
+    payment.mine()
+    for trade in (first, second):
+        world.run_until_phase(trade, "settled")
+    attempts = {a.id: a for a in _attempts(world)}
+    assert attempts[lost.id].status == "orphaned"
+    fillers = [a for a in attempts.values() if a.nonce == lost.nonce and a.id != lost.id]
+    assert [decode_signed(bytes.fromhex(a.raw_tx)).value for a in fillers] == [0]
+    for attempt in attempts.values():  # every attempt recorded mined is on chain
+        if attempt.status == "mined":
+            receipt = payment.client.receipt(bytes.fromhex(attempt.tx_hash))
+            assert receipt is not None and receipt.succeeded, attempt.nonce
+    assert world.token_balance(world.buyer.address) == before[world.buyer.address] - 2 * AMOUNT
+    assert world.token_balance(world.seller.address) == before[world.seller.address] + 2 * AMOUNT
+    assert world.token_balance(anvil_devnet.payment_htlc.address) == 0
