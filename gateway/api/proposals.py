@@ -27,7 +27,6 @@ from gateway.api.context import (
     read_titles_and_now,
 )
 from gateway.api.enterprises import Enterprise
-from gateway.api.housekeeping import idempotency_cutoff
 from gateway.api.problems import Problem, batch_problem
 from gateway.api.refusals import (
     HASHLOCK_IN_USE,
@@ -36,6 +35,7 @@ from gateway.api.refusals import (
     check_exposure,
     hashlock_in_use,
 )
+from gateway.api.replays import replay
 from gateway.api.schemas import Trade, TradeCreate
 from gateway.api.views import new_trade_views
 from gateway.chain.sending import node_unavailable
@@ -61,32 +61,37 @@ from gateway.engine.unit import Unit
 BATCH_ROUTE = "POST /v1/trades/batch"
 
 
+def proposal_hash(body: TradeCreate) -> str:
+    """What a single proposal's Idempotency-Key is stored with: the hash of its body."""
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
+                          .encode()).hexdigest()
+
+
 def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
                  idempotency_key: str) -> tuple[int, dict]:
-    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True)
-                                  .encode()).hexdigest()
+    request_hash = proposal_hash(body)
     read = _read_chains(ctx, caller, idempotency_key, request_hash,
                         [int(body.delivery.token_id)])
     if isinstance(read, _Replay):
         return read.answer
     now, titles = read
 
-    def prepare(records: TradeRecords) -> list[_Proposal]:
+    def prepare(records: TradeRecords) -> list[Proposal]:
         other = EnterpriseRepository(records.session).fields(body.counterparty)
         if other is None or other.id == caller.id:
             raise Problem(422, "no such counterparty enterprise (and not yourself)",
                           field="counterparty")
         if body.role == "buyer":  # an early answer; decided under the exposure lock below
             check_exposure(ctx, records, caller.id, int(body.payment.amount))
-        proposal = _prepare(ctx, caller, Enterprise.from_row(other), body, now, titles)
+        proposal = prepare_proposal(ctx, caller, Enterprise.from_row(other), body, now, titles)
         assert proposal is not None  # (not gathering: the first problem was raised)
         return [proposal]
 
     def refuse_used(used: list[int]) -> Problem:
         return hashlock_in_use()
 
-    def view(records: TradeRecords, made: list[_Made]) -> dict:
-        return _views(records, ctx, caller, made)[0].model_dump(mode="json")
+    def view(records: TradeRecords, made: list[Made]) -> dict:
+        return made_views(records, ctx, caller, made)[0].model_dump(mode="json")
 
     return _commit(ctx, caller, prepare, idempotency_key, request_hash,
                    _Answers(view, refuse_used, lambda _, exposure: cap_problem(ctx, exposure)))
@@ -107,7 +112,7 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
         return read.answer
     now, on_chain = read
 
-    def prepare(records: TradeRecords) -> list[_Proposal]:
+    def prepare(records: TradeRecords) -> list[Proposal]:
         others = {e.id: Enterprise.from_row(e) for e in EnterpriseRepository(
             records.session).by_ids({b.counterparty for b in bodies} - {caller.id}).values()}
         exposure = records.open_exposure(caller.id) \
@@ -119,9 +124,9 @@ def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate]
             return Problem(409, HASHLOCK_IN_USE, field="trades", kind="hashlock-reused")
         return batch_problem([(i, hashlock_in_use()) for i in used], len(bodies))
 
-    def view(records: TradeRecords, made: list[_Made]) -> dict:
+    def view(records: TradeRecords, made: list[Made]) -> dict:
         return {"trades": [v.model_dump(mode="json")
-                           for v in _views(records, ctx, caller, made)]}
+                           for v in made_views(records, ctx, caller, made)]}
 
     def over_cap(i: int, exposure: int) -> Problem:
         return batch_problem([(i, batch_over_cap(ctx, exposure))], len(bodies))
@@ -146,19 +151,19 @@ def _read_chains(ctx: ApiContext, caller: Enterprise, key: str, request_hash: st
         if not node_unavailable(exc):
             raise
         with ctx.session_factory() as session:
-            replay = _replay(ctx, TradeRecords(session), caller, key, request_hash)
-        if replay is None:
+            answer = replay(ctx, TradeRecords(session), caller, key, request_hash)
+        if answer is None:
             raise
-        return _Replay(replay)
+        return _Replay(answer)
 
 
 def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
                    others: dict[str, Enterprise], exposure: int, now: int,
-                   on_chain: dict[int, Title | None]) -> list[_Proposal]:
+                   on_chain: dict[int, Title | None]) -> list[Proposal]:
     """Every item checked (as `_prepare` checks one, and against the batch's other items:
     one hashlock or one title twice, the cap across them); every problem raised at once."""
     found: list[tuple[int, Problem]] = []
-    proposals: list[_Proposal] = []
+    proposals: list[Proposal] = []
     hashlocks: dict[str, int] = {}
     titles: dict[int, int] = {}
     over_cap = False
@@ -168,7 +173,7 @@ def _prepare_batch(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate
         if other is None:
             gathered.append(Problem(422, "no such counterparty enterprise (and not yourself)",
                                     field="counterparty"))
-        proposal = _prepare(ctx, caller, other, body, now, on_chain, gathered)
+        proposal = prepare_proposal(ctx, caller, other, body, now, on_chain, gathered)
         if body.hashlock is not None:
             first = hashlocks.setdefault(body.hashlock, i)
             if first != i:
@@ -200,13 +205,13 @@ class _Answers:
     writing transaction's records; its problem for items whose hashlock is in use (by index);
     its problem for the item that takes the buyer over its cap (index, exposure open)."""
 
-    view: Callable[[TradeRecords, list[_Made]], dict]
+    view: Callable[[TradeRecords, list[Made]], dict]
     hashlocks_used: Callable[[list[int]], Problem]
     over_cap: Callable[[int, int], Problem]
 
 
 def _commit(ctx: ApiContext, caller: Enterprise,
-            prepare: Callable[[TradeRecords], list[_Proposal]], key: str, request_hash: str,
+            prepare: Callable[[TradeRecords], list[Proposal]], key: str, request_hash: str,
             answers: _Answers) -> tuple[int, dict]:
     """The transaction of a proposal request; once more after a unique constraint refused
     its commit (a concurrent request won the key or a hashlock): the second run answers the
@@ -222,12 +227,12 @@ def _commit(ctx: ApiContext, caller: Enterprise,
 
 
 def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
-           prepare: Callable[[TradeRecords], list[_Proposal]], key: str, request_hash: str,
+           prepare: Callable[[TradeRecords], list[Proposal]], key: str, request_hash: str,
            answers: _Answers) -> tuple[int, dict]:
     records = TradeRecords(unit.session)
-    replay = _replay(ctx, records, caller, key, request_hash)
-    if replay is not None:
-        return replay  # answered before, or committed first by a concurrent call
+    answer = replay(ctx, records, caller, key, request_hash)
+    if answer is not None:
+        return answer  # answered before, or committed first by a concurrent call
     proposals = prepare(records)  # checked (Problem: nothing written)
     used = records.hashlocks_in_use([p.action.terms.hashlock for p in proposals
                                      if p.action.terms.hashlock != AWAITING_HASHLOCK])
@@ -248,7 +253,7 @@ def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
     parties = records.add_parties([
         (p.action.trade_id, p.buyer.id, p.seller.id, caller.id, p.amount,
          ctx.cipher.encrypt(p.secret) if ctx.cipher and p.secret else None) for p in proposals])
-    made = [_Made(state, p, row) for state, p, row in zip(states, proposals, parties,
+    made = [Made(state, p, row) for state, p, row in zip(states, proposals, parties,
                                                           strict=True)]
     response = answers.view(records, made)
     IdempotencyKeys(unit.session).store(caller.id, key, request_hash, 201, response)
@@ -256,24 +261,24 @@ def _write(ctx: ApiContext, unit: Unit, caller: Enterprise,
 
 
 @dataclass(frozen=True)
-class _Made:
+class Made:
     """A trade as `_write` made it: its state, its proposal, its parties' row."""
 
     state: TradeState
-    proposal: _Proposal
+    proposal: Proposal
     parties: TradePartyRow
 
 
-def _views(records: TradeRecords, ctx: ApiContext, caller: Enterprise,
-           made: list[_Made]) -> list[Trade]:
+def made_views(records: TradeRecords, ctx: ApiContext, caller: Enterprise,
+               made: list[Made]) -> list[Trade]:
     enterprises = {e.id: e for m in made for e in (m.proposal.buyer, m.proposal.seller)}
     return new_trade_views(records, ctx, caller, [(m.state, m.parties) for m in made],
                            enterprises)
 
 
 @dataclass
-class _Proposal:
-    """One proposal checked and built, ready for the dispatcher (`_prepare`)."""
+class Proposal:
+    """One proposal checked and built, ready for the dispatcher (`prepare_proposal`)."""
 
     body: TradeCreate
     buyer: Enterprise
@@ -283,9 +288,9 @@ class _Proposal:
     action: ActionProposeTrade
 
 
-def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body: TradeCreate,
-             now: int, titles: dict[int, Title | None],
-             gather: list[Problem] | None = None) -> _Proposal | None:
+def prepare_proposal(ctx: ApiContext, caller: Enterprise, other: Enterprise | None,
+                     body: TradeCreate, now: int, titles: dict[int, Title | None],
+                     gather: list[Problem] | None = None) -> Proposal | None:
     """Check a proposal against everything but the buyer's cap and the hashlock's
     uniqueness (decided in the transaction that makes the trade) and build its action.
 
@@ -337,7 +342,7 @@ def _prepare(ctx: ApiContext, caller: Enterprise, other: Enterprise | None, body
         return None
     action = ActionProposeTrade(secrets.token_bytes(32), terms, managed_buyer=buyer.managed,
                                 managed_seller=seller.managed)
-    return _Proposal(body, buyer, seller, amount, secret, action)
+    return Proposal(body, buyer, seller, amount, secret, action)
 
 
 def _hashlock(ctx: ApiContext, body: TradeCreate, buyer: Enterprise,
@@ -375,17 +380,3 @@ def _hashlock(ctx: ApiContext, body: TradeCreate, buyer: Enterprise,
 REQUEST_FIELDS = {"t_pay": "deadlines.payment", "t_deliver": "deadlines.delivery",
                   "amount": "payment.amount", "token_id": "delivery.token_id",
                   "document_hash": "delivery.document_hash"}
-
-
-def _replay(ctx: ApiContext, records: TradeRecords, caller: Enterprise, key: str,
-            request_hash: str) -> tuple[int, dict] | None:
-    """The stored response of an earlier request with this key, or None if it is new (never
-    used, or used more than DVP_IDEMPOTENCY_TTL ago: that row is deleted, as the request
-    takes the key anew)."""
-    seen = IdempotencyKeys(records.session).stored(caller.id, key, idempotency_cutoff(ctx))
-    if seen is None:
-        return None
-    if seen.request_hash != request_hash:
-        raise Problem(422, "this Idempotency-Key was used with a different request body",
-                      field="Idempotency-Key", kind="idempotency-key-reused")
-    return seen.status_code, seen.response

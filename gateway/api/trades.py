@@ -5,6 +5,7 @@ unit of work) and answers. The pattern every router follows: `router(ctx, caller
 
 
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
@@ -17,9 +18,11 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api import problems
 from gateway.api.actions import accept_trades, act
+from gateway.api.coalescing import Coalescer
 from gateway.api.context import ApiContext
 from gateway.api.enterprises import Enterprise
 from gateway.api.instructions import instructions
+from gateway.api.proposal_groups import Single, create_trade_group
 from gateway.api.proposals import create_trade, create_trades
 from gateway.api.schemas import (
     ENTERPRISE_ID_PATTERN,
@@ -109,6 +112,10 @@ def _batch_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  # n
 
 
 def _proposal_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  # noqa: ANN401, N803
+    # Concurrent proposals of this process written together (gateway.api.proposal_groups).
+    group = Coalescer(partial(create_trade_group, ctx), ctx.limits.proposal_group_max) \
+        if ctx.limits.proposal_group_max > 1 else None
+
     @routes.post("/v1/trades", status_code=201, response_model=Trade,
                  response_description="The trade proposed. A replay (the same Idempotency-Key "
                                       "and body) answers the original's status, 201, and body.",
@@ -124,7 +131,11 @@ def _proposal_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  
         """Propose a trade as buyer or seller. Idempotent by `Idempotency-Key`: a replay
         with the same body answers exactly what the original answered (201 and the same
         trade, even after the trade moved on); the same key with another body is a 422."""
-        status, payload = await run_in_threadpool(create_trade, ctx, who, body, idempotency_key)
+        if group is None:
+            status, payload = await run_in_threadpool(create_trade, ctx, who, body,
+                                                      idempotency_key)
+        else:
+            status, payload = await group.submit(Single(who, body, idempotency_key))
         return JSONResponse(payload, status_code=status)
 
 

@@ -52,6 +52,24 @@ class IdempotencyKeys:
             return None
         return StoredAnswer(row.request_hash, row.status_code, row.response)
 
+    def stored_many(self, keys: list[tuple[str, str]], stored_before: datetime
+                    ) -> dict[tuple[str, str], StoredAnswer]:
+        """`stored` of several (enterprise id, key) pairs in one statement: those found and
+        not expired (an expired one is deleted, as `stored` does)."""
+        if not keys:
+            return {}
+        found: dict[tuple[str, str], StoredAnswer] = {}
+        for row in self.session.connection().execute(select(
+                _KEYS.c.enterprise_id, _KEYS.c.key, _KEYS.c.request_hash, _KEYS.c.status_code,
+                _KEYS.c.response, _KEYS.c.created_at).where(
+                tuple_(_KEYS.c.enterprise_id, _KEYS.c.key).in_(keys))):
+            if row.created_at < stored_before:
+                self.stored(row.enterprise_id, row.key, stored_before)  # deletes it
+                continue
+            found[(row.enterprise_id, row.key)] = StoredAnswer(
+                row.request_hash, row.status_code, row.response)
+        return found
+
     def store(self, enterprise_id: str, key: str, request_hash: str, status_code: int,
               response: dict) -> None:
         """Written in the transaction of the request's effects: a concurrent request with the
@@ -59,6 +77,15 @@ class IdempotencyKeys:
         self.session.connection().execute(_STORE, {
             "enterprise_id": enterprise_id, "key": key, "request_hash": request_hash,
             "status_code": status_code, "response": response})
+
+    def store_many(self, answers: list[tuple[str, str, str, int, dict]]) -> None:
+        """`store` of several answers, each (enterprise id, key, request hash, status code,
+        response), in one statement."""
+        if answers:
+            self.session.connection().execute(_STORE, [
+                {"enterprise_id": enterprise_id, "key": key, "request_hash": request_hash,
+                 "status_code": status_code, "response": response}
+                for enterprise_id, key, request_hash, status_code, response in answers])
 
     def prune(self, stored_before: datetime, limit: int) -> int:
         """Delete up to `limit` rows stored before `stored_before`, oldest first (bounded, so

@@ -66,6 +66,13 @@ DEADLINE_HORIZON = 300  # seconds of chain time before a deadline that the alert
 
 HTTP_REQUESTS = Counter("dvp_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_SECONDS = Histogram("dvp_http_request_seconds", "HTTP request latency", ["route"])
+PROPOSAL_GROUPS = Counter(
+    "dvp_proposal_groups_total", "Groups of concurrent POST /v1/trades requests of an API "
+    "process: written together in one transaction, or (something failed the group) each alone",
+    ["outcome"])
+PROPOSAL_GROUP_SIZE = Histogram(
+    "dvp_proposal_group_size", "Requests written together in one proposal group",
+    buckets=(2, 4, 8, 16, 32, 64))
 
 
 class _StoredState:
