@@ -105,9 +105,10 @@ class Settings(BaseSettings):
     # Most trades in one batch request (`POST /v1/trades/batch`, `/v1/trades/accept-batch`):
     # each batch is one database transaction. A batch must also fit the body limit.
     batch_max: int = Field(100, ge=1, le=1000)
-    # Most concurrent `POST /v1/trades` requests an API process writes in one transaction
+    # Most concurrent requests an API process handles together in one transaction: the
+    # admissions of /v1 requests (gateway.api.auth) and single proposals
     # (gateway.api.proposal_groups); 1: each in a transaction of its own.
-    proposal_group_max: int = Field(32, ge=1, le=1000)
+    request_group_max: int = Field(32, ge=1, le=1000)
     # Largest request body accepted (413 beyond; counted as it arrives, chunked or not):
     # 64 KiB holds a batch of about 190 proposals; raise it with DVP_BATCH_MAX (a proposal
     # with a hashlock is about 340 bytes).

@@ -56,7 +56,7 @@ class Limits:
     idempotency_ttl: float = 24 * 3600.0  # seconds an Idempotency-Key is remembered
     ops_cache_seconds: float = 2.0  # /readyz, /metrics' stored gauges: at most once per this
     batch_max: int = 100  # trades in one batch request (DVP_BATCH_MAX)
-    proposal_group_max: int = 32  # single proposals written together (DVP_PROPOSAL_GROUP_MAX)
+    request_group_max: int = 32  # requests handled together (DVP_REQUEST_GROUP_MAX)
 
     @property
     def client_rate(self) -> float:
@@ -80,7 +80,7 @@ class Limits:
                    idempotency_ttl=float(settings.idempotency_ttl),
                    ops_cache_seconds=settings.ops_cache_seconds,
                    batch_max=settings.batch_max, max_body_bytes=settings.max_body_bytes,
-                   proposal_group_max=settings.proposal_group_max)
+                   request_group_max=settings.request_group_max)
 
 
 @dataclass

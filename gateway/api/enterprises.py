@@ -130,6 +130,13 @@ def authenticate(session: Session, token: str) -> Enterprise | None:
     return Enterprise.from_row(enterprise) if enterprise else None
 
 
+def authenticate_many(session: Session, tokens: set[str]) -> dict[str, Enterprise]:
+    """`authenticate` of several API keys in one query: by key, those that are known."""
+    hashes = {hash_api_key(token): token for token in tokens}
+    return {hashes[key_hash]: Enterprise.from_row(row) for key_hash, row in
+            EnterpriseRepository(session).by_active_api_keys(set(hashes)).items()}
+
+
 def managed_account(session: Session, enterprise_id: str, cipher: Cipher) -> Signer | None:
     """A managed enterprise's signing key, decrypted; None for one that signs itself."""
     encrypted = EnterpriseRepository(session).managed_key(enterprise_id)

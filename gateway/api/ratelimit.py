@@ -109,6 +109,11 @@ class RateLimiter:
             return 0.0
         return max(1.0 - tokens, 0.0) / rate
 
+    def take_all(self, session: Session, key: str, n: int, rate: float, burst: int) -> bool:
+        """Take `n` tokens from bucket `key` if it holds as many (requests admitted together);
+        none if not (then take them one by one: `take`). One statement, as `take`."""
+        return RateBuckets(session).take(key, self.clock(), float(rate), float(burst), n)[1]
+
     def prune(self, session: Session, idle_for: float, limit: int = 500) -> int:
         """Delete up to `limit` buckets untouched for `idle_for` seconds (by then full: the
         same as none). The caller commits."""

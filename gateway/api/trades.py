@@ -113,8 +113,8 @@ def _batch_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  # n
 
 def _proposal_routes(routes: APIRouter, ctx: ApiContext, Caller: Any) -> None:  # noqa: ANN401, N803
     # Concurrent proposals of this process written together (gateway.api.proposal_groups).
-    group = Coalescer(partial(create_trade_group, ctx), ctx.limits.proposal_group_max) \
-        if ctx.limits.proposal_group_max > 1 else None
+    group = Coalescer(partial(create_trade_group, ctx), ctx.limits.request_group_max) \
+        if ctx.limits.request_group_max > 1 else None
 
     @routes.post("/v1/trades", status_code=201, response_model=Trade,
                  response_description="The trade proposed. A replay (the same Idempotency-Key "

@@ -14,10 +14,10 @@ _BUCKETS = RateBucketRow.__table__
 
 
 def _take_statement(dialect: str) -> Any:
-    """INSERT a full bucket less one token, or on conflict refill the stored one for the time
-    since it was last touched (never beyond `burst`) and take a token if there is one;
-    RETURNING what is left and whether a token was taken. SET expressions see the row as it
-    was, on both databases."""
+    """INSERT a full bucket less `n` tokens, or on conflict refill the stored one for the time
+    since it was last touched (never beyond `burst`) and take `n` tokens if there are as many
+    (none if not); RETURNING what is left and whether they were taken. SET expressions see
+    the row as it was, on both databases."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
@@ -25,16 +25,18 @@ def _take_statement(dialect: str) -> Any:
     else:  # the gateway supports these two databases only
         raise ValueError(f"the gateway runs on SQLite or PostgreSQL, not {dialect}")
     c = _BUCKETS.c
-    now, rate, burst = (bindparam(n, type_=Double()) for n in ("now", "rate", "burst"))
+    now, rate, burst, n = (bindparam(name, type_=Double())
+                           for name in ("now", "rate", "burst", "n"))
     elapsed = case((now > c.updated_at, now - c.updated_at), else_=0.0)
     filled = c.tokens + elapsed * rate
     refilled = case((filled > burst, burst), else_=filled)
-    statement = insert(_BUCKETS).values(key=bindparam("key"), tokens=burst - 1.0, allowed=True,
-                                        updated_at=now)
+    statement = insert(_BUCKETS).values(key=bindparam("key"),
+                                        tokens=case((burst >= n, burst - n), else_=burst),
+                                        allowed=burst >= n, updated_at=now)
     return statement.on_conflict_do_update(
         index_elements=[c.key],
-        set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-              "allowed": refilled >= 1.0, "updated_at": now},
+        set_={"tokens": case((refilled >= n, refilled - n), else_=refilled),
+              "allowed": refilled >= n, "updated_at": now},
     ).returning(c.tokens, c.allowed)
 
 
@@ -54,16 +56,17 @@ class RateBuckets:
         if self.session.get_bind().dialect.name == "postgresql":
             self.session.connection().execute(_ASYNC_COMMIT)
 
-    def take(self, key: str, now: float, rate: float, burst: float) -> tuple[float, bool]:
-        """Take a token from bucket `key` at `now` (Unix seconds), refilled at `rate` per
-        second up to `burst`: (tokens left, whether one was taken). One atomic statement; the
-        bucket's row stays locked until the caller commits."""
+    def take(self, key: str, now: float, rate: float, burst: float, n: int = 1
+             ) -> tuple[float, bool]:
+        """Take `n` tokens from bucket `key` at `now` (Unix seconds), refilled at `rate` per
+        second up to `burst`, all or none: (tokens left, whether they were taken). One atomic
+        statement; the bucket's row stays locked until the caller commits."""
         dialect = self.session.get_bind().dialect.name
         statement = _TAKE.get(dialect)
         if statement is None:
             statement = _TAKE[dialect] = _take_statement(dialect)
         tokens, allowed = self.session.connection().execute(statement, {
-            "key": key, "now": now, "rate": rate, "burst": burst}).one()
+            "key": key, "now": now, "rate": rate, "burst": burst, "n": float(n)}).one()
         return tokens, allowed
 
     def prune_idle(self, touched_before: float, limit: int) -> int:

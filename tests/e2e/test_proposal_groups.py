@@ -238,6 +238,31 @@ def test_an_exception_reaches_only_its_own_request() -> None:
     assert [str(o) for o in (outcomes[1], outcomes[3])] == ["1", "3"]
 
 
+def test_requests_on_several_event_loops_at_once_are_each_answered() -> None:
+    """A test client runs an event loop per request: several loops submit at once, each
+    with its own queue; none waits for a group that another loop would have to run."""
+    started = threading.Barrier(4, timeout=30)
+
+    def run(items: list[int]) -> list:  # noqa: ANN202
+        return [i * 10 for i in items]
+
+    coalescer: Coalescer = Coalescer(run, max_items=8)
+    answers: dict[int, int] = {}
+
+    def client(n: int) -> None:
+        async def main() -> int:
+            started.wait()
+            return await coalescer.submit(n)
+        answers[n] = asyncio.run(main())
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {0: 0, 1: 10, 2: 20, 3: 30}
+
+
 def test_concurrent_http_proposals_are_each_made_once(system) -> None:
     """Over HTTP, many at once: every request its own trade, none lost or doubled."""
     seller, buyer = managed(system, "Seller"), self_custody(system, "Buyer")
