@@ -21,8 +21,8 @@ from gateway.api.ratelimit import client_address, client_bucket, enterprise_buck
 
 def caller_dependency(ctx: ApiContext) -> Callable[..., Awaitable[Enterprise]]:
     """The dependency every `/v1` route takes (`Depends(caller)`). Concurrent requests of
-    this process are admitted together, in one transaction (`_admit_group`)."""
-    admissions = Coalescer(partial(_admit_group, ctx), ctx.limits.request_group_max) \
+    this process are admitted together, in one transaction (`admit_group`)."""
+    admissions = Coalescer(partial(admit_group, ctx), ctx.limits.request_group_max) \
         if ctx.limits.request_group_max > 1 else None
 
     async def caller(request: Request,
@@ -81,7 +81,7 @@ def _admit(ctx: ApiContext, address: str, token: str) -> tuple[str, Any, str | N
         return outcome
 
 
-def _admit_group(ctx: ApiContext, requests: list[tuple[str, str]]
+def admit_group(ctx: ApiContext, requests: list[tuple[str, str]]
                  ) -> list[tuple[str, Any, str | None] | Exception]:
     """The admissions of concurrent requests (client address, key), in one transaction: the
     keys read in one query, then each request's takes in arrival order, as `_admit` takes
