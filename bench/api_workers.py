@@ -3,7 +3,9 @@ anvil nodes; prints JSON (the `api_workers` part of `make bench`).
 
 For 1 and then 2 workers, each on a new database: POST /v1/trades (a self-custody seller's
 proposal to a self-custody buyer, its title read on the business node) over CONCURRENCY
-kept-alive connections, requests per second over the workload's wall-clock time; then POST
+kept-alive connections, requests per second over the workload's wall-clock time, and how many
+proposals a group wrote on average (gateway.api.proposal_groups, from the API's /metrics);
+the same over WIDE connections; then POST
 /v1/trades/batch of BATCH proposals (DVP_BATCH_MAX and DVP_MAX_BODY_BYTES raised for it),
 seconds per batch. The load generator runs on the same machine: one asyncio loop writing
 requests built before the clock starts, so it takes little CPU from the workers.
@@ -44,6 +46,7 @@ from tests.helpers import listening_sockets, terminate  # noqa: E402
 from tests.postgres.waiting import wait_for  # noqa: E402
 
 CONCURRENCY = 16
+WIDE = 64  # connections of a second run: how the groups grow with the load
 CREATES = 1000
 WARMUP = 40
 BATCH = 500
@@ -112,9 +115,10 @@ def _request(port: int, key: str, body: dict) -> bytes:
             ).encode() + payload
 
 
-async def _post_all(port: int, requests: list[bytes]) -> list[int]:
-    """Send `requests` over CONCURRENCY kept-alive connections, each taking the next one when
-    its last answer is in; the status codes. A load generator that costs the machine little
+async def _post_all(port: int, requests: list[bytes],
+                    connections: int = CONCURRENCY) -> list[int]:
+    """Send `requests` over `connections` kept-alive connections, each taking the next one
+    when its last answer is in; the status codes. A load generator that costs the machine little
     (an HTTP client library in threads took about a third of these two cores)."""
     todo = iter(range(len(requests)))
     codes = [0] * len(requests)
@@ -134,7 +138,7 @@ async def _post_all(port: int, requests: list[bytes]) -> list[int]:
         finally:
             writer.close()
 
-    await asyncio.gather(*(connection() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(connection() for _ in range(connections)))
     return codes
 
 
@@ -151,12 +155,20 @@ def _load(base: str, key: str, buyer_id: str, devnet, titles: list[dict]) -> dic
 
     port = int(base.rsplit(":", 1)[1])
     warmup = [_request(port, key, proposal(i)) for i in range(WARMUP)]
-    creates = [_request(port, key, proposal(i)) for i in range(CREATES)]
     assert set(asyncio.run(_post_all(port, warmup))) == {201}
-    started = time.perf_counter()
-    codes = asyncio.run(_post_all(port, creates))
-    wall = time.perf_counter() - started
-    assert set(codes) == {201}, codes[:5]
+    rates = {}
+    for connections in (CONCURRENCY, WIDE):
+        creates = [_request(port, key, proposal(i)) for i in range(CREATES)]
+        groups_before = _groups(base)
+        started = time.perf_counter()
+        codes = asyncio.run(_post_all(port, creates, connections))
+        wall = time.perf_counter() - started
+        assert set(codes) == {201}, codes[:5]
+        grouped, groups = (after - before for after, before in
+                           zip(_groups(base), groups_before, strict=True))
+        rates[connections] = {"create_rps": round(CREATES / wall, 1),
+                              "proposals_per_group": round(grouped / groups, 1)
+                              if groups else 1.0}
     with httpx.Client(base_url=base, timeout=60, headers=headers) as http:
         batches = []
         for _ in range(BATCHES):
@@ -166,9 +178,23 @@ def _load(base: str, key: str, buyer_id: str, devnet, titles: list[dict]) -> dic
                           headers={"Idempotency-Key": str(uuid.uuid4())})
             batches.append(time.perf_counter() - started)
             assert r.status_code == 201, r.text[:500]
-    return {"create_rps": round(CREATES / wall, 1),
+    return {"create_rps": rates[CONCURRENCY]["create_rps"],
+            "proposals_per_group": rates[CONCURRENCY]["proposals_per_group"],
+            f"create_rps_{WIDE}_connections": rates[WIDE]["create_rps"],
+            f"proposals_per_group_{WIDE}_connections": rates[WIDE]["proposals_per_group"],
             f"batch_{BATCH}_s": {"median": round(statistics.median(batches), 3),
                                  "min": round(min(batches), 3)}}
+
+
+def _groups(base: str) -> tuple[float, float]:
+    """(proposals written in groups, groups) so far, from the API's /metrics (every worker's:
+    a group of one is not counted)."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    found = {name: float(value) for name, _, value in
+             (line.partition(" ") for line in text.splitlines())
+             if name in ("dvp_proposal_group_size_sum", "dvp_proposal_group_size_count")}
+    return (found.get("dvp_proposal_group_size_sum", 0.0),
+            found.get("dvp_proposal_group_size_count", 0.0))
 
 
 def measure() -> dict:
@@ -179,7 +205,8 @@ def measure() -> dict:
         titles = _issue_titles(devnet, devnet.account(SELLER).address, BATCH)
         runs = {f"{n}_workers": _run_workers(devnet, n, titles, Path(tmp)) for n in (1, 2)}
     return {"setup": "dvp-gateway api --workers N, PostgreSQL, two anvil nodes; "
-                     f"{CONCURRENCY} connections from one asyncio client on the same machine",
+                     f"{CONCURRENCY} (then {WIDE}) connections from one asyncio client on the "
+                     "same machine",
             **runs, "target": {"create_rps_2_workers": 250, f"batch_{BATCH}_s": 1.0}}
 
 
