@@ -82,11 +82,11 @@ def _admit(ctx: ApiContext, address: str, token: str) -> tuple[str, Any, str | N
 
 
 def admit_group(ctx: ApiContext, requests: list[tuple[str, str]]
-                 ) -> list[tuple[str, Any, str | None] | Exception]:
+                ) -> list[tuple[str, Any, str | None] | Exception]:
     """The admissions of concurrent requests (client address, key), in one transaction: the
-    keys read in one query, then each request's takes in arrival order, as `_admit` takes
-    them (a request refused by its client address's bucket takes nothing from its
-    enterprise's); one commit. If the transaction fails, each request is admitted alone."""
+    keys read in one query, then the buckets' takes (`_admissions`), each request admitted
+    or refused as `_admit` would have, in arrival order; one commit. If the transaction
+    fails, each request is admitted alone."""
     if len(requests) > 1:
         try:
             with ctx.session_factory() as session:
