@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from gateway.config import Settings
 from gateway.runner import System, build_system
+from tests.databases import create_database, drop_database
 
 
 @pytest.fixture
@@ -134,3 +135,22 @@ def meet_in(obj: object, method: str, timeout: float = 5) -> Meeting:
     `obj.method` waits until a second call has got there too (or `timeout` passes: a fixed
     gateway may never let two in; `barrier.broken` tells)."""
     return Meeting(obj, method, timeout)
+
+
+@pytest.fixture
+def make_system(tmp_path):
+    """Build extra whole gateways (`build_system`'s keywords: own limits, ...), each on a new
+    database; closed at teardown."""
+    built: list[tuple[System, str]] = []
+
+    def make(**kw) -> System:
+        url = create_database(tmp_path, f"run{len(built)}")
+        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
+                              database_url=url, **kw)
+        built.append((system, url))
+        return system
+
+    yield make
+    for system, url in built:
+        system.close()
+        drop_database(url)

@@ -12,33 +12,22 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.api import auth
 from gateway.api.context import Limits
-from gateway.config import Settings
 from gateway.db.ratelimit import RateBuckets
-from gateway.runner import System, build_system
-from tests.databases import create_database, drop_database
+from gateway.runner import System
 from tests.e2e.test_api_contract import managed, self_custody
 
 NOW = 1_900_000_000.0  # a fixed clock: no refill between the takes compared
 
 
 @pytest.fixture
-def make(tmp_path):
-    built: list[tuple[System, str]] = []
-
+def make(make_system):
     def make() -> System:
-        url = create_database(tmp_path, f"admit{len(built)}")
-        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
-                              database_url=url, limits=Limits(
-                                  rate_per_second=0.001, burst=3,
-                                  client_rate_per_second=0.001, client_burst=9))
+        system = make_system(limits=Limits(rate_per_second=0.001, burst=3,
+                                           client_rate_per_second=0.001, client_burst=9))
         system.ctx.rate_limiter.clock = lambda: NOW
-        built.append((system, url))
         return system
 
-    yield make
-    for system, url in built:
-        system.close()
-        drop_database(url)
+    return make
 
 
 def scenario(system: System) -> list[tuple[str, str]]:

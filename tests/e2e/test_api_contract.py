@@ -23,11 +23,9 @@ from sqlalchemy import select, update
 from gateway.api.context import MAX_DEADLINE_AHEAD, ChainView, Limits
 from gateway.api.enterprises import create_enterprise, list_keys, revoke_key, rotate_keys
 from gateway.chain.devnet import ISSUER
-from gateway.config import Settings
 from gateway.db.models import EnterpriseRow, TradePartyRow, TradeRow
 from gateway.domain.locks import hashlock_of, new_secret
-from gateway.runner import System, build_system
-from tests.databases import create_database, drop_database
+from gateway.runner import System
 from tests.e2e.conftest import meet_in, module_system
 
 PROBLEM = "application/problem+json"
@@ -171,24 +169,6 @@ def pair(system: System) -> tuple[Party, Party]:
 def fresh(make_system, **kw) -> tuple[System, TestClient]:  # noqa: ANN001
     system = make_system(**kw)
     return system, TestClient(system.app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def make_system(tmp_path):
-    """Build extra systems (own limits); closed at teardown."""
-    built: list[tuple[System, str]] = []
-
-    def make(**kw) -> System:
-        url = create_database(tmp_path, f"run{len(built)}")
-        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
-                              database_url=url, **kw)
-        built.append((system, url))
-        return system
-
-    yield make
-    for system, url in built:
-        system.close()
-        drop_database(url)
 
 
 def spec_operations(app) -> list[tuple[str, str]]:  # noqa: ANN001

@@ -28,8 +28,7 @@ from gateway.api.app import create_app
 from gateway.api.context import ChainView, Limits
 from gateway.api.ops import create_ops_app
 from gateway.config import Settings
-from gateway.runner import System, build_system
-from tests.databases import create_database, drop_database
+from gateway.runner import System
 from tests.e2e.test_api_contract import demo, problem, propose
 from tests.e2e.test_run_command import _free_port, _wait_healthy
 from tests.helpers import terminate
@@ -38,20 +37,8 @@ TOKEN = "ops-" + "t" * 28
 
 
 @pytest.fixture
-def make_system(tmp_path):
-    built: list[tuple[System, str]] = []
-
-    def make(**limits) -> System:
-        url = create_database(tmp_path, f"run{len(built)}")
-        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
-                              database_url=url, limits=Limits(**limits))
-        built.append((system, url))
-        return system
-
-    yield make
-    for system, url in built:
-        system.close()
-        drop_database(url)
+def make_system(make_system):  # noqa: ANN001, ANN201 - tests/e2e/conftest.py's, by limits
+    return lambda **limits: make_system(limits=Limits(**limits))
 
 
 # --- the operator token -------------------------------------------------------------------------

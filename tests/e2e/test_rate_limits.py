@@ -15,11 +15,9 @@ from sqlalchemy import select
 from gateway.api.app import create_app
 from gateway.api.context import Limits
 from gateway.api.ratelimit import RateLimiter, client_address, client_bucket, parse_networks
-from gateway.config import Settings
 from gateway.db.models import RateBucketRow
 from gateway.engine.build import open_database
-from gateway.runner import System, build_system
-from tests.databases import create_database, drop_database
+from gateway.runner import System
 
 PROBLEM = "application/problem+json"
 HOST_A, HOST_B = ("203.0.113.7", 50000), ("203.0.113.8", 50000)
@@ -27,20 +25,8 @@ SLOW = 0.001  # tokens per second: no refill within a test
 
 
 @pytest.fixture
-def make_system(tmp_path):
-    built: list[tuple[System, str]] = []
-
-    def make(limits: Limits) -> System:
-        url = create_database(tmp_path, f"run{len(built)}")
-        system = build_system(Settings(_env_file=None), tmp_path / f"run{len(built)}",
-                              database_url=url, limits=limits)
-        built.append((system, url))
-        return system
-
-    yield make
-    for system, url in built:
-        system.close()
-        drop_database(url)
+def make_system(make_system):  # noqa: ANN001, ANN201 - tests/e2e/conftest.py's, by limits
+    return lambda limits: make_system(limits=limits)
 
 
 def keys(system: System) -> tuple[str, str]:
