@@ -31,7 +31,8 @@ from gateway.config import Settings
 from gateway.runner import System
 from tests.e2e.test_api_contract import demo, problem, propose
 from tests.e2e.test_run_command import _free_port, _wait_healthy
-from tests.helpers import terminate
+from tests.helpers import listening_sockets, terminate
+from tests.postgres.waiting import wait_for
 
 TOKEN = "ops-" + "t" * 28
 
@@ -114,6 +115,11 @@ def test_run_serves_the_operator_endpoints_on_their_own_port(tmp_path: Path) -> 
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_healthy(ops, server)
+        # The operator endpoints start first, the API after the relayer's threads: wait for
+        # the API's socket too (on a busy machine it listened a moment after).
+        wait_for(lambda: server.poll() is not None or listening_sockets(port) == 1,
+                 timeout=60, what="the API listening")
+        assert server.poll() is None, server.stdout.read() if server.stdout else ""
         assert httpx.get(f"{base}/healthz", timeout=10).status_code == 404
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
         assert httpx.get(f"{ops}/metrics", timeout=10).status_code == 401
