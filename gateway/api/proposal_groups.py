@@ -30,11 +30,11 @@ from gateway.api.proposals import (
     Made,
     Proposal,
     create_trade,
+    judge_single,
     made_views,
-    prepare_proposal,
     proposal_hash,
 )
-from gateway.api.refusals import cap_problem, check_exposure, hashlock_in_use
+from gateway.api.refusals import cap_problem, hashlock_in_use
 from gateway.api.replays import replayed
 from gateway.api.schemas import TradeCreate
 from gateway.chain.titles import Title
@@ -113,7 +113,9 @@ def _write_group(ctx: ApiContext, unit: Unit, singles: list[Single], now: int,
             if answer is not None:
                 outcomes[i] = answer
                 continue
-            judged.append((i, _judge(ctx, records, single, others, now, titles)))
+            judged.append((i, judge_single(ctx, records, single.caller, single.body,
+                                             others.get(single.body.counterparty), now,
+                                             titles)))
         except Problem as problem:
             outcomes[i] = problem
     kept = _within_limits(ctx, unit, records, singles, judged, outcomes)
@@ -131,21 +133,6 @@ def _write_group(ctx: ApiContext, unit: Unit, singles: list[Single], now: int,
     IdempotencyKeys(unit.session).store_many(answers)
     assert all(outcome is not None for outcome in outcomes)
     return outcomes  # type: ignore[return-value]
-
-
-def _judge(ctx: ApiContext, records: TradeRecords, single: Single, others: dict,
-           now: int, titles: dict[int, Title | None]) -> Proposal:
-    """`create_trade`'s checks of one request, in its order (Problem: refused)."""
-    caller, body = single.caller, single.body
-    other = others.get(body.counterparty)
-    if other is None or other.id == caller.id:
-        raise Problem(422, "no such counterparty enterprise (and not yourself)",
-                      field="counterparty")
-    if body.role == "buyer":  # an early answer; decided under the exposure lock
-        check_exposure(ctx, records, caller.id, int(body.payment.amount))
-    proposal = prepare_proposal(ctx, caller, Enterprise.from_row(other), body, now, titles)
-    assert proposal is not None  # (not gathering: the first problem was raised)
-    return proposal
 
 
 def _within_limits(ctx: ApiContext, unit: Unit, records: TradeRecords, singles: list[Single],

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api.context import (
@@ -78,14 +79,7 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
 
     def prepare(records: TradeRecords) -> list[Proposal]:
         other = EnterpriseRepository(records.session).fields(body.counterparty)
-        if other is None or other.id == caller.id:
-            raise Problem(422, "no such counterparty enterprise (and not yourself)",
-                          field="counterparty")
-        if body.role == "buyer":  # an early answer; decided under the exposure lock below
-            check_exposure(ctx, records, caller.id, int(body.payment.amount))
-        proposal = prepare_proposal(ctx, caller, Enterprise.from_row(other), body, now, titles)
-        assert proposal is not None  # (not gathering: the first problem was raised)
-        return [proposal]
+        return [judge_single(ctx, records, caller, body, other, now, titles)]
 
     def refuse_used(used: list[int]) -> Problem:
         return hashlock_in_use()
@@ -95,6 +89,21 @@ def create_trade(ctx: ApiContext, caller: Enterprise, body: TradeCreate,
 
     return _commit(ctx, caller, prepare, idempotency_key, request_hash,
                    _Answers(view, refuse_used, lambda _, exposure: cap_problem(ctx, exposure)))
+
+
+def judge_single(ctx: ApiContext, records: TradeRecords, caller: Enterprise, body: TradeCreate,
+                 other: Row | None, now: int, titles: dict[int, Title | None]) -> Proposal:
+    """A single proposal's checks, in order, and its action (a Problem refuses it): the
+    counterparty (`other`, its row if it exists), the buyer's cap as an early answer
+    (decided under the exposure lock by the writing transaction), `prepare_proposal`."""
+    if other is None or other.id == caller.id:
+        raise Problem(422, "no such counterparty enterprise (and not yourself)",
+                      field="counterparty")
+    if body.role == "buyer":
+        check_exposure(ctx, records, caller.id, int(body.payment.amount))
+    proposal = prepare_proposal(ctx, caller, Enterprise.from_row(other), body, now, titles)
+    assert proposal is not None  # (not gathering: the first problem was raised)
+    return proposal
 
 
 def create_trades(ctx: ApiContext, caller: Enterprise, bodies: list[TradeCreate],
