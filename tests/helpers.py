@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import signal
+import socket
 import subprocess
 from enum import IntEnum
 from pathlib import Path
@@ -96,3 +98,22 @@ def listening_sockets(port: int) -> int:
     serves (`dvp-gateway api --workers N`), so a client can wait for all N."""
     rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
     return sum(int(f[1].split(":")[1], 16) == port and f[3] == "0A" for f in rows)  # LISTEN
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on, for a server a test starts: drawn below the
+    kernel's ephemeral range, so no outgoing connection (to PostgreSQL, a node, made by a
+    test running alongside) takes it between this check and the server's bind, as one
+    bound to port 0 and closed could be taken (a server then failed with "address already
+    in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port between 10000 and {low}")
+

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import stat
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ from gateway.db.models import TradeRow
 from gateway.demo import Api, money, run_demo
 from gateway.domain.policy import TimingPolicy
 from gateway.runner import build_system
+from tests.helpers import free_port
 
 # Chain time runs ahead of the wall clock (a block every few milliseconds), so the refunded
 # trade's deadlines pass in seconds; the margin the demo asks for is this policy's.
@@ -114,12 +114,6 @@ def restore_logging():  # noqa: ANN201
     structlog.configure(**saved)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.usefixtures("restore_logging")
 def test_demo_drives_the_gateway_that_run_started(tmp_path, database_url, monkeypatch) -> None:
     """`make demo` (`dvp-gateway demo`, no option) drives the gateway `make run` started: the
@@ -128,7 +122,7 @@ def test_demo_drives_the_gateway_that_run_started(tmp_path, database_url, monkey
     workdir = tmp_path / ".dvp"
     system = build_system(Settings(_env_file=None), workdir, policy=FAST,
                           database_url=database_url)
-    server = uvicorn.Server(uvicorn.Config(system.app, host="127.0.0.1", port=_free_port(),
+    server = uvicorn.Server(uvicorn.Config(system.app, host="127.0.0.1", port=free_port(),
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     try:
@@ -172,7 +166,7 @@ def test_demo_drives_the_gateway_that_run_started(tmp_path, database_url, monkey
 
 @pytest.mark.usefixtures("restore_logging")
 def test_demo_says_so_when_no_gateway_is_running(tmp_path, monkeypatch) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setattr(demo_module, "DEFAULT_API", url)
     result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / ".dvp"),
                                        "--no-refund"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import free_port
+
 CLI = [sys.executable, "-m", "gateway.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = free_port  # (other test modules and the API bench import it from here)
 
 
 def _wait_healthy(base: str, process: subprocess.Popen, timeout: float = 60) -> None:

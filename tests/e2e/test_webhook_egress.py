@@ -35,6 +35,7 @@ from gateway.engine.webhooks import NO_RESPONSE, NOT_PUBLIC, WebhookSender
 from gateway.runner import build_system
 from tests.e2e.conftest import auth
 from tests.e2e.test_webhooks import deliveries, propose_and_accept
+from tests.helpers import free_port
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 PUBLIC_IP = "93.184.216.34"  # a public address; `Net` routes it to a loopback receiver
@@ -187,13 +188,6 @@ def registered(client, key: str, url: str) -> dict:
     r = register(client, key, url)
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sender(system, **kwargs) -> WebhookSender:  # noqa: ANN003
