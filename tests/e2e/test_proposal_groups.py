@@ -279,3 +279,24 @@ def test_concurrent_http_proposals_are_each_made_once(system) -> None:
     assert [r.status_code for r in answers] == [201] * 12, answers[0].text
     assert len({r.json()["id"] for r in answers}) == 12
     assert count(system, TradeRow) == trades + 12
+
+
+def test_each_request_alone_when_groups_are_turned_off(make_system, monkeypatch) -> None:
+    """DVP_REQUEST_GROUP_MAX=1: admissions and proposals each in a transaction of their own,
+    concurrent requests all answered."""
+    monkeypatch.setenv("DVP_REQUEST_GROUP_MAX", "1")
+    limits = Limits.from_settings(Settings(_env_file=None))
+    assert limits.request_group_max == 1
+    system = make_system(limits=limits)
+    seller, buyer = managed(system, "Seller"), self_custody(system, "Buyer")
+    bodies = [terms(system, buyer.id, seller=seller, title=n) for n in range(4)]
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=system.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            return await asyncio.gather(*(http.post("/v1/trades", json=b, headers=seller.idem())
+                                          for b in bodies))
+
+    answers = asyncio.run(main())
+    assert [r.status_code for r in answers] == [201] * 4, answers[0].text
+    assert len({r.json()["id"] for r in answers}) == 4
