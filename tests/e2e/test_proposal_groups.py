@@ -79,6 +79,17 @@ def answer(outcome: object) -> tuple[int, object]:
     return outcome[0], outcome[1]["id"]
 
 
+def post_at_once(system: System, party: Party, bodies: list[dict]) -> list[httpx.Response]:
+    """`POST /v1/trades` of every body at once, on one event loop (the app in process)."""
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=system.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            return await asyncio.gather(*(http.post("/v1/trades", json=b, headers=party.idem())
+                                          for b in bodies))
+
+    return asyncio.run(main())
+
+
 def test_a_group_answers_each_request_as_if_made_one_after_another(system, client) -> None:
     seller, buyer, buyer2 = managed(system, "Seller"), self_custody(system, "Buyer"), \
         self_custody(system, "Buyer 2")
@@ -269,13 +280,7 @@ def test_concurrent_http_proposals_are_each_made_once(system) -> None:
     bodies = [terms(system, buyer.id, seller=seller, title=n) for n in range(12)]
     trades = count(system, TradeRow)
 
-    async def main() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=system.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            return await asyncio.gather(*(http.post("/v1/trades", json=b, headers=seller.idem())
-                                          for b in bodies))
-
-    answers = asyncio.run(main())
+    answers = post_at_once(system, seller, bodies)
     assert [r.status_code for r in answers] == [201] * 12, answers[0].text
     assert len({r.json()["id"] for r in answers}) == 12
     assert count(system, TradeRow) == trades + 12
@@ -291,12 +296,6 @@ def test_each_request_alone_when_groups_are_turned_off(make_system, monkeypatch)
     seller, buyer = managed(system, "Seller"), self_custody(system, "Buyer")
     bodies = [terms(system, buyer.id, seller=seller, title=n) for n in range(4)]
 
-    async def main() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=system.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            return await asyncio.gather(*(http.post("/v1/trades", json=b, headers=seller.idem())
-                                          for b in bodies))
-
-    answers = asyncio.run(main())
+    answers = post_at_once(system, seller, bodies)
     assert [r.status_code for r in answers] == [201] * 4, answers[0].text
     assert len({r.json()["id"] for r in answers}) == 4
