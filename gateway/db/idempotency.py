@@ -46,9 +46,7 @@ class IdempotencyKeys:
         if row is None:
             return None
         if row.created_at < stored_before:
-            self.session.execute(delete(_KEYS).where(
-                _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
-                _KEYS.c.created_at < stored_before))
+            self._delete_expired(enterprise_id, key, stored_before)
             return None
         return StoredAnswer(row.request_hash, row.status_code, row.response)
 
@@ -64,11 +62,16 @@ class IdempotencyKeys:
                 _KEYS.c.response, _KEYS.c.created_at).where(
                 tuple_(_KEYS.c.enterprise_id, _KEYS.c.key).in_(keys))):
             if row.created_at < stored_before:
-                self.stored(row.enterprise_id, row.key, stored_before)  # deletes it
+                self._delete_expired(row.enterprise_id, row.key, stored_before)
                 continue
             found[(row.enterprise_id, row.key)] = StoredAnswer(
                 row.request_hash, row.status_code, row.response)
         return found
+
+    def _delete_expired(self, enterprise_id: str, key: str, stored_before: datetime) -> None:
+        self.session.execute(delete(_KEYS).where(
+            _KEYS.c.enterprise_id == enterprise_id, _KEYS.c.key == key,
+            _KEYS.c.created_at < stored_before))
 
     def store(self, enterprise_id: str, key: str, request_hash: str, status_code: int,
               response: dict) -> None:
