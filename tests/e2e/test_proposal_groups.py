@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.api.coalescing import Coalescer
@@ -299,3 +300,25 @@ def test_each_request_alone_when_groups_are_turned_off(make_system, monkeypatch)
     answers = post_at_once(system, seller, bodies)
     assert [r.status_code for r in answers] == [201] * 4, answers[0].text
     assert len({r.json()["id"] for r in answers}) == 4
+
+
+def test_an_expired_key_in_a_group_is_a_new_key(system, client) -> None:
+    """A key older than DVP_IDEMPOTENCY_TTL, read by the group: its row is deleted in the
+    group's transaction and the request makes a new trade, stored under the key anew."""
+    seller, buyer = managed(system, "Seller"), self_custody(system, "Buyer")
+    body = terms(system, buyer.id, seller=seller, title=0)
+    first = client.post("/v1/trades", json=body, headers=seller.idem("old"))
+    assert first.status_code == 201, first.text
+    with system.gateway.session_factory.begin() as session:
+        session.execute(update(IdempotencyRow).values(
+            created_at=datetime.now(UTC) - timedelta(seconds=system.ctx.limits.idempotency_ttl
+                                                     + 60)))
+    singles = [single(system, seller, body, "old"),
+               single(system, seller, terms(system, buyer.id, seller=seller, title=1))]
+    together = groups("together")
+    outcomes = create_trade_group(system.ctx, singles)
+    assert groups("together") == together + 1
+    assert [answer(o)[0] for o in outcomes] == [201, 201]
+    assert answer(outcomes[0])[1] != first.json()["id"]
+    again = client.post("/v1/trades", json=body, headers=seller.idem("old"))
+    assert (again.status_code, again.json()["id"]) == (201, answer(outcomes[0])[1])
