@@ -6,7 +6,10 @@ nodes (JSON-RPC over HTTP); prints JSON.
   dispatcher in batches of 100 (`agreement`, as the batch endpoints do), then (`settlement`)
   both legs locked by the parties, the relayer verifying them, the buyer revealing every
   secret, until the relayer has every trade settled. `end_to_end` times all of it;
-  `reveal_to_settled` only the relayer's part from the first secret revealed. SQLite, and
+  `reveal_to_settled` only the relayer's part from the first secret revealed; `phases_s`
+  splits the settlement: each of the parties' phases (`*_sent`: sent and the last one mined)
+  and what the relayer took after it (`relayer_after_*`: until the gateway shows it; stepped,
+  its step). SQLite, and
   claimMany again on PostgreSQL when a server is at hand.
 - the relayer two ways. `daemon` (the headline figures): as `dvp-gateway relayer run` runs it,
   its own loop (`Relayer.run_forever`, DVP_POLL_INTERVAL's default) woken by each node's
@@ -189,6 +192,7 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             gw = make_gateway(devnet, tmp, max_batch, database_url)
             run = _daemon_phases if relayer == "daemon" else _stepped_phases
+            took: dict[str, float] = {}
             with run(gw, devnet, n) as phases:
                 started = time.perf_counter()
                 for start in range(0, n, AGREEMENT_BATCH):
@@ -199,7 +203,7 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None,
                     gw.dispatcher.apply_actions([ActionAcceptTrade(parties.trade_ids[i])
                                                  for i in chunk])
                 agreed = time.perf_counter()
-                revealed = phases(signed)
+                revealed = phases(signed, took)
                 done = time.perf_counter()
             claims = _payment_claim_transactions(gw)
             gw.engine.dispose()
@@ -220,7 +224,15 @@ def settle_run(n: int, max_batch: int, database_url: str | None = None,
             "end_to_end_settlements_per_s": rate(done - started),
             "with_parties_signing_settlements_per_s": rate(done - started + signed.signing_s),
             "reveal_to_settled_s": round(done - revealed, 3),
-            "reveal_to_settled_settlements_per_s": rate(done - revealed)}
+            "reveal_to_settled_settlements_per_s": rate(done - revealed),
+            "phases_s": {name: round(seconds, 3) for name, seconds in took.items()}}
+
+
+def _timed(took: dict[str, float], name: str, fn, *args, **kwargs) -> None:  # noqa: ANN001
+    """`fn(*args, **kwargs)`, its wall-clock seconds kept in `took[name]`."""
+    started = time.perf_counter()
+    fn(*args, **kwargs)
+    took[name] = time.perf_counter() - started
 
 
 @contextmanager
@@ -229,14 +241,15 @@ def _stepped_phases(gw: Gateway, devnet: Devnet, n: int) -> Iterator:
     revealed."""
     pay, biz = devnet.payment.client, devnet.business.client
 
-    def phases(signed: PartyTransactions) -> float:
-        send_signed(pay, signed.payment_locks)
-        gw.relayer.step()
-        send_signed(biz, signed.delivery_locks)
-        gw.relayer.step()
+    def phases(signed: PartyTransactions, took: dict[str, float]) -> float:
+        _timed(took, "payment_locks_sent", send_signed, pay, signed.payment_locks)
+        _timed(took, "relayer_after_payment_locks", gw.relayer.step)
+        _timed(took, "delivery_locks_sent", send_signed, biz, signed.delivery_locks)
+        _timed(took, "relayer_after_delivery_locks", gw.relayer.step)
         revealed = time.perf_counter()
-        send_signed(biz, signed.delivery_claims)
-        gw.relayer.run_until(lambda: settled(gw, n), max_steps=200)
+        _timed(took, "secrets_revealed", send_signed, biz, signed.delivery_claims)
+        _timed(took, "relayer_until_settled", gw.relayer.run_until, lambda: settled(gw, n),
+               max_steps=200)
         return revealed
 
     yield phases
@@ -254,14 +267,16 @@ def _daemon_phases(gw: Gateway, devnet: Devnet, n: int) -> Iterator:
                             name="relayer", daemon=True)
     loop.start()
 
-    def phases(signed: PartyTransactions) -> float:
-        send_signed(pay, signed.payment_locks)
-        _follow(gw, Phase.PAYMENT_LOCKED, n)  # the seller sees every payment locked
-        send_signed(biz, signed.delivery_locks)
-        _follow(gw, Phase.DELIVERY_LOCKED, n)  # the buyer sees every title locked
+    def phases(signed: PartyTransactions, took: dict[str, float]) -> float:
+        _timed(took, "payment_locks_sent", send_signed, pay, signed.payment_locks)
+        # the seller sees every payment locked
+        _timed(took, "relayer_after_payment_locks", _follow, gw, Phase.PAYMENT_LOCKED, n)
+        _timed(took, "delivery_locks_sent", send_signed, biz, signed.delivery_locks)
+        # the buyer sees every title locked
+        _timed(took, "relayer_after_delivery_locks", _follow, gw, Phase.DELIVERY_LOCKED, n)
         revealed = time.perf_counter()
-        send_signed(biz, signed.delivery_claims)
-        _follow(gw, Phase.SETTLED, n)
+        _timed(took, "secrets_revealed", send_signed, biz, signed.delivery_claims)
+        _timed(took, "relayer_until_settled", _follow, gw, Phase.SETTLED, n)
         return revealed
 
     try:
@@ -307,10 +322,12 @@ def raw_run(n: int, max_batch: int = 50) -> dict:
         signed = parties.presign()
         pay, biz = devnet.payment.client, devnet.business.client
         relayer, htlc = devnet.account(RELAYER), devnet.payment_htlc
+        took: dict[str, float] = {}
         started = time.perf_counter()
-        send_signed(pay, signed.payment_locks)
-        send_signed(biz, signed.delivery_locks)
-        send_signed(biz, signed.delivery_claims)
+        _timed(took, "payment_locks_sent", send_signed, pay, signed.payment_locks)
+        _timed(took, "delivery_locks_sent", send_signed, biz, signed.delivery_locks)
+        _timed(took, "secrets_revealed", send_signed, biz, signed.delivery_claims)
+        claims_started = time.perf_counter()
         claims = []
         for start in range(0, n, max_batch):
             chunk = range(start, min(n, start + max_batch))
@@ -320,13 +337,15 @@ def raw_run(n: int, max_batch: int = 50) -> dict:
                                    gas=GAS_BATCH_BASE + GAS_BATCH_PER_LOCK * len(chunk)))
         send_signed(pay, claims)
         done = time.perf_counter()
+        took["claims_signed_sent"] = done - claims_started
         seller = devnet.payment_token.functions.balanceOf(parties.seller.address).call()
         assert seller >= n * AMOUNT
     finally:
         _close(devnet)
     return {"trades": n, "claim_transactions": len(claims),
             "seconds": round(done - started, 3),
-            "settlements_per_s": round(n / (done - started), 1)}
+            "settlements_per_s": round(n / (done - started), 1),
+            "phases_s": {name: round(seconds, 3) for name, seconds in took.items()}}
 
 
 def _payment_claim_transactions(gw: Gateway) -> int:
