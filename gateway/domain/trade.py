@@ -58,6 +58,7 @@ from gateway.domain.inputs import (  # noqa: F401
     Route,
 )
 from gateway.domain.machine import (  # noqa: F401
+    block_transition,
     check_invariants,
     new_trade,
     state_transition,

@@ -33,6 +33,7 @@ from gateway.domain.trade import (
     InvariantViolated,
     Phase,
     TradeState,
+    block_transition,
     is_active,
     is_hashlock,
     state_transition,
@@ -230,8 +231,11 @@ class Dispatcher:
     def _transition(self, state: TradeState, inp: Input) -> tuple[TradeState, list[Effect]]:
         """A chain input for one trade. A broken invariant (a bug, never a chain fact) is
         contained to that trade: logged as critical and flagged, the input not applied, and
-        every other trade and the chain cursor move on."""
+        every other trade and the chain cursor move on. A block goes through
+        `block_transition`: most only move the trade's clock."""
         try:
+            if isinstance(inp, Block):
+                return block_transition(state, inp, self.policy)
             return state_transition(state, inp, self.policy)
         except InvariantViolated as exc:
             log.critical("invariant_violated", trade=trade_ref(state.trade_id),

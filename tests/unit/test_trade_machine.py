@@ -110,6 +110,7 @@ from gateway.domain.trade import (
     PreimageRevealed,
     Terms,
     TradeState,
+    block_transition,
     buyer_took_delivery,
     check_invariants,
     is_active,
@@ -1086,6 +1087,26 @@ class TradeMachine(RuleBasedStateMachine):
                 if now < t <= last:
                     after, effects = state_transition(s, Block(chain, 0, t), self.policy)
                     assert (after, effects) == (replace(s, **{clock: t}), []), (chain, t, wake)
+
+    @invariant()
+    def the_dispatchers_block_shortcut_is_the_rules(self) -> None:
+        """`block_transition` skips the rules for a block before its chain's wake time: it
+        must give what the rules give for any block, before, at and after the wake time,
+        stale or new, with or without news of finality (a block that finalizes the trade's
+        own lock must run the rules)."""
+        s = self.state
+        for chain, now, wake in zip((PAYMENT, BUSINESS), (s.payment_time, s.business_time),
+                                    wake_times(s, self.policy), strict=True):
+            final = s.payment_finalized if chain is PAYMENT else s.business_finalized
+            times = {max(0, now - 1), now, now + 1}
+            if wake:
+                times |= {wake - 1, wake, wake + 1}
+            for t in sorted(times):
+                for number, finalized in ((0, 0), (final + 3, None), (final + 9, final + 5),
+                                          (max(0, final - 1), None)):
+                    block = Block(chain, number, t, finalized)
+                    assert block_transition(s, block, self.policy) == \
+                        state_transition(s, block, self.policy), (chain, t, wake, block)
 
     @invariant()
     def legs_exit_once(self) -> None:
