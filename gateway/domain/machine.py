@@ -177,8 +177,7 @@ def block_transition(state: TradeState, block: Block,
     most only move its clock."""
     wake = wake_times(state, policy)[0 if block.chain is Chain.PAYMENT else 1]
     if wake != 0 and (wake is None or block.timestamp < wake):
-        return _on_block(state, block, "payment" if block.chain is Chain.PAYMENT
-                         else "business"), []
+        return _on_block(state, block, block.chain.value), []
     return state_transition(state, block, policy)
 
 
