@@ -64,6 +64,8 @@ from gateway.chain.sending import (
     SignedFields,
     classify_send_error,
     decode_signed,
+    refusal,
+    send_raw_batch,
 )
 from gateway.contracts import Artifact
 
@@ -324,6 +326,13 @@ class ChainClient:
 
     def send_raw(self, raw: bytes) -> bytes:
         return bytes(self.w3.eth.send_raw_transaction(raw))
+
+    def send_raws(self, raws: list[bytes]) -> list[Exception | None]:
+        """Broadcast these transactions, in order; each one's refusal, None if taken. One
+        batch request on a JSON-RPC node (`send_raw_batch`), one request each on eth-tester."""
+        if self._json_rpc:
+            return send_raw_batch(self.w3, raws) if raws else []
+        return [refusal(self.send_raw, raw) for raw in raws]
 
     def wait(self, tx_hash: bytes, timeout: float = 120, poll_every: float = 0.1) -> Receipt:
         """The receipt once mined, asked for every `poll_every` seconds (web3's default; a

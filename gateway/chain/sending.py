@@ -66,3 +66,30 @@ def classify_send_error(exc: BaseException) -> str:
             in message or "max fee per gas less than" in message:
         return SEND_UNDERPRICED
     return SEND_REJECTED
+
+
+def refusal(send, raw: bytes) -> Exception | None:  # noqa: ANN001
+    """`send(raw)`'s refusal (what it raised), None if the node took the transaction."""
+    try:
+        send(raw)
+    except Exception as exc:  # noqa: BLE001 - told to the caller, as a node's answer
+        return exc
+    return None
+
+
+def send_raw_batch(w3, raws: list[bytes]) -> list[Exception | None]:  # noqa: ANN001
+    """`eth_sendRawTransaction` of every raw transaction, in order, in one JSON-RPC batch
+    request: each one's refusal (an `RPCError` holding the node's words), None where the node
+    took it. A node that refuses one still takes the others; a request that gets no answer
+    (the node down, an answer that is not one per transaction) is every one's refusal."""
+    from gateway.chain.rpc import RPCError
+
+    try:
+        answers = w3.provider.make_batch_request(
+            [("eth_sendRawTransaction", ["0x" + raw.hex()]) for raw in raws])
+    except Exception as exc:  # noqa: BLE001 - each transaction's outcome, as for one
+        return [exc] * len(raws)
+    if not isinstance(answers, list) or len(answers) != len(raws):
+        return [RPCError(f"batch eth_sendRawTransaction: {answers!r}"[:500])] * len(raws)
+    return [RPCError(f"eth_sendRawTransaction: {answer['error']}") if "error" in answer
+            else None for answer in answers]

@@ -77,7 +77,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.chain.accounts import Signer
 from gateway.chain.client import classify_send_error
-from gateway.db.models import AttemptRow
+from gateway.db.models import AttemptRow, OutboxRow
 from gateway.db.repository import Repository
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.trade import Chain, EffectRefused
@@ -138,12 +138,16 @@ class Executor:
             txs = self._planner.plan(ep, repo, refusals)
             nonces: dict[str, int] = {}
             signed: list[AttemptRow] = []
+            links: list[tuple[OutboxRow, int]] = []  # each effect's row and its attempt
             fees = ep.client.suggest_fees() if txs else None
+            now: list[int] = []  # the node's latest block time, read once if a claim needs it
             for tx in txs:
                 nonce = nonces.get(tx.sender.address)
                 if nonce is None:
                     nonce = self._next_nonce(ep, repo, tx.sender.address)
-                deadline = deadline_window(self.policy, ep.client.head()[0], tx.timelocks, ()) \
+                if tx.timelocks and self.policy is not None and not now:
+                    now.append(ep.client.head()[0])
+                deadline = deadline_window(self.policy, now[0], tx.timelocks, ()) \
                     if tx.timelocks and self.policy is not None else None
                 raw = ep.client.sign_with_nonce(
                     tx.sender, to=tx.to, data=tx.data, gas=tx.gas, nonce=nonce,
@@ -152,15 +156,15 @@ class Executor:
                 nonces[tx.sender.address] = nonce + 1
                 attempt = repo.add_attempt(ep.chain_id, tx.sender.address, nonce,
                                            ep.client.tx_hash(raw), raw)
-                for row in tx.rows:
-                    row.attempt_id = attempt.id
+                links += [(row, attempt.id) for row in tx.rows]
                 signed.append(attempt)
+            repo.link_effects(links)
             if signed:
                 reach("executor.before_record")
         # Recorded and committed: now send. A crash here is healed by _settle_attempts.
-        for attempt in signed:
+        if signed:
             reach("executor.after_record")
-            self._broadcast(ep, attempt.id)
+            self._broadcast(ep, [attempt.id for attempt in signed])
         self._apply_refusals(refusals)
         return broadcast + len(signed)
 
@@ -171,9 +175,9 @@ class Executor:
             repo = Repository(session)
             repo.lock_chain_sends(ep.chain_id)
             sent, to_send = self._settler.settle(ep, repo)
-        for attempt_id in to_send:  # recorded and committed: a crash here is healed next pass
+        if to_send:  # recorded and committed: a crash here is healed next pass
             reach("executor.after_replace_record")
-            self._broadcast(ep, attempt_id)
+            self._broadcast(ep, to_send)
         return sent + len(to_send)
 
     def _apply_refusals(self, refusals: list[EffectRefused]) -> None:
@@ -196,20 +200,21 @@ class Executor:
         orphan_lost_mined(ep, repo, sender, nonce)
         return nonce
 
-    def _broadcast(self, ep: ChainEndpoint, attempt_id: int) -> None:
+    def _broadcast(self, ep: ChainEndpoint, attempt_ids: list[int]) -> None:
+        """Send these recorded transactions, in nonce order as recorded, in one request (a
+        batch on a JSON-RPC node), and mark them sent in one transaction."""
         with self.session_factory.begin() as session:
-            attempt = Repository(session).get_attempt(attempt_id)
-            assert attempt is not None
-            raw = bytes.fromhex(attempt.raw_tx)
-            try:
-                ep.client.send_raw(raw)
-                reach("executor.after_broadcast")
-            except Exception as exc:  # noqa: BLE001 - node refused: decided by _settle_attempts
-                log.warning("broadcast_failed", chain=ep.chain.value, nonce=attempt.nonce,
-                            tx=attempt.tx_hash, reason=classify_send_error(exc),
-                            error=str(exc)[:200])
-            # Sent or not, it may be known to the node: its receipt, the chain's nonce and the
-            # node's pool decide on the next pass.
-            attempt.status = "sent"
-        metrics.TX_SENT.labels(ep.chain.value).inc()
-        log.info("tx_sent", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce)
+            attempts = Repository(session).get_attempts(attempt_ids)
+            refused = ep.client.send_raws([bytes.fromhex(a.raw_tx) for a in attempts])
+            reach("executor.after_broadcast")
+            for attempt, exc in zip(attempts, refused, strict=True):
+                if exc is not None:  # the node refused: decided by _settle_attempts
+                    log.warning("broadcast_failed", chain=ep.chain.value, nonce=attempt.nonce,
+                                tx=attempt.tx_hash, reason=classify_send_error(exc),
+                                error=str(exc)[:200])
+                # Sent or not, it may be known to the node: its receipt, the chain's nonce
+                # and the node's pool decide on the next pass.
+                attempt.status = "sent"
+        for attempt in attempts:
+            metrics.TX_SENT.labels(ep.chain.value).inc()
+            log.info("tx_sent", chain=ep.chain.value, tx=attempt.tx_hash, nonce=attempt.nonce)
