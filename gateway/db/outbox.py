@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -74,11 +74,18 @@ class Outbox:
         for row, attempt_id in links:  # the loaded rows say so too, without a second write
             set_committed_value(row, "attempt_id", attempt_id)
 
-    def pending_effects(self, chain: str | None = None) -> list[tuple[OutboxRow, ContractSend]]:
-        query = select(OutboxRow).where(OutboxRow.status == "pending").order_by(OutboxRow.id)
-        if chain is not None:
-            query = query.where(OutboxRow.chain == chain)
-        return [(row, decode(ContractSend, row.payload)) for row in self.session.scalars(query)]
+    def unsent_effects(self, chain: str) -> list[tuple[OutboxRow, ContractSend, bool]]:
+        """The chain's pending effects with no transaction in flight (signed or sent), in
+        order, each with whether an earlier attempt failed (mined without its result,
+        reverted, dropped). Those in flight are left in the database, not read and decoded
+        on every executor pass while they wait to be mined."""
+        query = select(OutboxRow).outerjoin(
+            AttemptRow, OutboxRow.attempt_id == AttemptRow.id).where(
+            OutboxRow.status == "pending", OutboxRow.chain == chain,
+            or_(AttemptRow.id.is_(None), AttemptRow.status.not_in(("signed", "sent")))
+        ).order_by(OutboxRow.id)
+        return [(row, decode(ContractSend, row.payload), row.attempt_id is not None)
+                for row in self.session.scalars(query)]
 
     def outbox_pending_by_chain(self) -> dict[str, tuple[int, datetime]]:
         """Per chain: how many effects wait to be done on chain, and since when the oldest."""

@@ -65,7 +65,9 @@ class Planner:
         committed), see `_refuse`."""
         claims: list[tuple[OutboxRow, ContractSendPaymentClaim]] = []
         txs: list[PlannedTx] = []
-        pending = _not_in_flight(ep, repo)
+        # New effects, and retries of one whose attempt was mined without its result,
+        # reverted or dropped; none with a transaction in flight.
+        pending: list[Pending] = repo.unsent_effects(ep.chain.value)
         statuses = self._statuses(ep, pending)
         for row, effect, retry in pending:
             if isinstance(effect, ContractSendPaymentClaim) and not retry:
@@ -243,21 +245,6 @@ class Planner:
         if missing:
             metrics.LOCKS_MISSING.labels(ep.chain.value, kind).inc()
         refusals.append(EffectRefused(effect.trade_id, effect.key, reason, final=final))
-
-
-def _not_in_flight(ep: ChainEndpoint, repo: Repository) -> list[Pending]:
-    """The chain's pending effects without a transaction in flight (signed or sent): new ones,
-    and retries of one whose attempt was mined without its result, reverted or dropped."""
-    pending: list[Pending] = []
-    for row, effect in repo.pending_effects(ep.chain.value):
-        retry = False
-        if row.attempt_id is not None:
-            attempt = repo.get_attempt(row.attempt_id)
-            if attempt is not None and attempt.status in ("signed", "sent"):
-                continue  # in flight
-            retry = True
-        pending.append((row, effect, retry))
-    return pending
 
 
 def _simulate(ep: ChainEndpoint, tx: PlannedTx) -> str | None:
