@@ -35,6 +35,7 @@ UPDATE's `onupdate` likewise.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import Column, Table, bindparam, insert, update
@@ -115,7 +116,8 @@ def _execute_compiled(session: Session, compiled: _Compiled, rows: Sequence[Row]
     (under its own name, or the column `renamed` names) or the statement's own constant,
     through its bind processor; as a tuple per row (SQLite's `?`) or a dict (`%(name)s`)."""
     sql, positional, params = compiled
-    plan = [(key, renamed.get(name, name) if name is not None else None, constant, process)
+    plan = [(key, renamed.get(name, name) if name is not None else None, constant,
+             _once_per_instant(process) if process is not None else None)
             for key, name, constant, process in params]
     values = [[(row[name] if name is not None else constant) if process is None
                else process(row[name] if name is not None else constant)
@@ -124,6 +126,22 @@ def _execute_compiled(session: Session, compiled: _Compiled, rows: Sequence[Row]
     given = [tuple(v) for v in values] if positional else [dict(zip(keys, v, strict=True))
                                                            for v in values]
     session.connection().exec_driver_sql(sql, given[0] if len(given) == 1 else given)
+
+
+def _once_per_instant(process):  # noqa: ANN001, ANN202
+    """`process` (a bind processor: a pure function of the value) run once per distinct
+    instant of one statement's rows: a transaction stamps its rows with one `utcnow()`, and
+    binding it (to UTC, then to SQLite's text) per row cost more than the row's SQL."""
+    done: dict[datetime, object] = {}
+
+    def once(value):  # noqa: ANN001, ANN202
+        if type(value) is not datetime:
+            return process(value)
+        found = done.get(value, done)
+        if found is done:
+            found = done[value] = process(value)
+        return found
+    return once
 
 
 def _compile(statement, dialect: Dialect, columns: tuple[str, ...]) -> _Compiled:  # noqa: ANN001
@@ -187,6 +205,7 @@ def _execute(session: Session, sql: str, table: Table, columns: tuple[str, ...],
     params: dict[str, object] = {}
     for n, name in enumerate(columns):
         process = _processor(table.c[name], dialect)
+        process = _once_per_instant(process) if process is not None else None
         values = [row[name] for row in rows]
         params[f"c{n}"] = [process(v) for v in values] if process else values
     for n, (name, value) in enumerate(where.items()):

@@ -86,7 +86,7 @@ class InputLog:
         chain times when it was applied (`clock`), so a replay after a reorg decides at the
         same times. A managed buyer's secret is never logged: the trade's state holds it from
         take-delivery on, and a replay takes it from there."""
-        rows = []
+        rows, now = [], utcnow()
         for trade_id, inp, ref, clock in entries:
             hashlock, lock_id = _route_keys(trade_id, inp)
             rows.append({"trade_id": trade_id.hex() if trade_id else None,
@@ -95,7 +95,7 @@ class InputLog:
                          "block_number": ref.block_number if ref else None,
                          "tx_hash": ref.tx_hash.hex() if ref else None,
                          "log_index": ref.log_index if ref else None, "orphaned": False,
-                         "created_at": utcnow(), "route_hashlock": hashlock,
+                         "created_at": now, "route_hashlock": hashlock,
                          "route_lock_id": lock_id})
         bulk.insert_rows(self.session, _INPUTS, rows)
 

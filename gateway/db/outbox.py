@@ -44,11 +44,10 @@ class Outbox:
         look_in = {t for t, _ in wanted} - {t.hex() for t in new_trades}
         existing = {(r.trade_id, r.key): r for r in self.session.scalars(select(OutboxRow).where(
             OutboxRow.trade_id.in_(look_in)))} if look_in else {}
-        rows = []
+        rows, now = [], utcnow()
         for (trade_hex, key), (effect, chain) in wanted.items():
             row = existing.get((trade_hex, key))
             if row is None:
-                now = utcnow()
                 rows.append({"trade_id": trade_hex, "key": key, "kind": type(effect).__name__,
                              "chain": chain, "payload": encode(effect), "status": "pending",
                              "created_at": now, "updated_at": now})
@@ -60,7 +59,8 @@ class Outbox:
     def close_effects_many(self, items: Iterable[tuple[bytes, str, str]]) -> None:
         """Mark pending effects (trade id, key) finished with a status, in one statement (an
         effect named twice: the first status, as the second finds it no longer pending)."""
-        rows = [{"trade_id": t.hex(), "key": k, "status": s, "updated_at": utcnow()}
+        now = utcnow()
+        rows = [{"trade_id": t.hex(), "key": k, "status": s, "updated_at": now}
                 for t, k, s in items]
         bulk.update_rows(self.session, _OUTBOX, rows, keys=("trade_id", "key"),
                          where={"status": "pending"}, keep="first")
@@ -68,7 +68,8 @@ class Outbox:
     def link_effects(self, links: Iterable[tuple[OutboxRow, int]]) -> None:
         """Point each effect's row at the attempt sent for it, in one statement (the ORM's
         flush of these rows, one by one, cost more than signing their transaction)."""
-        rows = [{"id": row.id, "attempt_id": attempt_id, "updated_at": utcnow()}
+        now = utcnow()
+        rows = [{"id": row.id, "attempt_id": attempt_id, "updated_at": now}
                 for row, attempt_id in links]
         bulk.update_rows(self.session, _OUTBOX, rows, keys=("id",))
         for row, attempt_id in links:  # the loaded rows say so too, without a second write

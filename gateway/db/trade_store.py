@@ -84,7 +84,8 @@ def decode_state(stored: dict) -> TradeState:
     return _STATES.decode(stored)
 
 
-def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dict[str, object]:
+def _trade_values(state: TradeState, wakes: Wakes, now: datetime,
+                  updated: bool = False) -> dict[str, object]:
     # A trade awaiting its buyer's hashlock (a seller's proposal to a self-custody buyer) is
     # stored under its own id in the unique hashlock column until the buyer accepts; a lock
     # made under that value is routed to it and rejected as off the terms.
@@ -93,7 +94,7 @@ def _trade_values(state: TradeState, wakes: Wakes, updated: bool = False) -> dic
     values: dict[str, object] = {"id": state.trade_id.hex(),
                                  "hashlock": (state.terms.hashlock or state.trade_id).hex(),
                                  "phase": state.phase.value, "active": is_active(state),
-                                 "state": stored, "updated_at": utcnow(),
+                                 "state": stored, "updated_at": now,
                                  "wake_payment": wakes[0], "wake_business": wakes[1]}
     if not updated:
         values["created_at"] = values["updated_at"]
@@ -181,18 +182,20 @@ class TradeStates:
             for lock, trade in wanted.items()], ignore_existing=True)
 
     def add_trade(self, state: TradeState, wakes: Wakes = (0, 0)) -> None:
-        self.session.execute(insert(_TRADES), [_trade_values(state, wakes)])
+        self.session.execute(insert(_TRADES), [_trade_values(state, wakes, utcnow())])
 
     def add_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
         """New trades in one statement (a batch proposal); a hashlock already in use raises
         IntegrityError, as in `add_trade`."""
+        now = utcnow()
         bulk.insert_rows(self.session, _TRADES,
-                         [_trade_values(state, wakes) for state, wakes in trades])
+                         [_trade_values(state, wakes, now) for state, wakes in trades])
 
     def save_trades(self, trades: Iterable[tuple[TradeState, Wakes]]) -> None:
         """One UPDATE by primary key for all of them (Core: the ORM's bulk update costs more
         than the statement itself)."""
-        rows = [_trade_values(s, wakes, updated=True) for s, wakes in trades]
+        now = utcnow()  # one instant per statement: the transaction's writes are one change
+        rows = [_trade_values(s, wakes, now, updated=True) for s, wakes in trades]
         for row in rows:
             del row["hashlock"]
         bulk.update_rows(self.session, _TRADES, rows, keys=("id",))
@@ -225,10 +228,11 @@ class TradeStates:
 
     def add_events_many(self, items: Iterable[tuple[bytes, Effect, ChainRef | None]]) -> None:
         """Append to the trades' timelines, in order, in one statement."""
+        now = utcnow()
         rows = [{"trade_id": trade_id.hex(), "kind": type(event).__name__,
                  "payload": encode(event), "chain_id": ref.chain_id if ref else None,
                  "block_number": ref.block_number if ref else None,
-                 "tx_hash": ref.tx_hash.hex() if ref else None, "created_at": utcnow()}
+                 "tx_hash": ref.tx_hash.hex() if ref else None, "created_at": now}
                 for trade_id, event, ref in items]
         bulk.insert_rows(self.session, _EVENTS, rows)
 
