@@ -63,6 +63,45 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class JSONText(str):
+    """A JSON value given as its text, serialized already: `StoredJSON` writes it as it is."""
+
+
+class StoredJSON(TypeDecorator):
+    """JSON that may also be given as its text (`JSONText`), written as that text instead of
+    being serialized again. The dispatcher serializes each trade state it writes once and keeps
+    the text: a row read back as that same text is that same state, known without parsing it
+    (`gateway.db.trade_store`). Any other value is written as JSON writes it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect):  # noqa: ANN001, ANN201
+        inner = self.impl_instance.bind_processor(dialect)
+        if dialect.name == "sqlite":
+            as_text = str  # SQLite stores JSON as its text
+        elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+            from psycopg.types.json import Json
+
+            def as_text(value):  # noqa: ANN001, ANN202 - psycopg writes the text as it is
+                return Json(value, dumps=str)
+        else:  # another driver: parsed, then written as JSON writes any value
+            def as_text(value):  # noqa: ANN001, ANN202
+                return _json_loads(value) if inner is None else inner(_json_loads(value))
+
+        def process(value):  # noqa: ANN001, ANN202
+            if type(value) is JSONText:
+                return as_text(value)
+            return value if inner is None else inner(value)
+        return process
+
+
+def _json_loads(text: str) -> object:
+    import json
+
+    return json.loads(text)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -81,7 +120,7 @@ class TradeRow(Base):
     hashlock: Mapped[str] = mapped_column(HEX32, unique=True)
     phase: Mapped[str] = mapped_column(String(32), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)  # not final, or effects pending
-    state: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[dict] = mapped_column(StoredJSON)
     # The earliest block timestamp per chain at which a block could change the trade beyond
     # its clock (`gateway.domain.trade.wake_times`); NULL: never. Chain batches read by them.
     wake_payment: Mapped[int | None] = mapped_column(BigInteger)

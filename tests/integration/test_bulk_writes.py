@@ -126,6 +126,29 @@ def test_saved_trades_take_every_column_and_the_last_save_wins(sessions) -> None
     assert (third.phase, third.wake_payment, third.wake_business) == ("proposed", 0, 0)
 
 
+def test_states_are_stored_once_as_json_and_read_back_by_another_process(sessions,
+                                                                          monkeypatch) -> None:
+    """The dispatcher writes each state's JSON text as it serialized it (not serialized a
+    second time, as a string), and a process that kept nothing reads the same states back."""
+    from gateway.db import trade_store
+
+    trades = [_trade(n) for n in range(3)]
+    with sessions.begin() as session:
+        Repository(session).add_trades([(t, (0, 0)) for t in trades[:1]])
+        Repository(session).add_trades([(t, (0, 0)) for t in trades[1:]])
+    moved = [evolve(t, phase=Phase.CANCELLED) for t in trades]
+    with sessions.begin() as session:
+        Repository(session).save_trades([(t, (1, 1)) for t in moved[:2]])
+    with sessions() as session:
+        assert {r.id: r.state for r in session.scalars(select(TradeRow))} == {
+            t.trade_id.hex(): encode(t) for t in [*moved[:2], trades[2]]}
+    monkeypatch.setattr(trade_store, "_STATES", trade_store._DecodedStates(8))  # a new process
+    with sessions() as session:
+        loaded = Repository(session).load_trades([t.trade_id for t in trades], lock_rows=False)
+    assert {t: state for t, (state, _) in loaded.items()} == {
+        t.trade_id: t for t in [*moved[:2], trades[2]]}
+
+
 def test_a_hashlock_in_use_still_raises_integrity_error(sessions) -> None:
     trade = _trade(1)
     with sessions.begin() as session:
