@@ -18,6 +18,7 @@ from gateway.db.models import CursorRow, InputRow, LockRow, OutboxRow, TradeEven
 from gateway.db.repository import RECENT_HASHES, Repository
 from gateway.db.session import make_engine, make_session_factory
 from gateway.domain.codec import decode, encode
+from gateway.domain.locks import PaymentLock
 from gateway.domain.policy import TimingPolicy
 from gateway.domain.state import Terms, evolve
 from gateway.domain.trade import (
@@ -25,6 +26,7 @@ from gateway.domain.trade import (
     Block,
     Chain,
     ChainRef,
+    ContractSendPaymentClaim,
     EventPhaseChanged,
     Phase,
     TradeState,
@@ -260,3 +262,43 @@ def test_both_paths_store_the_same_text(database_url, monkeypatch) -> None:
         assert arrays == executemany
     finally:
         engine.dispose()
+
+
+def _claim(trade: TradeState, n: int) -> ContractSendPaymentClaim:
+    lock = PaymentLock(trade.terms.buyer_payment, trade.terms.seller_payment, 500 + n,
+                       trade.terms.hashlock, 20_000)
+    return ContractSendPaymentClaim(trade.trade_id, hashlib.sha256(b"lock%d" % n).digest(),
+                                    lock, hashlib.sha256(b"secret%d" % n).digest())
+
+
+def test_the_executor_plans_only_effects_with_no_transaction_in_flight(sessions) -> None:
+    """`unsent_effects`: a claim whose transaction is signed or sent is left out (it waits to
+    be mined); one never sent, or whose attempt was mined without its result, reverted or
+    dropped, is planned (the latter as a retry). `link_effects` points rows at an attempt in
+    one statement, and the loaded rows say so too."""
+    trades = [_trade(n) for n in range(6)]
+    claims = [_claim(t, n) for n, t in enumerate(trades)]
+    with sessions.begin() as session:
+        repo = Repository(session)
+        repo.add_trades([(t, (0, 0)) for t in trades])
+        repo.enqueue_many([(c.trade_id, c, "payment") for c in claims])
+    with sessions.begin() as session:
+        repo = Repository(session)
+        rows = {row.trade_id: row for row, _, _ in repo.unsent_effects("payment")}
+        attempts = {status: repo.add_attempt(71001, "0x" + "aa" * 20, nonce,
+                                             hashlib.sha256(status.encode()).digest(), b"\x02")
+                    for nonce, status in enumerate(("signed", "sent", "mined", "reverted",
+                                                    "dropped"))}
+        for status, attempt in attempts.items():
+            attempt.status = status
+        session.flush()
+        links = [(rows[t.trade_id.hex()], attempts[s].id) for t, s in zip(
+            trades, ("signed", "sent", "mined", "reverted", "dropped"), strict=False)]
+        repo.link_effects(links)
+        assert [row.attempt_id for row, _ in links] == [a for _, a in links]
+    with sessions() as session:
+        planned = Repository(session).unsent_effects("payment")
+        assert Repository(session).unsent_effects("business") == []
+    assert [(row.trade_id, effect, retry) for row, effect, retry in planned] == [
+        (c.trade_id.hex(), c, retry) for c, retry in zip(
+            claims[2:], (True, True, True, False), strict=True)]

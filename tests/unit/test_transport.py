@@ -169,3 +169,45 @@ def test_https_verifies_against_requests_bundle(monkeypatch) -> None:  # noqa: A
         _Connections("https://node.invalid", timeout=1)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     assert _Connections("https://node.invalid", timeout=1).tls is not None
+
+
+class _BatchProvider:
+    """A provider answering one JSON-RPC batch as it is told to (an answer per request, a
+    shorter list, or an exception)."""
+
+    def __init__(self, answer) -> None:  # noqa: ANN001
+        self.answer = answer
+        self.requests: list = []
+
+    def make_batch_request(self, requests):  # noqa: ANN001, ANN201
+        self.requests.append(requests)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer(requests) if callable(self.answer) else self.answer
+
+
+def test_a_batch_of_sends_tells_each_transactions_refusal() -> None:
+    """`send_raw_batch`: every transaction in one request, in order; the node refusing one
+    (nonce too low) is that one's refusal only; a node that does not answer, or answers
+    other than once per transaction, refuses them all (the executor then settles each from
+    the chain)."""
+    from types import SimpleNamespace
+
+    from gateway.chain.sending import SEND_NONCE_TOO_LOW, send_raw_batch
+
+    raws = [b"\x02\x01", b"\x02\x02", b"\x02\x03"]
+    provider = _BatchProvider(lambda requests: [
+        {"jsonrpc": "2.0", "id": n, "error": {"code": -32000, "message": "nonce too low"}}
+        if n == 1 else {"jsonrpc": "2.0", "id": n, "result": "0x" + "ab" * 32}
+        for n, _ in enumerate(requests)])
+    refused = send_raw_batch(SimpleNamespace(provider=provider), raws)
+    assert provider.requests == [[("eth_sendRawTransaction", ["0x" + raw.hex()])
+                                  for raw in raws]]
+    assert refused[0] is None and refused[2] is None
+    assert classify_send_error(refused[1]) == SEND_NONCE_TOO_LOW
+
+    down = ConnectionRefusedError("refused")
+    assert send_raw_batch(SimpleNamespace(provider=_BatchProvider(down)), raws) == [down] * 3
+    assert classify_send_error(down) == SEND_UNAVAILABLE
+    short = send_raw_batch(SimpleNamespace(provider=_BatchProvider([{"result": "0x"}])), raws)
+    assert len(short) == 3 and all(isinstance(r, Exception) for r in short)
