@@ -7,6 +7,7 @@ identical on SQLite and PostgreSQL. Domain values are stored as JSON via `gatewa
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -87,19 +88,13 @@ class StoredJSON(TypeDecorator):
                 return Json(value, dumps=str)
         else:  # another driver: parsed, then written as JSON writes any value
             def as_text(value):  # noqa: ANN001, ANN202
-                return _json_loads(value) if inner is None else inner(_json_loads(value))
+                return json.loads(value) if inner is None else inner(json.loads(value))
 
         def process(value):  # noqa: ANN001, ANN202
             if type(value) is JSONText:
                 return as_text(value)
             return value if inner is None else inner(value)
         return process
-
-
-def _json_loads(text: str) -> object:
-    import json
-
-    return json.loads(text)
 
 
 def utcnow() -> datetime:

@@ -120,9 +120,6 @@ class Outbox:
         self.session.flush()
         return row
 
-    def get_attempt(self, attempt_id: int) -> AttemptRow | None:
-        return self.session.get(AttemptRow, attempt_id)
-
     def get_attempts(self, attempt_ids: list[int]) -> list[AttemptRow]:
         """These attempts (every one must exist), in the order given, in one query."""
         found = {row.id: row for row in self.session.scalars(select(AttemptRow).where(

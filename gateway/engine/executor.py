@@ -140,14 +140,13 @@ class Executor:
             signed: list[AttemptRow] = []
             links: list[tuple[OutboxRow, int]] = []  # each effect's row and its attempt
             fees = ep.client.suggest_fees() if txs else None
-            now: list[int] = []  # the node's latest block time, read once if a claim needs it
+            priced = self.policy is not None and any(tx.timelocks for tx in txs)
+            now = ep.client.head()[0] if priced else 0  # the node's time, once a pass
             for tx in txs:
                 nonce = nonces.get(tx.sender.address)
                 if nonce is None:
                     nonce = self._next_nonce(ep, repo, tx.sender.address)
-                if tx.timelocks and self.policy is not None and not now:
-                    now.append(ep.client.head()[0])
-                deadline = deadline_window(self.policy, now[0], tx.timelocks, ()) \
+                deadline = deadline_window(self.policy, now, tx.timelocks, ()) \
                     if tx.timelocks and self.policy is not None else None
                 raw = ep.client.sign_with_nonce(
                     tx.sender, to=tx.to, data=tx.data, gas=tx.gas, nonce=nonce,
