@@ -93,10 +93,12 @@ class AdvisoryLocks:
             yield True
             return
         key = lock_key(name)
-        connection = self.engine.connect()
+        # In autocommit: a statement each to take and to release the lock, with no BEGIN and
+        # COMMIT around them (six round trips a pass and chain before), and no open
+        # transaction held meanwhile.
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             got = bool(connection.execute(select(func.pg_try_advisory_lock(key))).scalar())
-            connection.commit()  # hold the lock, not an open transaction
         except Exception:
             connection.invalidate()
             connection.close()
@@ -110,7 +112,6 @@ class AdvisoryLocks:
         finally:
             try:
                 connection.execute(select(func.pg_advisory_unlock(key)))
-                connection.commit()
             except Exception as exc:  # noqa: BLE001 - the session is gone, and its lock with it
                 log.warning("advisory_unlock_failed", lock=name, error=str(exc)[:200])
                 connection.invalidate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from gateway.db.locks import AdvisoryLocks, lock_key
 from gateway.db.session import make_engine
@@ -177,3 +177,41 @@ def test_processes_starting_together_migrate_once(database_url) -> None:
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_holding_a_chain_lock_costs_two_statements_and_no_transaction(engines, monkeypatch) -> None:
+    """A relayer takes and releases four chain locks a step: in autocommit, one statement each
+    way, with no BEGIN and COMMIT around them (50 round trips an idle step was 34 with it)."""
+    import psycopg
+
+    commands: list[bytes] = []
+    run = psycopg.Connection._exec_command
+
+    def counted(self, command, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        commands.append(bytes(command))
+        return run(self, command, *args, **kwargs)
+
+    engine, _ = engines
+    with engine.connect():  # SQLAlchemy's first-connect checks, not counted
+        pass
+    monkeypatch.setattr(psycopg.Connection, "_exec_command", counted)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with engine.begin() as connection:  # the counter sees a transaction's BEGIN and COMMIT
+        connection.execute(text("SELECT 1"))
+    assert [c.split()[0] for c in commands] == [b"BEGIN", b"COMMIT"]
+    commands.clear()
+    statements.clear()
+    with AdvisoryLocks(engine).hold("execute:7") as held:
+        assert held
+        with engine.connect() as other:  # held by a session, seen by any other
+            assert other.execute(text(f"SELECT count(*) FROM pg_locks WHERE {HELD}"),
+                                 {"key": lock_key("execute:7")}).scalar() == 1
+            other.rollback()
+        commands.clear()
+        statements.clear()
+    assert len(statements) == 1 and "pg_advisory_unlock" in statements[0]
+    assert commands == []
+    with AdvisoryLocks(engine).hold("execute:7") as again:  # released: taken at once
+        assert again
+    assert [c.split()[0] for c in commands] == []
